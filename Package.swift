@@ -1,0 +1,77 @@
+// swift-tools-version:6.2
+import PackageDescription
+
+// Hot, pure code (codecs, the Legion state machine and its simulator) is compiled with
+// optimisation even in debug builds so the default test run can afford 10 000+ simulated scenarios.
+let optimized: [SwiftSetting] = [.unsafeFlags(["-O"])]
+
+let package = Package(
+    name: "legion",
+    platforms: [.macOS(.v15)],
+    products: [
+        .executable(name: "legion", targets: ["LegionCLI"]),
+        .library(name: "Legion", targets: ["Legion"]),
+        .library(name: "Node", targets: ["Node"]),
+        .library(name: "Api", targets: ["Api"]),
+    ],
+    dependencies: [
+        .package(url: "https://github.com/apple/swift-nio.git", from: "2.101.2"),
+        .package(url: "https://github.com/apple/swift-crypto.git", from: "3.12.3"),
+        .package(url: "https://github.com/apple/swift-argument-parser.git", from: "1.8.2"),
+        .package(url: "https://github.com/apple/swift-log.git", from: "1.16.2"),
+        .package(url: "https://github.com/swift-server/swift-service-lifecycle.git", from: "2.13.0"),
+        .package(url: "https://github.com/LebJe/TOMLKit.git", from: "0.6.0"),
+        .package(url: "https://github.com/hummingbird-project/hummingbird.git", from: "2.28.1"),
+    ],
+    targets: [
+        .target(name: "UwsgiWire", swiftSettings: optimized),
+        .target(
+            name: "Legion",
+            dependencies: [
+                "UwsgiWire",
+                .product(name: "Crypto", package: "swift-crypto"),
+                .product(name: "_CryptoExtras", package: "swift-crypto"),
+            ],
+            swiftSettings: optimized
+        ),
+        .target(
+            name: "Node",
+            dependencies: [
+                "Legion",
+                "UwsgiWire",
+                .product(name: "NIOCore", package: "swift-nio"),
+                .product(name: "NIOPosix", package: "swift-nio"),
+                .product(name: "NIOHTTP1", package: "swift-nio"),
+                .product(name: "Logging", package: "swift-log"),
+                .product(name: "ServiceLifecycle", package: "swift-service-lifecycle"),
+                .product(name: "TOMLKit", package: "TOMLKit"),
+            ]
+        ),
+        .target(
+            name: "Api",
+            dependencies: [
+                "Node",
+                "Legion",
+                .product(name: "Hummingbird", package: "hummingbird"),
+            ]
+        ),
+        .executableTarget(
+            name: "LegionCLI",
+            dependencies: [
+                "Node",
+                "Api",
+                "Legion",
+                .product(name: "ArgumentParser", package: "swift-argument-parser"),
+                .product(name: "Logging", package: "swift-log"),
+                .product(name: "ServiceLifecycle", package: "swift-service-lifecycle"),
+            ]
+        ),
+        .testTarget(name: "UwsgiWireTests", dependencies: ["UwsgiWire"], resources: [.copy("Fixtures")]),
+        .testTarget(name: "LegionTests", dependencies: ["Legion", "UwsgiWire"], resources: [.copy("Fixtures")],
+                    swiftSettings: optimized),
+        .testTarget(name: "NodeTests", dependencies: ["Node", "Legion", "Api",
+                                                      .product(name: "NIOCore", package: "swift-nio"),
+                                                      .product(name: "NIOPosix", package: "swift-nio")]),
+    ],
+    swiftLanguageModes: [.v6]
+)

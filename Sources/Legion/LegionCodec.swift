@@ -1,0 +1,107 @@
+import Crypto
+import _CryptoExtras
+import UwsgiWire
+
+/// Encodes and decodes Legion datagrams (modifier1 109).
+///
+/// Layout in both modes: `6d | u16le cleartext length | 00 | encrypted cleartext`.
+/// * compat: AES-CBC exactly as uWSGI 2.0 (same key and IV for every packet, PKCS#7, no MAC).
+/// * native: AES-256-GCM with a key derived by HKDF-SHA256 from the configured secret, a fresh
+///   random 12-byte nonce per packet (`nonce | ciphertext | tag`) and the 4-byte header as
+///   additional authenticated data, so no byte of the datagram can be changed unnoticed.
+public struct LegionCodec: Sendable {
+    public enum Mode: String, Sendable { case compat, native }
+
+    /// uWSGI reads at most 65 499 bytes (spec §1.3).
+    public static let maxDatagram = 65_499
+    static let nonceLength = 12
+    static let tagLength = 16
+
+    public let mode: Mode
+    public let secret: LegionSecret
+    // Raw key bytes (SymmetricKey is not Sendable); keys are rebuilt per packet, which is cheap.
+    private let cbcKeyBytes: [UInt8]
+    private let cbcIVBytes: [UInt8]
+    private let gcmKeyBytes: [UInt8]
+    private var cbcKey: SymmetricKey { SymmetricKey(data: cbcKeyBytes) }
+    private var gcmKey: SymmetricKey { SymmetricKey(data: gcmKeyBytes) }
+    private var cbcIV: AES._CBC.IV {
+        get throws { try AES._CBC.IV(ivBytes: cbcIVBytes) }
+    }
+
+    public init(mode: Mode, secret: LegionSecret) throws(LegionConfigError) {
+        self.mode = mode
+        self.secret = secret
+        cbcKeyBytes = secret.compatKey
+        cbcIVBytes = secret.compatIV
+        var material = Array("legion-native-v1:".utf8)
+        material.append(contentsOf: Array(secret.cipher.rawValue.utf8))
+        material.append(0x3a)
+        material.append(contentsOf: secret.secret)
+        material.append(0x20)
+        material.append(contentsOf: secret.ivToken)
+        let derived = HKDF<SHA256>.deriveKey(inputKeyMaterial: SymmetricKey(data: material),
+                                            salt: Array("legion".utf8),
+                                            info: Array("announce-aead".utf8),
+                                            outputByteCount: 32)
+        gcmKeyBytes = derived.withUnsafeBytes { Array($0) }
+    }
+
+    public func encode(_ announce: LegionAnnounce) throws -> [UInt8] {
+        let cleartext = try announce.vars.encode()
+        let header = UwsgiHeader(modifier1: UwsgiModifier.legion, dataSize: UInt16(cleartext.count), modifier2: 0)
+        var out = header.bytes
+        switch mode {
+        case .compat:
+            let sealed = try AES._CBC.encrypt(cleartext, using: cbcKey, iv: try cbcIV)
+            out.append(contentsOf: sealed)
+        case .native:
+            let box = try AES.GCM.seal(cleartext, using: gcmKey, nonce: AES.GCM.Nonce(), authenticating: header.bytes)
+            out.append(contentsOf: box.nonce)
+            out.append(contentsOf: box.ciphertext)
+            out.append(contentsOf: box.tag)
+        }
+        guard out.count <= LegionCodec.maxDatagram else { throw LegionPacketError.oversized(out.count) }
+        return out
+    }
+
+    /// Decrypts and parses one datagram. Never traps on any input.
+    public func decode(_ datagram: [UInt8]) throws(LegionPacketError) -> LegionAnnounce {
+        guard datagram.count <= LegionCodec.maxDatagram else { throw .oversized(datagram.count) }
+        guard datagram.count >= UwsgiHeader.size + 1 else { throw .tooShort(datagram.count) }
+        let header: UwsgiHeader
+        do { header = try UwsgiHeader(decoding: datagram) } catch { throw .tooShort(datagram.count) }
+        guard header.modifier1 == UwsgiModifier.legion else { throw .notLegion(modifier1: header.modifier1) }
+        let body = Array(datagram[UwsgiHeader.size...])
+        let cleartext: [UInt8]
+        switch mode {
+        case .compat:
+            guard body.count % 16 == 0 else { throw .decryptFailed }
+            do {
+                cleartext = Array(try AES._CBC.decrypt(body, using: cbcKey, iv: try cbcIV))
+            } catch {
+                throw .decryptFailed
+            }
+        case .native:
+            guard body.count >= LegionCodec.nonceLength + LegionCodec.tagLength else { throw .decryptFailed }
+            do {
+                let nonce = try AES.GCM.Nonce(data: body[0..<LegionCodec.nonceLength])
+                let box = try AES.GCM.SealedBox(nonce: nonce,
+                                                ciphertext: body[LegionCodec.nonceLength..<(body.count - LegionCodec.tagLength)],
+                                                tag: body[(body.count - LegionCodec.tagLength)...])
+                cleartext = Array(try AES.GCM.open(box, using: gcmKey, authenticating: header.bytes))
+            } catch {
+                throw .decryptFailed
+            }
+        }
+        guard cleartext.count == Int(header.dataSize) else {
+            throw .lengthMismatch(declared: Int(header.dataSize), actual: cleartext.count)
+        }
+        let vars: UwsgiVars
+        do { vars = try UwsgiVars(decoding: cleartext) } catch { throw .malformed(error) }
+        let announce = try LegionAnnounce(vars: vars)
+        guard announce.valor <= 65_535 else { throw .valorOutOfRange(announce.valor) }
+        if mode == .native, announce.seq == nil { throw .missingSequence }
+        return announce
+    }
+}
