@@ -34,6 +34,7 @@ let package = Package(
             ],
             swiftSettings: optimized
         ),
+        .target(name: "LegionSimulator", dependencies: ["Legion"], swiftSettings: optimized),
         .target(
             name: "Node",
             dependencies: [
@@ -67,7 +68,7 @@ let package = Package(
             ]
         ),
         .testTarget(name: "UwsgiWireTests", dependencies: ["UwsgiWire"], resources: [.copy("Fixtures")]),
-        .testTarget(name: "LegionTests", dependencies: ["Legion", "UwsgiWire"], resources: [.copy("Fixtures")],
+        .testTarget(name: "LegionTests", dependencies: ["Legion", "UwsgiWire", "LegionSimulator"], resources: [.copy("Fixtures")],
                     swiftSettings: optimized),
         .testTarget(name: "NodeTests", dependencies: ["Node", "Legion", "Api",
                                                       .product(name: "NIOCore", package: "swift-nio"),

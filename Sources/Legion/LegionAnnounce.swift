@@ -28,11 +28,13 @@ public struct LegionAnnounce: Sendable, Equatable {
     public var unixMs: UInt64?
     /// Native mode only: milliseconds of lease the sender (as Lord) still holds.
     public var leaseMs: UInt64?
+    /// Native mode only: how many members the sender currently hears (viability of a candidate).
+    public var heard: UInt64?
 
     public init(legion: [UInt8], valor: UInt64, unix: UInt64, lord: UInt64 = 0, name: [UInt8], pid: UInt64,
                 uuid: LegionUUID, checksum: UInt64 = 0, lordValor: UInt64 = 0, lordUUID: LegionUUID = .none,
                 scroll: [UInt8]? = nil, dead: Bool = false, seq: UInt64? = nil, ack: UInt64? = nil,
-                unixMs: UInt64? = nil, leaseMs: UInt64? = nil) {
+                unixMs: UInt64? = nil, leaseMs: UInt64? = nil, heard: UInt64? = nil) {
         self.legion = legion
         self.valor = valor
         self.unix = unix
@@ -49,6 +51,7 @@ public struct LegionAnnounce: Sendable, Equatable {
         self.ack = ack
         self.unixMs = unixMs
         self.leaseMs = leaseMs
+        self.heard = heard
     }
 
     public var nameString: String { String(decoding: name, as: UTF8.self) }
@@ -72,6 +75,7 @@ public struct LegionAnnounce: Sendable, Equatable {
         if let ack { v.append("ack", number: ack) }
         if let unixMs { v.append("unix_ms", number: unixMs) }
         if let leaseMs { v.append("lease_ms", number: leaseMs) }
+        if let heard { v.append("heard", number: heard) }
         return v
     }
 
@@ -109,5 +113,6 @@ public struct LegionAnnounce: Sendable, Equatable {
         ack = try number("ack", required: false)
         unixMs = try number("unix_ms", required: false)
         leaseMs = try number("lease_ms", required: false)
+        heard = try number("heard", required: false)
     }
 }

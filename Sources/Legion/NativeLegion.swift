@@ -11,13 +11,15 @@
 ///   which is shorter than the election timeout by the allowed clock-rate drift and a margin. X
 ///   resigns `leaseGuard` before the lease ends, so the failover IP is released before anyone else
 ///   can be elected.
-/// * **Releases are final.** After X stops voting for itself it ignores acks of announces it sent
-///   before its release, so a late vote can never revive a promise the voter considered released.
+/// * **Candidacies are fenced.** X counts only acks of announces sent since it last started or
+///   stopped voting for itself, so a late vote can never revive a promise the voter considered
+///   released, nor count an ack given to X before X was a candidate.
 /// * **Restart amnesia.** A new process (new uuid) casts no vote during its first
 ///   `electionTimeout`, since its previous incarnation may still be bound by a promise.
-/// * **Liveness.** A candidate that has not become Lord within `electionTimeout` of being voted for
-///   is suspected for a while; its voters abstain until their promise lapses and vote for the next
-///   best member. A Lord that lost its inbound path (one-way partition) thus gives way.
+/// * **Viability.** Every announce says how many members the sender hears (`heard`). A node is a
+///   candidate only while it votes for itself *and* hears a quorum; members vote for the best
+///   viable candidate, so a node that can send but not receive (one-way partition) is passed over
+///   instead of blocking the election as it does in uWSGI.
 /// * **Stickiness.** Members vote for a live, lease-claiming Lord before a better candidate; with
 ///   `preempt` a better member takes over only after it has backed the current Lord for
 ///   `preemptDelay` (so a flapping node cannot cause repeated failovers).
@@ -66,7 +68,7 @@ public struct NativeLegion: Sendable {
         var vote: LegionUUID
         var ack: UInt64?
         var claimsLease: Bool
-        var lastClaimAt: UInt64?
+        var heard: UInt64
         var skewWarnedAt: UInt64?
     }
 
@@ -83,12 +85,11 @@ public struct NativeLegion: Sendable {
 
     private var members: [Member] = []  // kept sorted by uuid for deterministic iteration
     private var tombstones: [(uuid: LegionUUID, seq: UInt64, until: UInt64)] = []
-    private var suspects: [(uuid: LegionUUID, until: UInt64)] = []
     private var seq: UInt64 = 0
     private var sentAt: [(seq: UInt64, at: UInt64)] = []
     private var minAckSeq: UInt64 = 0
     private var vote: LegionUUID = .none
-    private var votingSince: UInt64 = 0
+    private var wasCandidate = false
     private var promiseTo: LegionUUID = .none
     private var promiseUntil: UInt64 = 0
     private var leaseUntil: UInt64?
@@ -167,7 +168,7 @@ public struct NativeLegion: Sendable {
         } else {
             let info = LegionMemberInfo(name: packet.nameString, valor: packet.valor, uuid: packet.uuid, pid: packet.pid)
             let member = Member(info: info, lastHeard: time.mono, lastHeardMs: time.wallMs, lastSeq: packetSeq,
-                                vote: .none, ack: nil, claimsLease: false, lastClaimAt: nil, skewWarnedAt: nil)
+                                vote: .none, ack: nil, claimsLease: false, heard: 0, skewWarnedAt: nil)
             let insertAt = members.firstIndex { packet.uuid < $0.info.uuid } ?? members.count
             members.insert(member, at: insertAt)
             at = insertAt
@@ -179,7 +180,7 @@ public struct NativeLegion: Sendable {
         members[at].vote = packet.lordUUID
         members[at].ack = packet.ack
         members[at].claimsLease = (packet.leaseMs ?? 0) > 0
-        if members[at].claimsLease { members[at].lastClaimAt = time.mono }
+        members[at].heard = packet.heard ?? 0
         if skew.magnitude > timing.skewWarningMs {
             let lastWarned = members[at].skewWarnedAt
             if lastWarned.map({ time.mono > $0 + 60_000_000_000 }) ?? true {
@@ -188,6 +189,12 @@ public struct NativeLegion: Sendable {
             }
         }
         step(into: &out)
+        // Answer the node we vote for at once: its lease counts from when it sent the announce we
+        // acknowledge, so a prompt ack keeps the lease fresh. This also re-phases our heartbeat
+        // to the Lord's, so the traffic stays at one announce per node per heartbeat.
+        if packet.uuid == vote, !out.contains(where: { if case .send = $0 { return true } else { return false } }) {
+            out.append(.send(makeAnnounce()))
+        }
         return out
     }
 
@@ -239,7 +246,7 @@ public struct NativeLegion: Sendable {
 
     private mutating func step(into out: inout [LegionDirective]) {
         let t = now.mono
-        // Expire silent members, old tombstones, suspects and send times.
+        // Expire silent members, old tombstones and send times.
         var kept: [Member] = []
         for member in members {
             if alive(member) { kept.append(member) } else {
@@ -249,7 +256,6 @@ public struct NativeLegion: Sendable {
         }
         members = kept
         tombstones.removeAll { $0.until < t }
-        suspects.removeAll { $0.until < t }
         sentAt.removeAll { $0.at + D < t }
 
         // Quorum of live membership (for hooks and status).
@@ -295,6 +301,11 @@ public struct NativeLegion: Sendable {
                 out.append(.send(makeAnnounce()))
             }
         }
+        let candidacyBefore = wasCandidate
+        noteCandidacy()
+        if candidacyBefore != wasCandidate, leaseUntil == nil, !out.contains(where: { if case .send = $0 { return true } else { return false } }) {
+            out.append(.send(makeAnnounce()))
+        }
 
         // Become Lord when a quorum backs us.
         if leaseUntil == nil, vote == identity.uuid, identity.valor > 0, let lease = leaseFromVotes(), t + G < lease {
@@ -322,63 +333,60 @@ public struct NativeLegion: Sendable {
     }
 
     private mutating func setVote(_ choice: LegionUUID) {
-        if vote == identity.uuid, choice != identity.uuid {
-            // Our release: acks of anything we sent before it no longer count.
-            minAckSeq = seq + 1
-        }
-        if choice != vote { votingSince = now.mono }
         vote = choice
+        noteCandidacy()
     }
 
-    private func isSuspect(_ uuid: LegionUUID) -> Bool { suspects.contains { $0.uuid == uuid } }
+    /// A candidacy (voting for ourselves while hearing a quorum) starts or ends with our next
+    /// announce: acks of anything sent before it never count, since they answered a non-candidate
+    /// or a candidacy the voter has since seen end.
+    private mutating func noteCandidacy() {
+        let candidate = vote == identity.uuid && members.count + 1 >= quorum
+        if candidate != wasCandidate {
+            wasCandidate = candidate
+            minAckSeq = seq + 1
+        }
+    }
+
+    /// A member is a candidate while its latest announce votes for itself and it hears a quorum.
+    private func isCandidate(_ m: Member) -> Bool {
+        m.vote == m.info.uuid && m.heard + 1 >= UInt64(quorum)
+    }
+
+    private func viable(_ m: Member) -> Bool { m.heard + 1 >= UInt64(quorum) }
 
     private mutating func chooseVote() -> LegionUUID {
         let t = now.mono
         guard let started = startedAt, t >= started + E else { return .none }
         // Honour a promise to another member unless it lapsed or was released.
-        if !promiseTo.isNone, promiseTo != identity.uuid, t < promiseUntil {
-            if let m = members.first(where: { $0.info.uuid == promiseTo }) {
-                let released = m.vote != m.info.uuid && !m.claimsLease
-                if !released {
-                    // Candidate timeout: voted-for but never Lord within E → suspect and abstain.
-                    let since = max(votingSince, m.lastClaimAt ?? 0)
-                    if vote == promiseTo, !m.claimsLease, t > since + E {
-                        suspects.append((promiseTo, t + 4 * E))
-                        return .none
-                    }
-                    return vote == promiseTo ? promiseTo : .none
-                }
-            } else {
-                return vote == promiseTo ? promiseTo : .none
-            }
+        if !promiseTo.isNone, promiseTo != identity.uuid, t < promiseUntil,
+           let m = members.first(where: { $0.info.uuid == promiseTo }), isCandidate(m) || m.claimsLease {
+            return vote == promiseTo ? promiseTo : .none
         }
-        // Keep voting for a live candidate that is making progress.
-        if !vote.isNone, vote != identity.uuid, let m = members.first(where: { $0.info.uuid == vote }), alive(m) {
-            let released = m.vote != m.info.uuid && !m.claimsLease
-            let since = max(votingSince, m.lastClaimAt ?? 0)
-            if !released, m.claimsLease || t <= since + E {
-                if !betterLeaseClaimer(than: m) { return vote }
-            } else if !released {
-                suspects.append((vote, t + 4 * E))
-            }
+        if !promiseTo.isNone, promiseTo != identity.uuid, t < promiseUntil,
+           !members.contains(where: { $0.info.uuid == promiseTo }) {
+            return vote == promiseTo ? promiseTo : .none
         }
-        // Free choice: a live lease-claiming Lord first (stickiness), else the best live candidate.
-        let live = members.filter { alive($0) && $0.info.valor > 0 && !isSuspect($0.info.uuid) }
-        if let lord = live.filter({ $0.claimsLease }).max(by: { better(($1.info.valor, $1.info.uuid), than: ($0.info.valor, $0.info.uuid)) }) {
-            return lord.info.uuid
+        // Free: a live lease-claiming Lord first (stickiness)…
+        let live = members.filter { alive($0) && $0.info.valor > 0 }
+        var claimer: Member?
+        for m in live where m.claimsLease {
+            if let c = claimer, !better((m.info.valor, m.info.uuid), than: (c.info.valor, c.info.uuid)) { continue }
+            claimer = m
         }
-        var best: (UInt64, LegionUUID)? = identity.valor > 0 ? (identity.valor, identity.uuid) : nil
-        for m in live {
-            let candidate = (m.info.valor, m.info.uuid)
-            if let current = best, !better(candidate, than: current) { continue }
-            best = candidate
+        if let claimer { return claimer.info.uuid }
+        // …else the best viable node: ourselves, or a member once it stands as a candidate.
+        var best: Member?
+        for m in live where viable(m) {
+            if let b = best, !better((m.info.valor, m.info.uuid), than: (b.info.valor, b.info.uuid)) { continue }
+            best = m
         }
-        return best?.1 ?? .none
-    }
-
-    private func betterLeaseClaimer(than m: Member) -> Bool {
-        guard !m.claimsLease else { return false }
-        return members.contains { alive($0) && $0.claimsLease && $0.info.uuid != m.info.uuid && !isSuspect($0.info.uuid) }
+        let selfViable = identity.valor > 0 && members.count + 1 >= quorum
+        if selfViable, best.map({ !better(($0.info.valor, $0.info.uuid), than: (identity.valor, identity.uuid)) }) ?? true {
+            return identity.uuid
+        }
+        if let best, isCandidate(best) { return best.info.uuid }
+        return .none
     }
 
     /// The lease our current votes support: the quorum-th most recent send time among the
@@ -426,7 +434,7 @@ public struct NativeLegion: Sendable {
                               lord: leaseUntil != nil ? lordSinceMs / 1000 : 0, name: nameBytes, pid: identity.pid,
                               uuid: identity.uuid, checksum: checksum, lordValor: lordValor, lordUUID: vote,
                               scroll: identity.scroll, dead: false, seq: seq, ack: ack, unixMs: now.wallMs,
-                              leaseMs: leaseMs)
+                              leaseMs: leaseMs, heard: UInt64(members.count))
     }
 
     // MARK: status

@@ -1,0 +1,217 @@
+import Foundation
+import Legion
+import TOMLKit
+
+/// A node's configuration file (TOML). See `cluster-configs/` for commented examples.
+public struct NodeConfig: Sendable {
+    public struct Endpoint: Sendable, Equatable, CustomStringConvertible {
+        public var host: String
+        public var port: Int
+        public var description: String { "\(host):\(port)" }
+
+        public init(host: String, port: Int) {
+            self.host = host
+            self.port = port
+        }
+
+        /// Parses `HOST:PORT` (IPv4 address or host name, port 1-65535).
+        public init(parsing text: String, key: String) throws(NodeConfigError) {
+            guard let colon = text.lastIndex(of: ":") else {
+                throw .invalid(key: key, problem: "'\(text)' is not HOST:PORT (e.g. \"127.0.0.1:17101\")")
+            }
+            let host = String(text[..<colon])
+            guard !host.isEmpty else { throw .invalid(key: key, problem: "'\(text)' has no host; write e.g. \"127.0.0.1:17101\"") }
+            guard let port = Int(text[text.index(after: colon)...]), (1...65_535).contains(port) else {
+                throw .invalid(key: key, problem: "'\(text)' has no valid port (1-65535)")
+            }
+            self.init(host: host, port: port)
+        }
+    }
+
+    public enum HookEvent: String, Sendable, CaseIterable {
+        case lord, unlord, setup, death, join
+        case nodeJoined = "node_joined"
+        case nodeLeft = "node_left"
+    }
+
+    public enum VIPDriverKind: String, Sendable, CaseIterable {
+        case none, loopback, iproute2, command
+    }
+
+    public struct VIP: Sendable {
+        public var driver: VIPDriverKind = .none
+        /// The floating address, e.g. `127.0.0.100` (loopback) or `10.77.0.100/24` (iproute2).
+        public var address: String = ""
+        public var prefixLength: Int = 32
+        public var interface: String = ""
+        public var httpPort: Int = 80
+        public var acquireCommand: String = ""
+        public var releaseCommand: String = ""
+        public var endpoint: String { "\(address):\(httpPort)" }
+    }
+
+    public var path: String
+    public var name: String
+    public var dataDir: String
+    public var legionName: String
+    public var mode: LegionCodec.Mode
+    public var bind: Endpoint
+    public var nodes: [Endpoint]
+    public var valor: UInt64
+    public var quorum: Int
+    public var secret: LegionSecret
+    public var scroll: String?
+    public var nativeTiming: NativeLegion.Timing
+    public var compatTiming: CompatLegion.Timing
+    public var hooks: [HookEvent: [String]]
+    public var vip: VIP
+    public var api: Endpoint?
+
+    public static func load(path: String) throws(NodeConfigError) -> NodeConfig {
+        let text: String
+        do {
+            text = try String(contentsOfFile: path, encoding: .utf8)
+        } catch {
+            throw .unreadable(path: path, reason: "\(error.localizedDescription) (check the path given to --config)")
+        }
+        return try parse(text, path: path)
+    }
+
+    public static func parse(_ text: String, path: String) throws(NodeConfigError) -> NodeConfig {
+        let root: TOMLTable
+        do {
+            root = try TOMLTable(string: text)
+        } catch let error as TOMLParseError {
+            throw .syntax(path: path, line: error.source.begin.line, column: error.source.begin.column, message: error.description)
+        } catch {
+            throw .syntax(path: path, line: 0, column: 0, message: "\(error)")
+        }
+        let baseDir = URL(fileURLWithPath: path).deletingLastPathComponent().path
+        var top = ConfigTable(path: "", table: root)
+
+        guard var node = try top.subtable("node") else { throw .missing(key: "node", hint: "add a [node] table with name and data_dir") }
+        let name = try node.requiredString("name", hint: "a unique node name, e.g. \"node1\"")
+        let dataDirRaw = try node.requiredString("data_dir", hint: "a directory for the node's logs and state, e.g. \"/var/lib/legion\"")
+        let dataDir = dataDirRaw.hasPrefix("/") ? dataDirRaw : URL(fileURLWithPath: baseDir).appendingPathComponent(dataDirRaw).standardizedFileURL.path
+        try node.rejectUnknownKeys()
+
+        guard var legion = try top.subtable("legion") else {
+            throw .missing(key: "legion", hint: "add a [legion] table with name, bind, nodes, valor and secret")
+        }
+        let legionName = try legion.requiredString("name", hint: "the legion name all members share")
+        let modeText = try legion.string("mode") ?? "native"
+        guard let mode = LegionCodec.Mode(rawValue: modeText) else {
+            throw .invalid(key: "legion.mode", problem: "'\(modeText)' is not a mode; use \"native\" (all-legion clusters) or \"compat\" (mixed with uWSGI nodes)")
+        }
+        let bind = try Endpoint(parsing: try legion.requiredString("bind", hint: "the UDP address to listen on, e.g. \"127.0.0.1:17101\""), key: "legion.bind")
+        var nodes: [Endpoint] = []
+        for (i, text) in (try legion.stringArray("nodes") ?? []).enumerated() {
+            nodes.append(try Endpoint(parsing: text, key: "legion.nodes[\(i)]"))
+        }
+        if nodes.contains(bind) {
+            throw .invalid(key: "legion.nodes", problem: "lists this node's own bind address \(bind); list only the other members")
+        }
+        guard let valor = try legion.int("valor", range: 0...65_535) else {
+            throw .missing(key: "legion.valor", hint: "the node's priority, 1-65535 (highest becomes Lord; 0 = arbiter that votes but never leads)")
+        }
+        let clusterSize = nodes.count + 1
+        let majority = clusterSize / 2 + 1
+        let quorum = try legion.int("quorum", range: 1...1024) ?? majority
+        if mode == .native, quorum < majority {
+            throw .invalid(key: "legion.quorum", problem: "\(quorum) is below a majority of the \(clusterSize) configured nodes (\(majority)); native mode refuses split-brain quorums — raise it or list fewer nodes")
+        }
+        if quorum > clusterSize {
+            throw .invalid(key: "legion.quorum", problem: "\(quorum) is more than the \(clusterSize) configured nodes; no Lord could ever be elected")
+        }
+        let secretText = try legion.requiredString("secret", hint: "written as uWSGI writes it, CIPHER:SECRET[ IV], e.g. \"aes-256-cbc:change-me\"")
+        let secret: LegionSecret
+        do { secret = try LegionSecret(parsing: secretText) } catch { throw .invalid(key: "legion.secret", problem: error.description.replacingOccurrences(of: "legion.secret: ", with: "")) }
+        let scroll = try legion.string("scroll")
+
+        var native = NativeLegion.Timing()
+        var compat = CompatLegion.Timing()
+        if var timing = try legion.subtable("timing") {
+            if let v = try timing.int("heartbeat_ms", range: 5...10_000) { native.heartbeatMs = UInt64(v) }
+            if let v = try timing.int("election_timeout_ms", range: 15...120_000) { native.electionTimeoutMs = UInt64(v) }
+            if let v = try timing.double("max_drift", range: 0...0.19) { native.maxDrift = v }
+            if let v = try timing.int("lease_guard_ms", range: 1...60_000) { native.leaseGuardMs = UInt64(v) }
+            if let v = try timing.bool("preempt") { native.preempt = v }
+            if let v = try timing.int("preempt_delay_ms", range: 0...3_600_000) { native.preemptDelayMs = UInt64(v) }
+            if let v = try timing.int("skew_warning_ms", range: 1...3_600_000) { native.skewWarningMs = UInt64(v) }
+            if let v = try timing.int("skew_tolerance_ms", range: 100...3_600_000) { native.skewToleranceMs = UInt64(v) }
+            if let v = try timing.int("freq_s", range: 1...3600) { compat.freqSeconds = UInt64(v) }
+            if let v = try timing.int("tolerance_s", range: 1...3600) { compat.toleranceSeconds = UInt64(v) }
+            if let v = try timing.int("skew_tolerance_s", range: 1...3600) { compat.skewToleranceSeconds = UInt64(v) }
+            try timing.rejectUnknownKeys()
+        }
+        do { try native.validate() } catch { throw .invalid(key: "legion.timing", problem: error.description) }
+
+        var hooks: [HookEvent: [String]] = [:]
+        if var table = try legion.subtable("hooks") {
+            for event in HookEvent.allCases {
+                guard let raw = table.table[event.rawValue] else { continue }
+                if raw.string != nil {
+                    hooks[event] = [try table.requiredString(event.rawValue, hint: "a shell command")]
+                } else {
+                    hooks[event] = try table.stringArray(event.rawValue)
+                }
+            }
+            try table.rejectUnknownKeys()
+        }
+        try legion.rejectUnknownKeys()
+
+        var vip = VIP()
+        if var table = try top.subtable("vip") {
+            let driverText = try table.string("driver") ?? "none"
+            guard let driver = VIPDriverKind(rawValue: driverText) else {
+                throw .invalid(key: "vip.driver", problem: "'\(driverText)' is not a driver; use one of \(VIPDriverKind.allCases.map(\.rawValue).joined(separator: ", "))")
+            }
+            vip.driver = driver
+            if let address = try table.string("address") {
+                let parts = address.split(separator: "/", maxSplits: 1)
+                let ip = String(parts.first ?? "")
+                guard isIPv4(ip) else { throw .invalid(key: "vip.address", problem: "'\(address)' is not an IPv4 address (optionally with /PREFIX)") }
+                vip.address = ip
+                if parts.count == 2 {
+                    guard let p = Int(parts[1]), (1...32).contains(p) else { throw .invalid(key: "vip.address", problem: "prefix '/\(parts[1])' must be 1-32") }
+                    vip.prefixLength = p
+                }
+            }
+            vip.interface = try table.string("interface") ?? ""
+            vip.httpPort = try table.int("http_port", range: 1...65_535) ?? 80
+            vip.acquireCommand = try table.string("acquire") ?? ""
+            vip.releaseCommand = try table.string("release") ?? ""
+            try table.rejectUnknownKeys()
+            switch driver {
+            case .none: break
+            case .loopback:
+                guard vip.address.hasPrefix("127.") else {
+                    throw .invalid(key: "vip.address", problem: "the loopback driver needs a 127.x.y.z address, got '\(vip.address)'")
+                }
+            case .iproute2:
+                guard !vip.address.isEmpty else { throw .missing(key: "vip.address", hint: "the floating IP with prefix, e.g. \"10.77.0.100/24\"") }
+                guard !vip.interface.isEmpty else { throw .missing(key: "vip.interface", hint: "the interface that carries the VIP, e.g. \"eth0\"") }
+            case .command:
+                guard !vip.acquireCommand.isEmpty, !vip.releaseCommand.isEmpty else {
+                    throw .missing(key: "vip.acquire", hint: "the command driver needs both vip.acquire and vip.release shell commands")
+                }
+            }
+        }
+
+        var api: Endpoint?
+        if var table = try top.subtable("api") {
+            if let text = try table.string("bind") { api = try Endpoint(parsing: text, key: "api.bind") }
+            try table.rejectUnknownKeys()
+        }
+        try top.rejectUnknownKeys()
+
+        return NodeConfig(path: path, name: name, dataDir: dataDir, legionName: legionName, mode: mode, bind: bind,
+                          nodes: nodes, valor: UInt64(valor), quorum: quorum, secret: secret, scroll: scroll,
+                          nativeTiming: native, compatTiming: compat, hooks: hooks, vip: vip, api: api)
+    }
+}
+
+func isIPv4(_ text: String) -> Bool {
+    let parts = text.split(separator: ".", omittingEmptySubsequences: false)
+    return parts.count == 4 && parts.allSatisfy { p in !p.isEmpty && p.count <= 3 && p.allSatisfy(\.isNumber) && (Int(p) ?? 256) <= 255 }
+}
