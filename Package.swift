@@ -62,9 +62,11 @@ let package = Package(
                 "Node",
                 "Api",
                 "Legion",
+                "LegionSimulator",
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
                 .product(name: "Logging", package: "swift-log"),
                 .product(name: "ServiceLifecycle", package: "swift-service-lifecycle"),
+                .product(name: "Hummingbird", package: "hummingbird"),
             ]
         ),
         .testTarget(name: "UwsgiWireTests", dependencies: ["UwsgiWire"], resources: [.copy("Fixtures")]),

@@ -39,25 +39,18 @@ Command line (mostly for manual checks)::
 """
 from __future__ import annotations
 
-import argparse
+# Imports are kept light: the lord hook starts this file as the VIP responder, and its start-up time adds
+# to the measured uWSGI failover. Heavier modules are imported inside the functions that need them.
 import atexit
-import http.client
-import http.server
 import json
 import os
-import random
-import re
-import shlex
-import shutil
 import signal
 import socket
 import subprocess
 import sys
-import tempfile
 import threading
 import time
-from dataclasses import dataclass
-from typing import Callable, Iterable
+from typing import Callable, Iterable, NamedTuple
 
 MODULE_PATH = os.path.abspath(__file__)
 DEFAULT_LEGION = "mylegion"
@@ -153,6 +146,7 @@ def last_lord_state(path: str) -> tuple[bool, int | None]:
 
 def http_get_lord(vip: str, timeout: float = 0.5) -> dict | None:
     """GET http://VIP/.legion/lord -> parsed JSON on HTTP 200, else None (no exception)."""
+    import http.client
     host, port = split_addr(vip)
     conn = http.client.HTTPConnection(host, port, timeout=timeout)
     try:
@@ -198,20 +192,35 @@ def kill_pidfile(path: str, sig: int = signal.SIGKILL) -> None:
         pass
 
 
+def _ancestors() -> set[int]:
+    out, pid = set(), os.getpid()
+    while pid > 1 and pid not in out:
+        out.add(pid)
+        try:
+            with open(f"/proc/{pid}/stat", "rb") as f:
+                stat = f.read()
+            pid = int(stat[stat.rfind(b")") + 2:].split()[1])
+        except (OSError, ValueError, IndexError):
+            break
+    return out
+
+
 def procs_mentioning(text: str) -> list[int]:
-    """Pids (other than ours) whose command line contains `text`."""
-    me = os.getpid()
+    """Live uWSGI processes and VIP responders (not us, nor our ancestors) whose command line contains `text`."""
+    skip = _ancestors()
     found = []
     needle = text.encode()
     for d in os.listdir("/proc"):
-        if not d.isdigit() or int(d) == me:
+        if not d.isdigit() or int(d) in skip:
             continue
         try:
             with open(f"/proc/{d}/cmdline", "rb") as f:
-                if needle in f.read():
-                    found.append(int(d))
+                argv = f.read().split(b"\0")
         except OSError:
-            pass
+            continue
+        ours = b"uwsgi" in os.path.basename(argv[0]) or b"vip-serve" in argv
+        if ours and any(needle in a for a in argv) and pid_alive(int(d)):
+            found.append(int(d))
     return found
 
 
@@ -219,6 +228,7 @@ def procs_mentioning(text: str) -> list[int]:
 
 
 def find_uwsgi() -> str | None:
+    import shutil
     env = os.environ.get("UWSGI_BIN")
     if env:
         return env if os.access(env, os.X_OK) else None
@@ -269,6 +279,7 @@ def parse_secret(spec: str) -> tuple[str, bytes, bytes]:
 
 def legion_key_iv(spec: str) -> tuple[str, bytes, bytes]:
     """Key = secret NUL-padded to the key length (no KDF); IV = given IV padded with ASCII '0' (spec §2.4)."""
+    import re
     cipher, secret, iv = parse_secret(spec)
     m = re.fullmatch(r"aes-(128|192|256)-cbc", cipher.lower())
     if not m:
@@ -392,37 +403,26 @@ class AnnounceObserver:
 # ------------------------------------------------------------------------------------------------ VIP responder
 
 
-class _LordHandler(http.server.BaseHTTPRequestHandler):
-    server_version = "uwsgi-legion-vip/1"
-    protocol_version = "HTTP/1.0"
-    timeout = 2
-
-    def do_GET(self) -> None:  # noqa: N802 - http.server API
-        if self.path.split("?", 1)[0] == LORD_PATH:
-            body = json.dumps(self.server.lord_info).encode()  # type: ignore[attr-defined]
-            self.send_response(200)
-            self.send_header("Content-Type", "application/json")
-        else:
-            body = b'{"error":"not found"}'
-            self.send_response(404)
-        self.send_header("Content-Length", str(len(body)))
-        self.send_header("Connection", "close")
-        self.end_headers()
-        self.wfile.write(body)
-
-    def log_message(self, fmt, *args) -> None:  # quiet
+def _answer(conn: socket.socket, info: dict) -> None:
+    """One HTTP/1.0 exchange: GET /.legion/lord -> 200 JSON, anything else -> 404; then close."""
+    try:
+        conn.settimeout(2.0)
+        data = b""
+        while b"\r\n\r\n" not in data and b"\n\n" not in data and len(data) < 8192:
+            chunk = conn.recv(4096)
+            if not chunk:
+                break
+            data += chunk
+        parts = data.split(b"\r\n", 1)[0].split()
+        ok = len(parts) >= 2 and parts[0] == b"GET" and parts[1].split(b"?", 1)[0] == LORD_PATH.encode()
+        body = json.dumps(info).encode() if ok else b'{"error":"not found"}'
+        head = (f"HTTP/1.0 {'200 OK' if ok else '404 Not Found'}\r\nContent-Type: application/json\r\n"
+                f"Content-Length: {len(body)}\r\nConnection: close\r\n\r\n").encode()
+        conn.sendall(head + body)
+    except OSError:
         pass
-
-
-class _VipServer(http.server.ThreadingHTTPServer):
-    daemon_threads = True
-    allow_reuse_address = True
-
-    def server_bind(self) -> None:
-        # skip HTTPServer.server_bind: it calls getfqdn(), a possibly slow DNS lookup
-        import socketserver
-        socketserver.TCPServer.server_bind(self)
-        self.server_name, self.server_port = self.server_address[:2]
+    finally:
+        conn.close()
 
 
 def serve_vip(bind: str, name: str, valor: int, watch_pid: int = 0, bind_timeout: float = 15.0,
@@ -433,36 +433,44 @@ def serve_vip(bind: str, name: str, valor: int, watch_pid: int = 0, bind_timeout
     host, port = split_addr(bind)
     deadline = time.monotonic() + bind_timeout
     while True:
+        srv = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        srv.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         try:
-            srv = _VipServer((host, port), _LordHandler)
+            srv.bind((host, port))
+            srv.listen(64)
             break
         except OSError as e:
+            srv.close()
             if time.monotonic() >= deadline or (watch_pid and not pid_alive(watch_pid)):
                 print(f"{time.strftime('%T')} vip-serve {name}: cannot bind {bind}: {e}", file=sys.stderr)
                 return 1
             time.sleep(0.01)
-    srv.lord_info = {"name": name, "valor": valor, "since": now_ms(), "pid": watch_pid, "impl": "uwsgi"}
+    # same keys as our nodes' answer; the hook does not know the uWSGI node's uuid
+    info = {"name": name, "uuid": None, "valor": valor, "since": now_ms(), "pid": watch_pid, "impl": "uwsgi"}
     stop_at = time.monotonic() + max_seconds
 
     def watchdog() -> None:
         while True:
             if (watch_pid and not pid_alive(watch_pid)) or time.monotonic() > stop_at:
-                os._exit(0)  # kernel closes the socket
+                os._exit(0)  # the kernel closes the listening socket
             time.sleep(0.05)
 
     threading.Thread(target=watchdog, daemon=True).start()
     signal.signal(signal.SIGTERM, lambda *_: os._exit(0))
-    print(f"{time.strftime('%T')} vip-serve {name}: serving {bind} since_ms={srv.lord_info['since']}",
+    print(f"{time.strftime('%T')} vip-serve {name}: serving {bind} since_ms={info['since']}",
           file=sys.stderr, flush=True)
-    srv.serve_forever(poll_interval=0.1)
-    return 0
+    while True:
+        try:
+            conn, _ = srv.accept()
+        except OSError:
+            continue
+        threading.Thread(target=_answer, args=(conn, info), daemon=True).start()
 
 
 # ------------------------------------------------------------------------------------------------ the legion
 
 
-@dataclass
-class NodeSpec:
+class NodeSpec(NamedTuple):
     label: str          # our name for the node (event files, VIP JSON); uWSGI itself announces the hostname
     valor: int          # 1..65535 (uWSGI truncates larger values, spec §2.6)
     udp_port: int       # legion port
@@ -492,6 +500,7 @@ class UwsgiLegion:
                  extra_args: Iterable[str] = ()):
         """`peers`: extra legion-node destinations every node sends to (other implementations' members,
         observers). The uWSGI members always list each other."""
+        import tempfile
         if len({n.label for n in nodes}) != len(nodes):
             raise ValueError("node labels must be unique")
         for n in nodes:
@@ -511,6 +520,8 @@ class UwsgiLegion:
         self._own_workdir = workdir is None
         self.workdir = os.path.abspath(workdir or tempfile.mkdtemp(prefix="uwsgi-legion-"))
         os.makedirs(self.workdir, exist_ok=True)
+        self.keep_workdir = not self._own_workdir  # a temporary workdir is removed by stop_all() unless set
+        self.last_kill: tuple[str, float, int] | None = None  # (label, monotonic, epoch ms) of the last kill_node
         self.procs: dict[str, subprocess.Popen] = {}
         self._logs: dict[str, object] = {}
         _ALL_LEGIONS.append(self)
@@ -527,11 +538,13 @@ class UwsgiLegion:
 
     # -- command line
     def _hook(self, label: str, event: str, extra: str = "") -> str:
+        import shlex
         n = self.nodes[label]
         line = f'echo "{event} $(date +%s%3N) node={label} valor={n.valor}" >> {shlex.quote(self.events_path(label))}'
         return f"{self.legion} cmd:{line}{extra}"
 
     def command(self, label: str) -> list[str]:
+        import shlex
         n = self.nodes[label]
         L = self.legion
         argv = [self.uwsgi, "--master", "--processes", "1", "--die-on-term",
@@ -596,6 +609,7 @@ class UwsgiLegion:
         Returns time.monotonic() taken just before the signal."""
         p = self.procs.get(label)
         t = time.monotonic()
+        self.last_kill = (label, t, now_ms())
         if p is None:
             return t
         try:
@@ -654,6 +668,9 @@ class UwsgiLegion:
         self._logs.clear()
         if self in _ALL_LEGIONS:
             _ALL_LEGIONS.remove(self)
+        if not self.keep_workdir and not self.leftovers():
+            import shutil
+            shutil.rmtree(self.workdir, ignore_errors=True)
 
     def leftovers(self) -> list[int]:
         return procs_mentioning(self.workdir)
@@ -667,6 +684,12 @@ class UwsgiLegion:
     # -- observation
     def events(self, label: str) -> list[tuple[str, int, str]]:
         return read_events(self.events_path(label))
+
+    def first_lord_event_after(self, ms: int, exclude: Iterable[str] = ()) -> tuple[str, int] | None:
+        """(label, ms) of the earliest `lord` hook event at or after epoch-ms `ms` on any other node."""
+        ex = set(exclude)
+        hits = [(t, lb) for lb in self.nodes if lb not in ex for ev, t, _ in self.events(lb) if ev == "lord" and t >= ms]
+        return (min(hits)[1], min(hits)[0]) if hits else None
 
     def lords(self) -> list[str]:
         """Running nodes whose last lord/unlord hook event is `lord`."""
@@ -724,6 +747,7 @@ class UwsgiLegion:
     def quorum_reports(self, label: str) -> list[dict]:
         """uWSGI's "WE HAVE QUORUM" log lines: the Lord voted for (valor, uuid), the checksum and the votes
         (1 + number of members that agreed)."""
+        import re
         rx = re.compile(r"WE HAVE QUORUM FOR LEGION (\S+) !!! \(valor: (\d+) uuid: (\S+) checksum: (\d+) votes: (\d+)\)")
         out = []
         try:
@@ -784,6 +808,7 @@ def measure_vip_failover(vip: str, old_name: str, t_kill: float, timeout: float,
 
 
 def _demo(args) -> int:
+    import random
     lg = three_node_legion(args.workdir, udp_base=args.udp_base, socket_base=args.socket_base, vip=args.vip)
     print(f"uwsgi: {lg.uwsgi} ({uwsgi_version(lg.uwsgi)}); workdir {lg.workdir}", flush=True)
     gaps = []
@@ -815,6 +840,7 @@ def _demo(args) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
+    import argparse
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     sub = ap.add_subparsers(dest="cmd", required=True)
     v = sub.add_parser("vip-serve", help="emulated VIP responder (run by the lord hook)")

@@ -1,0 +1,288 @@
+import ArgumentParser
+import Foundation
+import Node
+#if canImport(Glibc)
+import Glibc
+#endif
+
+struct ClusterCommand: ParsableCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "cluster",
+        abstract: "Run a local multi-process cluster from a folder of node configs (default: cluster-configs/local-3).",
+        subcommands: [Up.self, Status.self, Down.self]
+    )
+
+    struct Options: ParsableArguments {
+        @Option(help: "Folder of node TOML files (default: cluster-configs/local-3, found from here or beside the binary).")
+        var configDir: String?
+
+        @Option(help: "Put each node's data (logs, pid, audit log) in RUN_DIR/NAME instead of its data_dir.")
+        var runDir: String?
+    }
+
+    struct Up: ParsableCommand {
+        static let configuration = CommandConfiguration(
+            abstract: "Start every node that is not running, in the background; return once a Lord holds the VIP.")
+
+        @OptionGroup var options: Options
+
+        @Option(help: "Seconds to wait for a Lord on the VIP.")
+        var timeout: Double = 20
+
+        func run() throws {
+            let cluster = try LocalCluster(options: options)
+            var started: [String] = []
+            for node in cluster.nodes {
+                if let pid = node.runningPid {
+                    print("\(node.config.name): already running (pid \(pid))")
+                    continue
+                }
+                let pid = try cluster.start(node)
+                started.append(node.config.name)
+                print("\(node.config.name): started (pid \(pid), valor \(node.config.valor), log \(node.dataDir)/node.log)")
+            }
+            guard let vip = cluster.vip else {
+                print("no VIP configured; \(started.count) node(s) started")
+                return
+            }
+            let deadline = Date().addingTimeInterval(timeout)
+            while Date() < deadline {
+                if let lord = cluster.lordOnVIP() {
+                    print("Lord: \(lord) — answering on http://\(vip)/.legion/lord")
+                    print("")
+                    print("Watch the Lord:   watch -n 0.2 curl -s http://\(vip)/.legion/lord")
+                    print("Cluster status:   \(cluster.selfCommand) cluster status")
+                    if let lordNode = cluster.nodes.first(where: { $0.config.name == lord }), let pid = lordNode.runningPid {
+                        print("Kill the Lord:    kill -9 \(pid)    (another node takes the VIP within a second)")
+                    }
+                    print("Restart missing:  \(cluster.selfCommand) cluster up")
+                    print("Stop everything:  \(cluster.selfCommand) cluster down")
+                    return
+                }
+                usleep(50_000)
+            }
+            throw UserFacingError("no Lord answered on http://\(vip)/.legion/lord within \(Int(timeout)) s; see the node logs: \(cluster.nodes.map { $0.dataDir + "/node.log" }.joined(separator: " "))")
+        }
+    }
+
+    struct Status: ParsableCommand {
+        static let configuration = CommandConfiguration(abstract: "Show each node, who is Lord and where the VIP answers.")
+
+        @OptionGroup var options: Options
+
+        @Flag(help: "Print JSON: {\"lord\", \"vip\", \"nodes\": [{\"name\", \"pid\", \"lord\", \"valor\", \"running\", \"endpoints\"}]}.")
+        var json = false
+
+        func run() throws {
+            let cluster = try LocalCluster(options: options)
+            let document = cluster.statusDocument()
+            if json {
+                print(document.serialized)
+                return
+            }
+            let lordOnVIP = cluster.lordOnVIP()
+            print("legion \(cluster.nodes.first?.config.legionName ?? "-") — VIP \(cluster.vip ?? "none"): \(lordOnVIP.map { "Lord \($0)" } ?? "no Lord answering")")
+            for row in cluster.rows() {
+                let state = row.running ? (row.lord ? "LORD" : "member") : "stopped"
+                print("  \(row.name.padding(toLength: 10, withPad: " ", startingAt: 0)) \(state.padding(toLength: 8, withPad: " ", startingAt: 0)) valor \(row.valor)  pid \(row.pid.map(String.init) ?? "-")  \(row.detail)")
+            }
+        }
+    }
+
+    struct Down: ParsableCommand {
+        static let configuration = CommandConfiguration(abstract: "Stop every node (SIGTERM, then SIGKILL after 5 s) and leave nothing running.")
+
+        @OptionGroup var options: Options
+
+        func run() throws {
+            let cluster = try LocalCluster(options: options)
+            var pids: [(String, Int32)] = []
+            for node in cluster.nodes {
+                if let pid = node.runningPid {
+                    kill(pid, SIGTERM)
+                    pids.append((node.config.name, pid))
+                }
+            }
+            let deadline = Date().addingTimeInterval(5)
+            while Date() < deadline, pids.contains(where: { LocalCluster.isAlive($0.1) }) { usleep(20_000) }
+            for (name, pid) in pids {
+                if LocalCluster.isAlive(pid) {
+                    kill(pid, SIGKILL)
+                    print("\(name): killed (pid \(pid) ignored SIGTERM for 5 s)")
+                } else {
+                    print("\(name): stopped (pid \(pid))")
+                }
+            }
+            for node in cluster.nodes { try? FileManager.default.removeItem(atPath: node.dataDir + "/node.pid") }
+            if pids.isEmpty { print("nothing was running") }
+        }
+    }
+}
+
+/// A folder of node configs run as local processes.
+struct LocalCluster {
+    struct Node {
+        var config: NodeConfig
+        var dataDir: String
+        var runningPid: Int32? {
+            guard let text = try? String(contentsOfFile: dataDir + "/node.pid", encoding: .utf8),
+                  let pid = Int32(text.trimmingCharacters(in: .whitespacesAndNewlines)), LocalCluster.isAlive(pid) else { return nil }
+            // Guard against a recycled pid: it must be a legion process.
+            let cmdline = (try? String(contentsOfFile: "/proc/\(pid)/cmdline", encoding: .utf8)) ?? ""
+            return cmdline.contains("legion") ? pid : nil
+        }
+    }
+
+    struct Row {
+        var name: String
+        var running: Bool
+        var lord: Bool
+        var valor: UInt64
+        var pid: Int32?
+        var detail: String
+        var endpoints: [(String, JSONValue)]
+    }
+
+    let nodes: [Node]
+    let executable: String
+    let runDir: String?
+
+    init(options: ClusterCommand.Options) throws {
+        executable = (try? FileManager.default.destinationOfSymbolicLink(atPath: "/proc/self/exe")) ?? CommandLine.arguments[0]
+        let dir = try LocalCluster.findConfigDir(options.configDir, executable: executable)
+        let files = try FileManager.default.contentsOfDirectory(atPath: dir).filter { $0.hasSuffix(".toml") }.sorted()
+        guard !files.isEmpty else { throw UserFacingError("no *.toml node configs in \(dir)") }
+        var nodes: [Node] = []
+        for file in files {
+            do {
+                let config = try NodeConfig.load(path: dir + "/" + file)
+                let dataDir = options.runDir.map { URL(fileURLWithPath: $0).appendingPathComponent(config.name).path } ?? config.dataDir
+                nodes.append(Node(config: config, dataDir: dataDir))
+            } catch {
+                throw UserFacingError("\(dir)/\(file): \(error)")
+            }
+        }
+        self.nodes = nodes
+        runDir = options.runDir
+    }
+
+    static func findConfigDir(_ given: String?, executable: String) throws -> String {
+        if let given {
+            guard FileManager.default.fileExists(atPath: given) else { throw UserFacingError("config dir \(given) does not exist") }
+            return given
+        }
+        let relative = "cluster-configs/local-3"
+        if FileManager.default.fileExists(atPath: relative) { return relative }
+        var url = URL(fileURLWithPath: executable).deletingLastPathComponent()
+        for _ in 0..<5 {
+            let candidate = url.appendingPathComponent(relative).path
+            if FileManager.default.fileExists(atPath: candidate) { return candidate }
+            url = url.deletingLastPathComponent()
+        }
+        throw UserFacingError("cannot find \(relative); run from the repository root or pass --config-dir")
+    }
+
+    static func isAlive(_ pid: Int32) -> Bool {
+        guard kill(pid, 0) == 0 else { return false }
+        // A zombie is not alive for our purposes.
+        let stat = (try? String(contentsOfFile: "/proc/\(pid)/stat", encoding: .utf8)) ?? ""
+        if let close = stat.lastIndex(of: ")") {
+            let rest = stat[stat.index(after: close)...].trimmingCharacters(in: .whitespaces)
+            if rest.hasPrefix("Z") { return false }
+        }
+        return true
+    }
+
+    var selfCommand: String {
+        let cwd = FileManager.default.currentDirectoryPath
+        return executable.hasPrefix(cwd + "/") ? String(executable.dropFirst(cwd.count + 1)) : executable
+    }
+
+    var vip: String? { nodes.first { $0.config.vip.driver != .none }?.config.vip.endpoint }
+
+    func start(_ node: Node) throws -> Int32 {
+        try FileManager.default.createDirectory(atPath: node.dataDir, withIntermediateDirectories: true)
+        let logPath = node.dataDir + "/node.log"
+        if !FileManager.default.fileExists(atPath: logPath) { FileManager.default.createFile(atPath: logPath, contents: nil) }
+        guard let log = FileHandle(forWritingAtPath: logPath) else { throw UserFacingError("cannot write \(logPath)") }
+        _ = try? log.seekToEnd()
+        let process = Process()
+        // setsid: the node leaves our session, so closing this terminal does not stop it.
+        process.executableURL = URL(fileURLWithPath: "/usr/bin/setsid")
+        var arguments = [executable, "node", "--config", node.config.path]
+        if runDir != nil { arguments += ["--data-dir", node.dataDir] }
+        process.arguments = arguments
+        process.standardInput = FileHandle.nullDevice
+        process.standardOutput = log
+        process.standardError = log
+        do { try process.run() } catch { throw UserFacingError("cannot start \(node.config.name): \(error)") }
+        // Wait for the node's own pid file (it writes it once its config is valid).
+        let deadline = Date().addingTimeInterval(5)
+        while Date() < deadline {
+            if let pid = node.runningPid { return pid }
+            if !process.isRunning {
+                throw UserFacingError("\(node.config.name) exited at start (status \(process.terminationStatus)); see \(logPath)")
+            }
+            usleep(20_000)
+        }
+        return process.processIdentifier
+    }
+
+    func lordOnVIP() -> String? {
+        guard let vipNode = nodes.first(where: { $0.config.vip.driver != .none }) else { return nil }
+        guard let response = HTTPProbe.get(host: vipNode.config.vip.address, port: vipNode.config.vip.httpPort, path: "/.legion/lord", timeoutMs: 300),
+              response.status == 200 else { return nil }
+        return LocalCluster.jsonString(response.body, key: "name")
+    }
+
+    /// Extracts a top-level string field from a small JSON object (our own output).
+    static func jsonString(_ body: String, key: String) -> String? {
+        guard let data = body.data(using: .utf8),
+              let object = try? JSONSerialization.jsonObject(with: data) as? [String: Any] else { return nil }
+        return object[key] as? String
+    }
+
+    func rows() -> [Row] {
+        nodes.map { node in
+            let pid = node.runningPid
+            var lord = false
+            var valor = node.config.valor
+            var detail = ""
+            if pid != nil, let api = node.config.api,
+               let response = HTTPProbe.get(host: api.host, port: api.port, path: "/status", timeoutMs: 300), response.status == 200,
+               let data = response.body.data(using: .utf8), let object = try? JSONSerialization.jsonObject(with: data) as? [String: Any] {
+                lord = object["lord"] as? Bool ?? false
+                valor = (object["valor"] as? NSNumber)?.uint64Value ?? valor
+                if let legion = object["legion"] as? [String: Any] {
+                    let members = (legion["members"] as? [Any])?.count ?? 0
+                    detail = "sees \(members) member(s), Lord \(legion["lord_name"] as? String ?? "none")"
+                    if let lease = legion["lease_ms"] as? NSNumber { detail += ", lease \(lease) ms" }
+                }
+            } else if pid != nil {
+                detail = node.config.api == nil ? "(no [api] configured)" : "(api not answering)"
+            }
+            var endpoints: [(String, JSONValue)] = [("legion", .string("udp://\(node.config.bind)"))]
+            if let api = node.config.api { endpoints.append(("api", .string("http://\(api)"))) }
+            if node.config.vip.driver != .none { endpoints.append(("vip", .string("http://\(node.config.vip.endpoint)"))) }
+            endpoints.append(("log", .string(node.dataDir + "/node.log")))
+            endpoints.append(("audit", .string(node.dataDir + "/audit.jsonl")))
+            return Row(name: node.config.name, running: pid != nil, lord: lord, valor: valor, pid: pid, detail: detail, endpoints: endpoints)
+        }
+    }
+
+    func statusDocument() -> JSONValue {
+        let rows = rows()
+        let lords = rows.filter { $0.running && $0.lord }
+        return .object([
+            ("lord", lords.count == 1 ? .string(lords[0].name) : (lords.isEmpty ? .null : .string(lords.map(\.name).joined(separator: ",")))),
+            ("vip", vip.map { .string($0) } ?? .null),
+            ("vip_lord", lordOnVIP().map { .string($0) } ?? .null),
+            ("nodes", .array(rows.map { row in
+                .object([
+                    ("name", .string(row.name)), ("pid", row.pid.map { .int(Int64($0)) } ?? .null), ("running", .bool(row.running)),
+                    ("lord", .bool(row.lord)), ("valor", .uint(row.valor)), ("endpoints", .object(row.endpoints)),
+                ])
+            })),
+        ])
+    }
+}

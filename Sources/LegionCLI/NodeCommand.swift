@@ -1,0 +1,66 @@
+import Api
+import ArgumentParser
+import Foundation
+import Logging
+import Node
+import ServiceLifecycle
+
+struct NodeCommand: AsyncParsableCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "node",
+        abstract: "Run one legion node in the foreground until SIGTERM or SIGINT.",
+        discussion: """
+        On SIGTERM/SIGINT the node shuts down cleanly: it resigns if Lord (failover IP released,
+        unlord hooks run), announces its death so peers elect a new Lord at once, runs the death
+        hooks and exits 0. Election events go to DATA_DIR/audit.jsonl; the pid to DATA_DIR/node.pid.
+        """
+    )
+
+    @Option(name: .long, help: "The node's TOML configuration file.")
+    var config: String
+
+    @Option(name: .long, help: "Override [node].data_dir.")
+    var dataDir: String?
+
+    @Option(name: .long, help: "Log level: trace, debug, info, notice, warning, error, critical.")
+    var logLevel: Logger.Level = .info
+
+    func run() async throws {
+        CLILogging.bootstrap(level: logLevel)
+        var nodeConfig: NodeConfig
+        do {
+            nodeConfig = try NodeConfig.load(path: config)
+        } catch {
+            throw UserFacingError("\(error)")
+        }
+        if let dataDir { nodeConfig.dataDir = dataDir }
+        let logger = Logger(label: "legion.\(nodeConfig.name)")
+        try FileManager.default.createDirectory(atPath: nodeConfig.dataDir, withIntermediateDirectories: true)
+        let pidFile = nodeConfig.dataDir + "/node.pid"
+        let pid = ProcessInfo.processInfo.processIdentifier
+        try "\(pid)\n".write(toFile: pidFile, atomically: true, encoding: .utf8)
+        defer { try? FileManager.default.removeItem(atPath: pidFile) }
+
+        var endpoints: [String: String] = ["legion": nodeConfig.bind.description]
+        if let api = nodeConfig.api { endpoints["api"] = "http://\(api)" }
+        if nodeConfig.vip.driver != .none { endpoints["vip"] = "http://\(nodeConfig.vip.endpoint)/.legion/lord" }
+        let state = NodeState(.init(nodeName: nodeConfig.name, legionName: nodeConfig.legionName, pid: pid,
+                                    startedAtMs: SystemClock.wallMillis(),
+                                    vip: nodeConfig.vip.driver == .none ? nil : nodeConfig.vip.endpoint, endpoints: endpoints))
+        let legion = try LegionService(config: nodeConfig, state: state, logger: logger)
+        var services: [ServiceGroupConfiguration.ServiceConfiguration] = [
+            .init(service: legion, successTerminationBehavior: .gracefullyShutdownGroup),
+        ]
+        if let api = nodeConfig.api {
+            let app = NodeAPI.application(state: state, host: api.host, port: api.port, logger: logger)
+            services.append(.init(service: app))
+        }
+        let group = ServiceGroup(configuration: .init(services: services, gracefulShutdownSignals: [.sigterm, .sigint],
+                                                      logger: logger))
+        do {
+            try await group.run()
+        } catch {
+            throw UserFacingError("node \(nodeConfig.name) stopped: \(error)")
+        }
+    }
+}

@@ -1,0 +1,93 @@
+import Legion
+import Synchronization
+
+/// What a node publishes about itself for the API, the CLI and the VIP's `/.legion/lord`.
+/// Written by the protocol loop, read from any thread.
+public final class NodeState: Sendable {
+    public struct Snapshot: Sendable {
+        public var nodeName: String
+        public var legionName: String
+        public var pid: Int32
+        public var startedAtMs: UInt64
+        public var legion: LegionStatus?
+        public var vip: String?
+        public var vipPhase: String = "released"
+        public var packetsIn = 0
+        public var packetsOut = 0
+        public var drops: [String: Int] = [:]
+        public var lordChanges = 0
+        public var maxClockSkewMs: Int64 = 0
+        public var endpoints: [String: String] = [:]
+
+        public init(nodeName: String, legionName: String, pid: Int32, startedAtMs: UInt64, vip: String?, endpoints: [String: String]) {
+            self.nodeName = nodeName
+            self.legionName = legionName
+            self.pid = pid
+            self.startedAtMs = startedAtMs
+            self.vip = vip
+            self.endpoints = endpoints
+        }
+    }
+
+    private let mutex: Mutex<Snapshot>
+
+    public init(_ initial: Snapshot) { mutex = Mutex(initial) }
+
+    public var snapshot: Snapshot { mutex.withLock { $0 } }
+
+    public func update(_ body: (inout Snapshot) -> Void) {
+        mutex.withLock { body(&$0) }
+    }
+
+    /// JSON naming the Lord as this node knows it (`GET /.legion/lord`).
+    public func lordJSON() -> String {
+        let s = snapshot
+        guard let legion = s.legion, let lord = legion.lord else {
+            return JSONValue.object([("lord", .null), ("node", .string(s.nodeName))]).serialized
+        }
+        let isSelf = legion.isLord
+        return JSONValue.object([
+            ("name", .string(lord.name)), ("uuid", .string(lord.uuid.description)), ("valor", .uint(lord.valor)),
+            ("since", isSelf ? .string(SystemClock.iso8601(wallMs: legion.lordSinceMs)) : .null),
+            ("since_ms", isSelf ? .uint(legion.lordSinceMs) : .null),
+            ("legion", .string(s.legionName)), ("answered_by", .string(s.nodeName)),
+            ("lease_ms", legion.leaseRemainingMs.map { .uint($0) } ?? .null),
+        ]).serialized
+    }
+
+    /// The node's full status document (`GET /status`, `legion cluster status`).
+    public func statusJSON() -> JSONValue {
+        let s = snapshot
+        var legionPairs: [(String, JSONValue)] = []
+        if let l = s.legion {
+            legionPairs = [
+                ("mode", .string(l.mode.rawValue)), ("uuid", .string(l.identity.uuid.description)),
+                ("valor", .uint(l.identity.valor)), ("lord", .bool(l.isLord)),
+                ("lord_name", l.lord.map { .string($0.name) } ?? .null),
+                ("lord_since_ms", l.isLord ? .uint(l.lordSinceMs) : .null),
+                ("vote", .string(l.vote.description)), ("votes", .int(Int64(l.votes))), ("quorum", .int(Int64(l.quorum))),
+                ("lease_ms", l.leaseRemainingMs.map { .uint($0) } ?? .null),
+                ("members", .array(l.members.map { m in
+                    .object([
+                        ("name", .string(m.info.name)), ("valor", .uint(m.info.valor)), ("uuid", .string(m.info.uuid.description)),
+                        ("pid", .uint(m.info.pid)), ("last_seen_ms_ago", .uint(m.lastSeenMsAgo)), ("claims_lord", .bool(m.claimsLord)),
+                        ("vote", .string(m.vote.description)),
+                    ])
+                })),
+            ]
+        }
+        return .object([
+            ("name", .string(s.nodeName)), ("legion_name", .string(s.legionName)), ("pid", .int(Int64(s.pid))),
+            ("started_ms", .uint(s.startedAtMs)), ("lord", .bool(s.legion?.isLord ?? false)),
+            ("valor", .uint(s.legion?.identity.valor ?? 0)),
+            ("vip", s.vip.map { .string($0) } ?? .null), ("vip_phase", .string(s.vipPhase)),
+            ("legion", .object(legionPairs)),
+            ("counters", .object([
+                ("packets_in", .int(Int64(s.packetsIn))), ("packets_out", .int(Int64(s.packetsOut))),
+                ("lord_changes", .int(Int64(s.lordChanges))), ("max_clock_skew_ms", .int(s.maxClockSkewMs)),
+                ("drops", .object(s.drops.sorted { $0.key < $1.key }.map { ($0.key, .int(Int64($0.value))) })),
+            ])),
+            ("endpoints", .object(s.endpoints.sorted { $0.key < $1.key }.map { ($0.key, .string($0.value)) })),
+        ])
+    }
+}

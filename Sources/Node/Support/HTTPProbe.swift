@@ -1,0 +1,72 @@
+#if canImport(Glibc)
+import Glibc
+#endif
+
+/// A tiny blocking HTTP/1.0 GET with a hard deadline, for CLI status checks and probes.
+/// (No client library needed for one request to a loopback port.)
+public enum HTTPProbe {
+    public struct Response: Sendable {
+        public var status: Int
+        public var body: String
+    }
+
+    public static func get(host: String, port: Int, path: String, timeoutMs: Int = 500) -> Response? {
+        #if canImport(Glibc)
+        var addr = sockaddr_in()
+        addr.sin_family = sa_family_t(AF_INET)
+        addr.sin_port = in_port_t(UInt16(port).bigEndian)
+        guard inet_pton(AF_INET, host == "localhost" ? "127.0.0.1" : host, &addr.sin_addr) == 1 else { return nil }
+        let fd = socket(AF_INET, Int32(SOCK_STREAM.rawValue), 0)
+        guard fd >= 0 else { return nil }
+        defer { close(fd) }
+        let flags = fcntl(fd, F_GETFL, 0)
+        _ = fcntl(fd, F_SETFL, flags | O_NONBLOCK)
+        let deadline = monotonicMs() + timeoutMs
+        let rc = withUnsafePointer(to: &addr) { p in
+            p.withMemoryRebound(to: sockaddr.self, capacity: 1) { connect(fd, $0, socklen_t(MemoryLayout<sockaddr_in>.size)) }
+        }
+        if rc != 0 {
+            guard errno == EINPROGRESS, wait(fd, events: Int16(POLLOUT), deadline: deadline) else { return nil }
+            var err: Int32 = 0
+            var len = socklen_t(MemoryLayout<Int32>.size)
+            getsockopt(fd, SOL_SOCKET, SO_ERROR, &err, &len)
+            guard err == 0 else { return nil }
+        }
+        let request = Array("GET \(path) HTTP/1.0\r\nHost: \(host):\(port)\r\nConnection: close\r\n\r\n".utf8)
+        var sent = 0
+        while sent < request.count {
+            guard wait(fd, events: Int16(POLLOUT), deadline: deadline) else { return nil }
+            let n = request[sent...].withUnsafeBytes { Glibc.send(fd, $0.baseAddress, $0.count, Int32(MSG_NOSIGNAL)) }
+            guard n > 0 else { return nil }
+            sent += n
+        }
+        var data: [UInt8] = []
+        var chunk = [UInt8](repeating: 0, count: 4096)
+        while data.count < 1_048_576 {
+            guard wait(fd, events: Int16(POLLIN), deadline: deadline) else { return nil }
+            let n = chunk.withUnsafeMutableBytes { Glibc.recv(fd, $0.baseAddress, $0.count, 0) }
+            if n == 0 { break }
+            guard n > 0 else { return nil }
+            data.append(contentsOf: chunk[0..<n])
+        }
+        let text = String(decoding: data, as: UTF8.self)
+        guard text.hasPrefix("HTTP/"), let space = text.firstIndex(of: " ") else { return nil }
+        let code = Int(text[text.index(after: space)...].prefix(3)) ?? 0
+        let body = text.range(of: "\r\n\r\n").map { String(text[$0.upperBound...]) } ?? ""
+        return Response(status: code, body: body)
+        #else
+        return nil
+        #endif
+    }
+
+    #if canImport(Glibc)
+    static func monotonicMs() -> Int { Int(SystemClock.monotonicNanos() / 1_000_000) }
+
+    static func wait(_ fd: Int32, events: Int16, deadline: Int) -> Bool {
+        let remaining = deadline - monotonicMs()
+        guard remaining > 0 else { return false }
+        var p = pollfd(fd: fd, events: events, revents: 0)
+        return poll(&p, 1, Int32(remaining)) == 1
+    }
+    #endif
+}

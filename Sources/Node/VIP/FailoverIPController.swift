@@ -1,0 +1,146 @@
+import Logging
+import Synchronization
+
+/// Owns the failover IP on this node.
+///
+/// The protocol loop states what it wants (`want(held:fenceUntil:)`, synchronous and therefore
+/// strictly ordered); `run()` reconciles the real IP toward that wish without ever blocking the
+/// protocol loop. It fences itself: if the lease deadline passes without a renewal (the protocol
+/// loop stalled), it releases the IP on its own.
+public final class FailoverIPController: Sendable {
+    public enum Phase: String, Sendable { case released, acquiring, held, releasing }
+
+    struct Shared {
+        var wanted = false
+        var fenceUntil: UInt64?
+        var phase: Phase = .released
+        var lastError: String?
+        var stopping = false
+        var fenced = false
+    }
+
+    let driver: FailoverIPDriver
+    let httpHost: String?
+    let httpPort: Int
+    let lordBody: LordHTTPServer.Body
+    let logger: Logger
+    private let shared = Mutex(Shared())
+    private let pokes: AsyncStream<Void>
+    private let poke: AsyncStream<Void>.Continuation
+
+    public init(driver: FailoverIPDriver, httpHost: String?, httpPort: Int, logger: Logger, lordBody: @escaping LordHTTPServer.Body) {
+        self.driver = driver
+        self.httpHost = httpHost
+        self.httpPort = httpPort
+        self.logger = logger
+        self.lordBody = lordBody
+        (pokes, poke) = AsyncStream<Void>.makeStream(bufferingPolicy: .bufferingNewest(1))
+    }
+
+    public var phase: Phase { shared.withLock { $0.phase } }
+    public var lastError: String? { shared.withLock { $0.lastError } }
+
+    /// Records the wish and wakes the reconciler. `fenceUntil` is the lease end (monotonic ns).
+    public func want(held: Bool, fenceUntil: UInt64?) {
+        shared.withLock {
+            $0.wanted = held
+            $0.fenceUntil = held ? fenceUntil : nil
+        }
+        poke.yield()
+    }
+
+    public func renew(fenceUntil: UInt64) {
+        shared.withLock { if $0.wanted { $0.fenceUntil = fenceUntil } }
+    }
+
+    private func stillWanted() -> Bool {
+        shared.withLock { state in
+            if state.wanted, let fence = state.fenceUntil, SystemClock.monotonicNanos() >= fence {
+                state.wanted = false
+                state.fenceUntil = nil
+                state.fenced = true
+                return false
+            }
+            return state.wanted
+        }
+    }
+
+    /// Reconciles until `stop()`; releases the IP before returning.
+    public func run() async {
+        var server: LordHTTPServer?
+        var held = false
+        let fenceTicker = Task { [poke] in
+            while !Task.isCancelled {
+                try? await Task.sleep(for: .milliseconds(5))
+                poke.yield()
+            }
+        }
+        defer { fenceTicker.cancel() }
+        for await _ in pokes {
+            let stopping = shared.withLock { $0.stopping }
+            let wanted = !stopping && stillWanted()
+            if wanted, !held {
+                shared.withLock { $0.phase = .acquiring }
+                let started = SystemClock.monotonicNanos()
+                var attempt = 0
+                while stillWanted(), !shared.withLock({ $0.stopping }) {
+                    attempt += 1
+                    do {
+                        try await driver.acquire()
+                        held = true
+                        if let host = httpHost, server == nil {
+                            server = try await LordHTTPServer.start(host: host, port: httpPort, body: lordBody)
+                        }
+                        shared.withLock { $0.phase = .held; $0.lastError = nil }
+                        logger.notice("failover IP acquired", metadata: [
+                            "driver": "\(driver.name)", "vip": "\(httpHost ?? "-"):\(httpPort)",
+                            "ms": "\((SystemClock.monotonicNanos() - started) / 1_000_000)", "attempts": "\(attempt)",
+                        ])
+                        break
+                    } catch {
+                        shared.withLock { $0.lastError = "\(error)" }
+                        if attempt == 1 || attempt % 100 == 0 {
+                            logger.warning("cannot take the failover IP yet; retrying every 10 ms", metadata: ["error": "\(error)", "attempt": "\(attempt)"])
+                        }
+                        try? await Task.sleep(for: .milliseconds(10))
+                    }
+                }
+            }
+            if !stillWanted() || shared.withLock({ $0.stopping }), held || server != nil {
+                if shared.withLock({ state in defer { state.fenced = false }; return state.fenced }) {
+                    logger.critical("lease deadline passed without renewal; releasing the failover IP (fence)")
+                }
+                shared.withLock { $0.phase = .releasing }
+                let started = SystemClock.monotonicNanos()
+                if let s = server {
+                    await s.stop()
+                    server = nil
+                }
+                do {
+                    try await driver.release()
+                } catch {
+                    shared.withLock { $0.lastError = "\(error)" }
+                    logger.error("failed to release the failover IP; remove it by hand if it is still present", metadata: ["error": "\(error)"])
+                }
+                held = false
+                logger.notice("failover IP released", metadata: ["driver": "\(driver.name)", "ms": "\((SystemClock.monotonicNanos() - started) / 1_000_000)"])
+            }
+            if !held { shared.withLock { $0.phase = .released } }
+            if shared.withLock({ $0.stopping }), !held { break }
+        }
+    }
+
+    /// Releases the IP and ends `run()`; returns once the IP is released (or after the timeout).
+    public func stop(timeoutMs: UInt64 = 3000) async {
+        shared.withLock {
+            $0.stopping = true
+            $0.wanted = false
+        }
+        poke.yield()
+        let deadline = SystemClock.monotonicNanos() + timeoutMs * 1_000_000
+        while phase != .released, SystemClock.monotonicNanos() < deadline {
+            try? await Task.sleep(for: .milliseconds(1))
+        }
+        poke.finish()
+    }
+}
