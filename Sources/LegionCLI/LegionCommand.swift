@@ -14,6 +14,6 @@ struct LegionCommand: AsyncParsableCommand {
         Run one node of a real cluster:
           legion node --config /etc/legion/node.toml
         """,
-        subcommands: [NodeCommand.self, ClusterCommand.self, ConfigCommand.self, SimulateCommand.self]
+        subcommands: [NodeCommand.self, ClusterCommand.self, ConfigCommand.self, SimulateCommand.self, VIPFenceCommand.self]
     )
 }

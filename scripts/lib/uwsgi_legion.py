@@ -644,7 +644,8 @@ class UwsgiLegion:
         kill_pidfile(self.vip_pidfile(label))
 
     def stop_all(self, graceful: bool = True) -> None:
-        """Stop every node and responder; finally kill anything whose command line mentions the workdir."""
+        """Stop every node (SIGINT, then SIGKILL of the group after 5 s) and responder, then SIGKILL any uWSGI or
+        vip-serve process whose command line still mentions the workdir; remove a temporary workdir."""
         labels = [lb for lb in self.procs if self.procs[lb].poll() is None]
         if graceful:
             for lb in labels:
@@ -714,9 +715,9 @@ class UwsgiLegion:
         d = http_get_lord(self.vip, timeout)
         return d.get("name") if d else None
 
-    def healthy(self, need_quorum: bool = True) -> str | None:
-        """Name of the Lord if: all nodes run, exactly one node is Lord by hooks, it is the highest valor,
-        and (with a VIP) the VIP answers with its name. Else None."""
+    def healthy(self) -> str | None:
+        """(uWSGI-only legions) Name of the Lord if: all nodes run, exactly one node is Lord by hooks, it is the
+        highest valor, and (with a VIP) the VIP answers with its name. Else None."""
         if not all(self.alive(lb) for lb in self.nodes):
             return None
         lords = self.lords()

@@ -6,9 +6,7 @@ Run:  python3 -m pytest -v -s tests/integration/test_local_cluster.py
 from __future__ import annotations
 
 import json
-import os
 import subprocess
-import time
 
 import pytest
 

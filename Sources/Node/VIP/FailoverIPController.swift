@@ -46,11 +46,18 @@ public final class FailoverIPController: Sendable {
             $0.wanted = held
             $0.fenceUntil = held ? fenceUntil : nil
         }
+        // The external fence learns the deadline before the IP is added, and is told "idle" only
+        // after it is removed (in `run()`).
+        if held { driver.leaseChanged(heldUntil: fenceUntil ?? .max) }  // compat: no lease, fence on death only
         poke.yield()
     }
 
     public func renew(fenceUntil: UInt64) {
-        shared.withLock { if $0.wanted { $0.fenceUntil = fenceUntil } }
+        let held = shared.withLock { state -> Bool in
+            if state.wanted { state.fenceUntil = fenceUntil }
+            return state.wanted
+        }
+        if held { driver.leaseChanged(heldUntil: fenceUntil) }
     }
 
     private func stillWanted() -> Bool {
@@ -123,6 +130,7 @@ public final class FailoverIPController: Sendable {
                     logger.error("failed to release the failover IP; remove it by hand if it is still present", metadata: ["error": "\(error)"])
                 }
                 held = false
+                driver.leaseChanged(heldUntil: nil)
                 logger.notice("failover IP released", metadata: ["driver": "\(driver.name)", "ms": "\((SystemClock.monotonicNanos() - started) / 1_000_000)"])
             }
             if !held { shared.withLock { $0.phase = .released } }
@@ -142,5 +150,6 @@ public final class FailoverIPController: Sendable {
             try? await Task.sleep(for: .milliseconds(1))
         }
         poke.finish()
+        driver.close()
     }
 }

@@ -6,6 +6,16 @@ public protocol FailoverIPDriver: Sendable {
     func acquire() async throws
     /// Removes the VIP from this node. Must be fast: it runs before the lease ends.
     func release() async throws
+    /// The lease behind the IP changed: held until this monotonic deadline, or `nil` once released.
+    /// Drivers with an external fence (iproute2) forward it; the default does nothing.
+    func leaseChanged(heldUntil: UInt64?)
+    /// Called once at clean shutdown, after the final release.
+    func close()
+}
+
+extension FailoverIPDriver {
+    public func leaseChanged(heldUntil: UInt64?) {}
+    public func close() {}
 }
 
 public struct FailoverIPError: Error, CustomStringConvertible {

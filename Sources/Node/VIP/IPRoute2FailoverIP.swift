@@ -13,13 +13,27 @@ public struct IPRoute2FailoverIP: FailoverIPDriver {
     public let prefixLength: Int
     public let interface: String
     let logger: Logger
+    let fence: VIPFenceClient?
 
+    /// Starts the fence process (`legion vip-fence`), which removes the VIP if this process dies
+    /// or freezes while holding it.
     public init(address: String, prefixLength: Int, interface: String, logger: Logger) {
         self.address = address
         self.prefixLength = prefixLength
         self.interface = interface
         self.logger = logger
+        let executable = (try? FileManager.default.destinationOfSymbolicLink(atPath: "/proc/self/exe")) ?? CommandLine.arguments[0]
+        fence = VIPFenceClient(executable: executable, address: address, prefixLength: prefixLength, interface: interface)
+        if fence == nil {
+            logger.error("could not start the VIP fence process; a killed or frozen node would keep the VIP until restarted")
+        }
     }
+
+    public func leaseChanged(heldUntil: UInt64?) {
+        if let heldUntil { fence?.hold(until: heldUntil) } else { fence?.idle() }
+    }
+
+    public func close() { fence?.stop() }
 
     var cidr: String { "\(address)/\(prefixLength)" }
 
