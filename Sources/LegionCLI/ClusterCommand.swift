@@ -193,9 +193,11 @@ struct LocalCluster {
         return true
     }
 
+    /// How the user invoked us (e.g. `.build/debug/legion`), for the hints we print.
     var selfCommand: String {
-        let cwd = FileManager.default.currentDirectoryPath
-        return executable.hasPrefix(cwd + "/") ? String(executable.dropFirst(cwd.count + 1)) : executable
+        let invoked = CommandLine.arguments[0]
+        if invoked.contains("/") { return invoked }
+        return invoked.isEmpty ? executable : invoked
     }
 
     var vip: String? { nodes.first { $0.config.vip.driver != .none }?.config.vip.endpoint }

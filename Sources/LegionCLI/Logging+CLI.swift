@@ -5,11 +5,7 @@ extension Logger.Level: @retroactive ExpressibleByArgument {}
 
 enum CLILogging {
     static func bootstrap(level: Logger.Level) {
-        LoggingSystem.bootstrap { label in
-            var handler = StreamLogHandler.standardError(label: label)
-            handler.logLevel = level
-            return handler
-        }
+        LoggingSystem.bootstrap { label in LegionLogHandler(label: label, logLevel: level) }
     }
 }
 
