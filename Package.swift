@@ -34,6 +34,15 @@ let package = Package(
             ],
             swiftSettings: optimized
         ),
+        .target(
+            name: "Subscriptions",
+            dependencies: [
+                "UwsgiWire",
+                .product(name: "Crypto", package: "swift-crypto"),
+                .product(name: "_CryptoExtras", package: "swift-crypto"),
+            ],
+            swiftSettings: optimized
+        ),
         .target(name: "LegionSimulator", dependencies: ["Legion"], swiftSettings: optimized),
         .target(
             name: "Node",
@@ -72,6 +81,7 @@ let package = Package(
         .testTarget(name: "UwsgiWireTests", dependencies: ["UwsgiWire"], resources: [.copy("Fixtures")]),
         .testTarget(name: "LegionTests", dependencies: ["Legion", "UwsgiWire", "LegionSimulator"], resources: [.copy("Fixtures")],
                     swiftSettings: optimized),
+        .testTarget(name: "SubscriptionsTests", dependencies: ["Subscriptions", "UwsgiWire"], resources: [.copy("Fixtures")]),
         .testTarget(name: "NodeTests", dependencies: ["Node", "Legion", "Api",
                                                       .product(name: "NIOCore", package: "swift-nio"),
                                                       .product(name: "NIOPosix", package: "swift-nio")]),

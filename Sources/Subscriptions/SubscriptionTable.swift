@@ -1,0 +1,240 @@
+/// The router's subscription table: a pure value driven by the caller's clock (milliseconds).
+///
+/// uWSGI 2.0 semantics (spec §3.5–3.7, §3.9, §4.3) — exact-key slots, nodes kept in join order,
+/// refresh without changing modifiers, weight 0 stored as 1, expiry after `toleranceMs` of
+/// silence, uWSGI's weighted round robin — with its holes closed (spec §3.8):
+/// * signed packets must carry a `unix` strictly newer than the last one accepted for that
+///   (key, address), remembered even after the node is gone, so captured packets cannot be
+///   replayed and a signed subscribe whose header byte was flipped (same `unix`) is no unsubscribe;
+/// * signed packets, unsubscribes included, must be fresh (`signatureWindowSeconds` either way);
+/// * keys longer than 255 bytes are refused by the decoder (uWSGI crashes on them);
+/// * the table is bounded (keys, nodes per key).
+public struct SubscriptionTable: Sendable {
+    public struct Policy: Sendable, Equatable {
+        /// A node silent for longer than this is removed (uWSGI: 17 s; clients resend every 10 s).
+        public var toleranceMs: UInt64 = 17_000
+        /// Refuse unsigned packets (uWSGI: `--subscriptions-sign-check`).
+        public var requireSignature = false
+        /// How far a signed packet's `unix` may lie from our clock, either way.
+        public var signatureWindowSeconds: UInt64 = 60
+        public var maxKeys = 65_536
+        public var maxNodesPerKey = 256
+        /// Try parent domains (`.example.com`) like uWSGI's `--subscription-dotsplit`.
+        public var dotsplit = true
+        public init() {}
+    }
+
+    /// The result of checking a packet's signature, done by the caller (see `SubscriptionSigning`).
+    public enum Verification: Sendable, Equatable {
+        case unsigned
+        case valid
+        case invalid
+        case noKey
+    }
+
+    public struct NodeID: Hashable, Sendable {
+        public var key: [UInt8]
+        public var address: [UInt8]
+    }
+
+    public struct Node: Sendable, Equatable {
+        public var key: [UInt8]
+        public var address: [UInt8]
+        public var modifier1: UInt8
+        public var modifier2: UInt8
+        public var cores: UInt64
+        public var load: UInt64
+        public var weight: UInt64
+        public var sniKey: [UInt8]?
+        public var sniCrt: [UInt8]?
+        public var sniCA: [UInt8]?
+        public var notify: [UInt8]?
+        public var backup: UInt64
+        public var signed: Bool
+        public var createdMs: UInt64
+        public var lastCheckMs: UInt64
+        public var requests: UInt64 = 0
+        public var references: Int = 0
+        public var failures: UInt64 = 0
+        var wrrCredit: UInt64 = 0
+
+        public var id: NodeID { NodeID(key: key, address: address) }
+        public var keyString: String { String(decoding: key, as: UTF8.self) }
+        public var addressString: String { String(decoding: address, as: UTF8.self) }
+    }
+
+    public enum Outcome: Sendable, Equatable {
+        case created(Node)
+        case refreshed(Node)
+        case removed(Node)
+        case rejected(SubscriptionError)
+
+        public var accepted: Bool {
+            if case .rejected = self { return false }
+            return true
+        }
+    }
+
+    public enum Algorithm: String, Sendable, CaseIterable {
+        /// uWSGI's weighted round robin (`wrr`), sequence-compatible.
+        case weightedRoundRobin = "wrr"
+        /// Fewest in-flight requests, ties broken round-robin.
+        case leastConnections = "lc"
+    }
+
+    public let policy: Policy
+    private var slots: [[UInt8]: [Node]] = [:]
+    private var lastUnix: [NodeID: (unix: UInt64, untilMs: UInt64)] = [:]
+    private var rotation: [[UInt8]: Int] = [:]
+
+    public init(policy: Policy = Policy()) { self.policy = policy }
+
+    public var keyCount: Int { slots.count }
+    public var nodeCount: Int { slots.values.reduce(0) { $0 + $1.count } }
+
+    public func nodes(forKey key: String) -> [Node] { slots[Array(key.utf8)] ?? [] }
+
+    /// Every node, keys sorted, nodes in join order.
+    public var allNodes: [Node] {
+        slots.keys.sorted { $0.lexicographicallyPrecedes($1) }.flatMap { slots[$0] ?? [] }
+    }
+
+    // MARK: subscribe / unsubscribe
+
+    public mutating func apply(_ packet: SubscriptionPacket, verification: Verification, nowMs: UInt64) -> Outcome {
+        let id = NodeID(key: packet.key, address: packet.address)
+        switch verification {
+        case .invalid: return .rejected(.badSignature)
+        case .noKey where policy.requireSignature: return .rejected(.noPublicKey(packet.keyString))
+        case .unsigned where policy.requireSignature: return .rejected(.unsigned)
+        default: break
+        }
+        let signed = verification == .valid
+        if signed {
+            guard let unix = packet.unix else { return .rejected(.malformed("signed packet without unix")) }
+            let now = nowMs / 1000
+            if unix + policy.signatureWindowSeconds < now { return .rejected(.stale(unix: unix, now: now)) }
+            if unix > now + policy.signatureWindowSeconds { return .rejected(.future(unix: unix, now: now)) }
+            if let last = lastUnix[id], unix <= last.unix { return .rejected(.replayed(unix: unix, last: last.unix)) }
+        }
+        let outcome: Outcome
+        switch packet.command {
+        case .subscribe: outcome = subscribe(packet, signed: signed, nowMs: nowMs)
+        case .unsubscribe: outcome = unsubscribe(id)
+        }
+        if signed, let unix = packet.unix, outcome.accepted {
+            // Remember beyond the node's life, for as long as the packet could still be fresh.
+            lastUnix[id] = (unix, nowMs + 2 * policy.signatureWindowSeconds * 1000)
+        }
+        return outcome
+    }
+
+    private mutating func subscribe(_ p: SubscriptionPacket, signed: Bool, nowMs: UInt64) -> Outcome {
+        var nodes = slots[p.key] ?? []
+        if let i = nodes.firstIndex(where: { $0.address == p.address }) {
+            // Refresh: liveness, load and weight; modifiers and notify stay as created (uWSGI).
+            nodes[i].lastCheckMs = nowMs
+            nodes[i].cores = p.cores
+            nodes[i].load = p.load
+            nodes[i].weight = max(p.weight, 1)
+            nodes[i].signed = nodes[i].signed || signed
+            if p.sniKey != nil { nodes[i].sniKey = p.sniKey }
+            if p.sniCrt != nil { nodes[i].sniCrt = p.sniCrt }
+            if p.sniCA != nil { nodes[i].sniCA = p.sniCA }
+            slots[p.key] = nodes
+            return .refreshed(nodes[i])
+        }
+        if nodes.isEmpty, slots.count >= policy.maxKeys { return .rejected(.tableFull("\(policy.maxKeys) keys")) }
+        guard nodes.count < policy.maxNodesPerKey else { return .rejected(.tableFull("\(policy.maxNodesPerKey) nodes for one key")) }
+        let node = Node(key: p.key, address: p.address, modifier1: p.modifier1, modifier2: p.modifier2, cores: p.cores,
+                        load: p.load, weight: max(p.weight, 1), sniKey: p.sniKey, sniCrt: p.sniCrt, sniCA: p.sniCA,
+                        notify: p.notify, backup: p.backup ?? 0, signed: signed, createdMs: nowMs, lastCheckMs: nowMs)
+        nodes.append(node)
+        slots[p.key] = nodes
+        return .created(node)
+    }
+
+    private mutating func unsubscribe(_ id: NodeID) -> Outcome {
+        guard var nodes = slots[id.key], let i = nodes.firstIndex(where: { $0.address == id.address }) else {
+            return .rejected(.unknownNode)
+        }
+        let gone = nodes.remove(at: i)
+        slots[id.key] = nodes.isEmpty ? nil : nodes
+        if nodes.isEmpty { rotation[id.key] = nil }
+        return .removed(gone)
+    }
+
+    /// Removes nodes silent for longer than the tolerance; returns them.
+    public mutating func expire(nowMs: UInt64) -> [Node] {
+        var gone: [Node] = []
+        for key in Array(slots.keys) {
+            guard let nodes = slots[key] else { continue }
+            let (keep, drop) = (nodes.filter { nowMs <= $0.lastCheckMs + policy.toleranceMs },
+                                nodes.filter { nowMs > $0.lastCheckMs + policy.toleranceMs })
+            gone += drop
+            slots[key] = keep.isEmpty ? nil : keep
+            if keep.isEmpty { rotation[key] = nil }
+        }
+        lastUnix = lastUnix.filter { $0.value.untilMs >= nowMs }
+        return gone
+    }
+
+    /// Removes one node (e.g. after connection failures); returns it if present.
+    @discardableResult
+    public mutating func remove(key: [UInt8], address: [UInt8]) -> Node? {
+        if case .removed(let node) = unsubscribe(NodeID(key: key, address: address)) { return node }
+        return nil
+    }
+
+    // MARK: routing
+
+    /// The slot key that serves `host`: the exact key, then (with dotsplit) parent wildcards
+    /// `.b.example.com`, `.example.com`, … — at most 5 lookups in all, as uWSGI.
+    public func matchKey(for host: [UInt8]) -> [UInt8]? {
+        if slots[host] != nil { return host }
+        guard policy.dotsplit else { return nil }
+        var candidate = host
+        for _ in 0..<4 {
+            guard let dot = candidate.dropFirst().firstIndex(of: 0x2e) else { return nil }
+            candidate = Array(candidate[dot...])
+            if slots[candidate] != nil { return candidate }
+        }
+        return nil
+    }
+
+    /// Picks a backend for `host`, counting the request; `nil` when no live node serves it.
+    public mutating func pick(host: [UInt8], algorithm: Algorithm, nowMs: UInt64, excluding: Set<[UInt8]> = []) -> Node? {
+        guard let key = matchKey(for: host), var nodes = slots[key] else { return nil }
+        let live = nodes.indices.filter { nowMs <= nodes[$0].lastCheckMs + policy.toleranceMs && !excluding.contains(nodes[$0].address) }
+        guard !live.isEmpty else { return nil }
+        let chosen: Int
+        switch algorithm {
+        case .weightedRoundRobin:
+            if let i = live.first(where: { nodes[$0].wrrCredit > 0 }) {
+                chosen = i
+            } else {
+                let minWeight = live.map { nodes[$0].weight }.min() ?? 1
+                for i in live { nodes[i].wrrCredit = nodes[i].weight / max(minWeight, 1) }
+                chosen = live[live.count - 1]
+            }
+            nodes[chosen].wrrCredit -= min(nodes[chosen].wrrCredit, 1)
+        case .leastConnections:
+            let fewest = live.map { nodes[$0].references }.min() ?? 0
+            let tied = live.filter { nodes[$0].references == fewest }
+            let turn = rotation[key, default: 0]
+            chosen = tied[turn % tied.count]
+            rotation[key] = turn &+ 1
+        }
+        nodes[chosen].requests += 1
+        nodes[chosen].references += 1
+        slots[key] = nodes
+        return nodes[chosen]
+    }
+
+    /// A request routed by `pick` finished (success or not).
+    public mutating func release(key: [UInt8], address: [UInt8]) {
+        guard var nodes = slots[key], let i = nodes.firstIndex(where: { $0.address == address }) else { return }
+        nodes[i].references = max(nodes[i].references - 1, 0)
+        slots[key] = nodes
+    }
+}
