@@ -1,0 +1,127 @@
+/// Builds the uwsgi request a router sends to a backend (spec §4.6), with the vars in the order
+/// uWSGI's HTTP router emits them — except `REMOTE_PORT`, which we send correctly (uWSGI 2.0
+/// byte-swaps it on little-endian hosts).
+public struct UwsgiRequest: Sendable {
+    public var method: String
+    /// The raw request target as received, e.g. `/some/path?a=1`.
+    public var uri: String
+    /// e.g. `HTTP/1.1`.
+    public var serverProtocol: String
+    /// Request headers in arrival order.
+    public var headers: [(name: String, value: String)]
+    public var serverName: String
+    public var serverPort: String
+    public var remoteAddress: String
+    public var remotePort: Int
+    public var https = false
+    /// Extra vars appended after the headers (uWSGI's `--http-var`).
+    public var extraVars: [(String, String)] = []
+
+    public init(method: String, uri: String, serverProtocol: String, headers: [(name: String, value: String)],
+                serverName: String, serverPort: String, remoteAddress: String, remotePort: Int) {
+        self.method = method
+        self.uri = uri
+        self.serverProtocol = serverProtocol
+        self.headers = headers
+        self.serverName = serverName
+        self.serverPort = serverPort
+        self.remoteAddress = remoteAddress
+        self.remotePort = remotePort
+    }
+
+    public var vars: UwsgiVars {
+        var v = UwsgiVars()
+        v.append("REQUEST_METHOD", method)
+        let query = uri.firstIndex(of: "?")
+        let rawPath = query.map { String(uri[..<$0]) } ?? uri
+        let path = UwsgiRequest.decodePath(rawPath)
+        if let query {
+            v.append("PATH_INFO", path)
+            v.append("REQUEST_URI", uri)
+            v.append("QUERY_STRING", String(uri[uri.index(after: query)...]))
+        } else {
+            v.append("REQUEST_URI", uri)
+            v.append("PATH_INFO", path)
+            v.append("QUERY_STRING", "")
+        }
+        v.append("SERVER_PROTOCOL", serverProtocol)
+        v.append("SCRIPT_NAME", "")
+        v.append("SERVER_NAME", serverName)
+        v.append("SERVER_PORT", serverPort)
+        v.append("UWSGI_ROUTER", "http")
+        if https { v.append("HTTPS", "on") }
+        v.append("REMOTE_ADDR", remoteAddress)
+        v.append("REMOTE_PORT", String(remotePort))
+        // Headers: CGI names, repeated headers merged at their first position.
+        var order: [String] = []
+        var values: [String: String] = [:]
+        for (name, value) in headers {
+            let cgi = UwsgiRequest.cgiName(name)
+            if let existing = values[cgi] {
+                values[cgi] = existing + ", " + value
+            } else {
+                order.append(cgi)
+                values[cgi] = value
+            }
+        }
+        for name in order { v.append(name, values[name] ?? "") }
+        for (k, value) in extraVars { v.append(k, value) }
+        return v
+    }
+
+    /// `Content-Type` → `CONTENT_TYPE`, `X-Test` → `HTTP_X_TEST`.
+    public static func cgiName(_ header: String) -> String {
+        let upper = String(header.uppercased().map { $0 == "-" ? "_" : $0 })
+        return upper == "CONTENT_TYPE" || upper == "CONTENT_LENGTH" ? upper : "HTTP_" + upper
+    }
+
+    /// uWSGI's `http_url_decode`: `%XX` decoded, `%%` → `%`, `+` kept, stops at `#`, `.` and
+    /// `..` segments resolved (never above the root), repeated slashes kept.
+    public static func decodePath(_ raw: String) -> String {
+        let bytes = Array(raw.utf8)
+        var out: [UInt8] = []
+        var i = 0
+        func hex(_ b: UInt8) -> UInt8? {
+            switch b {
+            case 0x30...0x39: return b - 0x30
+            case 0x41...0x46: return b - 0x41 + 10
+            case 0x61...0x66: return b - 0x61 + 10
+            default: return nil
+            }
+        }
+        while i < bytes.count {
+            let b = bytes[i]
+            if b == 0x23 { break }
+            if b == 0x25, i + 1 < bytes.count, bytes[i + 1] == 0x25 {
+                out.append(0x25); i += 2; continue
+            }
+            if b == 0x25, i + 2 < bytes.count, let h = hex(bytes[i + 1]), let l = hex(bytes[i + 2]) {
+                out.append(h << 4 | l); i += 3; continue
+            }
+            out.append(b); i += 1
+        }
+        // Resolve dot segments on the decoded path.
+        let segments = out.split(separator: 0x2f, omittingEmptySubsequences: false).map(Array.init)
+        var stack: [[UInt8]] = []
+        for (index, segment) in segments.enumerated() {
+            let last = index == segments.count - 1
+            if segment == [0x2e] {
+                if last { stack.append([]) }
+                continue
+            }
+            if segment == [0x2e, 0x2e] {
+                if stack.count > 1 { stack.removeLast() }
+                if last { stack.append([]) }
+                continue
+            }
+            stack.append(segment)
+        }
+        var joined: [UInt8] = []
+        for (index, segment) in stack.enumerated() {
+            if index > 0 { joined.append(0x2f) }
+            joined.append(contentsOf: segment)
+        }
+        if joined.isEmpty { joined = [0x2f] }
+        return String(decoding: joined, as: UTF8.self)
+    }
+}
