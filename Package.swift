@@ -48,6 +48,7 @@ let package = Package(
             name: "Node",
             dependencies: [
                 "Legion",
+                "Subscriptions",
                 "UwsgiWire",
                 .product(name: "NIOCore", package: "swift-nio"),
                 .product(name: "NIOPosix", package: "swift-nio"),
@@ -72,6 +73,7 @@ let package = Package(
                 "Api",
                 "Legion",
                 "LegionSimulator",
+                "Subscriptions",
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
                 .product(name: "Logging", package: "swift-log"),
                 .product(name: "ServiceLifecycle", package: "swift-service-lifecycle"),

@@ -4,6 +4,7 @@ import Foundation
 import Logging
 import Node
 import ServiceLifecycle
+import Subscriptions
 
 struct NodeCommand: AsyncParsableCommand {
     static let configuration = CommandConfiguration(
@@ -42,6 +43,10 @@ struct NodeCommand: AsyncParsableCommand {
         defer { try? FileManager.default.removeItem(atPath: pidFile) }
 
         var endpoints: [String: String] = ["legion": nodeConfig.bind.description]
+        if let router = nodeConfig.router {
+            endpoints["router"] = "http://\(router.http)"
+            endpoints["subscriptions"] = "udp://\(router.subscription)"
+        }
         if let api = nodeConfig.api { endpoints["api"] = "http://\(api)" }
         if nodeConfig.vip.driver != .none { endpoints["vip"] = "http://\(nodeConfig.vip.endpoint)/.legion/lord" }
         let state = NodeState(.init(nodeName: nodeConfig.name, legionName: nodeConfig.legionName, pid: pid,
@@ -51,6 +56,15 @@ struct NodeCommand: AsyncParsableCommand {
         var services: [ServiceGroupConfiguration.ServiceConfiguration] = [
             .init(service: legion, successTerminationBehavior: .gracefullyShutdownGroup),
         ]
+        if let router = nodeConfig.router {
+            var policy = SubscriptionTable.Policy()
+            policy.toleranceMs = router.toleranceMs
+            let verifier = router.signCheck.map { SubscriptionVerifier(digest: $0.0, keyDirectory: $0.1) }
+            policy.requireSignature = verifier != nil
+            let store = SubscriptionStore(policy: policy, algorithm: router.algorithm, verifier: verifier)
+            services.append(.init(service: SubscriptionServer(bind: router.subscription, store: store, logger: logger)))
+            services.append(.init(service: HTTPRouter(settings: router, store: store, logger: logger)))
+        }
         if let api = nodeConfig.api {
             let app = NodeAPI.application(state: state, host: api.host, port: api.port, logger: logger)
             services.append(.init(service: app))

@@ -1,5 +1,6 @@
 import Foundation
 import Legion
+import Subscriptions
 import TOMLKit
 
 /// A node's configuration file (TOML). See `cluster-configs/` for commented examples.
@@ -66,6 +67,7 @@ public struct NodeConfig: Sendable {
     public var hooks: [HookEvent: [String]]
     public var vip: VIP
     public var api: Endpoint?
+    public var router: RouterSettings?
 
     public static func load(path: String) throws(NodeConfigError) -> NodeConfig {
         let text: String
@@ -203,11 +205,39 @@ public struct NodeConfig: Sendable {
             if let text = try table.string("bind") { api = try Endpoint(parsing: text, key: "api.bind") }
             try table.rejectUnknownKeys()
         }
+        var router: RouterSettings?
+        if var table = try top.subtable("router") {
+            let http = try Endpoint(parsing: try table.requiredString("http", hint: "the HTTP listen address, e.g. \"0.0.0.0:80\""), key: "router.http")
+            let sub = try Endpoint(parsing: try table.requiredString("subscription", hint: "the UDP subscription address vassals --subscribe-to, e.g. \"127.0.0.1:2626\""), key: "router.subscription")
+            var settings = RouterSettings(http: http, subscription: sub)
+            if let algo = try table.string("algorithm") {
+                guard let a = SubscriptionTable.Algorithm(rawValue: algo) else {
+                    throw .invalid(key: "router.algorithm", problem: "'\(algo)' is unknown; use \"wrr\" (uWSGI's weighted round robin) or \"lc\" (least connections)")
+                }
+                settings.algorithm = a
+            }
+            if let check = try table.string("sign_check") {
+                let parts = check.split(separator: ":", maxSplits: 1)
+                guard parts.count == 2, let digest = SubscriptionDigest(rawValue: String(parts[0]).uppercased()) else {
+                    throw .invalid(key: "router.sign_check", problem: "write DIGEST:KEY_DIR as uWSGI does, e.g. \"SHA1:/etc/legion/keys\" (SHA1 or SHA256)")
+                }
+                let dir = String(parts[1])
+                settings.signCheck = (digest, dir.hasPrefix("/") ? dir : URL(fileURLWithPath: baseDir).appendingPathComponent(dir).path)
+            }
+            if let name = try table.string("server_name") { settings.serverName = name } else {
+                settings.serverName = ProcessInfo.processInfo.hostName
+            }
+            if let t = try table.int("tolerance_s", range: 1...3600) { settings.toleranceMs = UInt64(t) * 1000 }
+            if let t = try table.int("connect_timeout_ms", range: 10...600_000) { settings.connectTimeoutMs = Int64(t) }
+            if let t = try table.int("headers_timeout_ms", range: 100...600_000) { settings.headersTimeoutMs = Int64(t) }
+            try table.rejectUnknownKeys()
+            router = settings
+        }
         try top.rejectUnknownKeys()
 
         return NodeConfig(path: path, name: name, dataDir: dataDir, legionName: legionName, mode: mode, bind: bind,
                           nodes: nodes, valor: UInt64(valor), quorum: quorum, secret: secret, scroll: scroll,
-                          nativeTiming: native, compatTiming: compat, hooks: hooks, vip: vip, api: api)
+                          nativeTiming: native, compatTiming: compat, hooks: hooks, vip: vip, api: api, router: router)
     }
 }
 

@@ -1,0 +1,357 @@
+import Logging
+import NIOCore
+import NIOHTTP1
+import NIOPosix
+import Subscriptions
+import UwsgiWire
+
+/// One client connection: reads HTTP requests, routes each to a subscribed backend over the
+/// uwsgi protocol, relays the backend's HTTP response. Lives on the connection's event loop;
+/// backend connections are opened on the same loop.
+final class RouterHandler: ChannelInboundHandler, RemovableChannelHandler {
+    typealias InboundIn = HTTPServerRequestPart
+    typealias OutboundOut = HTTPServerResponsePart
+
+    struct Request {
+        var head: HTTPRequestHead
+        var host: String
+        var attempts = 0
+        var excluded: Set<[UInt8]> = []
+        var node: SubscriptionTable.Node?
+        var responseStarted = false
+        var bytesOut = 0
+        var startedNs: UInt64
+    }
+
+    let shared: RouterShared
+    private var context: ChannelHandlerContext?
+    private var request: Request?
+    private var pendingBody: [ByteBuffer] = []
+    private var backend: Channel?
+    private var backendWriter: BackendHandler?
+    private var headerTimer: Scheduled<Void>?
+
+    init(shared: RouterShared) { self.shared = shared }
+
+    func handlerAdded(context: ChannelHandlerContext) {
+        self.context = context
+        if context.channel.isActive { armHeaderTimer(context) }
+    }
+
+    func channelActive(context: ChannelHandlerContext) {
+        armHeaderTimer(context)
+        context.fireChannelActive()
+    }
+
+    func channelInactive(context: ChannelHandlerContext) {
+        headerTimer?.cancel()
+        finishRequest(closeBackend: true)
+        self.context = nil
+        context.fireChannelInactive()
+    }
+
+    /// Slow clients (slowloris) get 408 if a request head does not arrive in time.
+    private func armHeaderTimer(_ context: ChannelHandlerContext) {
+        headerTimer?.cancel()
+        let loopBound = NIOLoopBound(self, eventLoop: context.eventLoop)
+        headerTimer = context.eventLoop.scheduleTask(in: .milliseconds(shared.settings.headersTimeoutMs)) {
+            let handler = loopBound.value
+            guard handler.request == nil, let ctx = handler.context else { return }
+            handler.respond(ctx, status: .requestTimeout, message: "request headers not received in time", close: true)
+        }
+    }
+
+    func channelRead(context: ChannelHandlerContext, data: NIOAny) {
+        switch unwrapInboundIn(data) {
+        case .head(let head):
+            headerTimer?.cancel()
+            guard request == nil else { return }
+            let host = head.headers.first(name: "host") ?? ""
+            request = Request(head: head, host: host, startedNs: SystemClock.monotonicNanos())
+            pendingBody = []
+            if host.utf8.count > 255 {
+                respond(context, status: .badRequest, message: "Host header longer than 255 bytes", close: true)
+                return
+            }
+            if head.headers.contains(name: "transfer-encoding"), !head.headers.contains(name: "content-length") {
+                respond(context, status: .lengthRequired, message: "chunked request bodies are not supported yet; send Content-Length", close: true)
+                return
+            }
+            connect(context)
+        case .body(let buffer):
+            if let backendWriter {
+                backendWriter.send([buffer])
+            } else if request != nil {
+                pendingBody.append(buffer)
+            }
+        case .end:
+            break
+        }
+    }
+
+    func errorCaught(context: ChannelHandlerContext, error: Error) {
+        if let request, !request.responseStarted {
+            respond(context, status: .badRequest, message: "malformed HTTP request: \(error)", close: true)
+        } else {
+            context.close(promise: nil)
+        }
+    }
+
+    // MARK: backend
+
+    private func connect(_ context: ChannelHandlerContext) {
+        guard var req = request else { return }
+        let store = shared.store
+        let hostBytes = Array(req.host.utf8)
+        guard let node = store.pick(host: hostBytes, nowMs: SystemClock.wallMillis(), excluding: req.excluded) else {
+            if req.attempts > 0 {
+                respond(context, status: .badGateway, message: "no backend for \(req.host) accepted the connection (\(req.attempts) tried)", close: false)
+            } else if store.hasKey(for: hostBytes) {
+                respond(context, status: .serviceUnavailable, message: "no live backend for \(req.host)", close: false)
+            } else {
+                respond(context, status: .notFound, message: "no application is subscribed for host '\(req.host)'", close: false)
+            }
+            return
+        }
+        req.node = node
+        req.attempts += 1
+        request = req
+
+        let loopBound = NIOLoopBound(self, eventLoop: context.eventLoop)
+        let bootstrap = ClientBootstrap(group: context.eventLoop)
+            .connectTimeout(.milliseconds(shared.settings.connectTimeoutMs))
+            .channelOption(.socketOption(.tcp_nodelay), value: 1)
+            .channelInitializer { channel in
+                channel.eventLoop.makeCompletedFuture {
+                    // head ← RequestPartSink ← HTTP response decoder ← BackendHandler. The decoder
+                    // must see the request head (to frame HEAD responses); the sink swallows it,
+                    // and the raw uwsgi bytes are written from the sink's context, below both.
+                    let sink = RequestPartSink()
+                    try channel.pipeline.syncOperations.addHandler(sink)
+                    try channel.pipeline.syncOperations.addHandler(ByteToMessageHandler(HTTPResponseDecoder(leftOverBytesStrategy: .dropBytes)))
+                    let backend = BackendHandler(router: loopBound)
+                    try channel.pipeline.syncOperations.addHandler(backend)
+                    backend.rawWriter = try channel.pipeline.syncOperations.context(handler: sink)
+                }
+            }
+        let address = node.addressString
+        let future: EventLoopFuture<Channel>
+        if address.hasPrefix("/") {
+            future = bootstrap.connect(unixDomainSocketPath: address)
+        } else if let colon = address.lastIndex(of: ":"), let port = Int(address[address.index(after: colon)...]) {
+            let host = String(address[..<colon])
+            future = bootstrap.connect(host: host.isEmpty ? "127.0.0.1" : host, port: port)
+        } else {
+            future = context.eventLoop.makeFailedFuture(ChannelError.badInterfaceAddressFamily)
+        }
+        future.whenComplete { result in
+            let handler = loopBound.value
+            guard let ctx = handler.context, handler.request != nil else {
+                if case .success(let ch) = result { ch.close(promise: nil) }
+                return
+            }
+            switch result {
+            case .success(let channel):
+                handler.backend = channel
+                handler.backendWriter = try? channel.pipeline.syncOperations.handler(type: BackendHandler.self)
+                handler.sendRequest(ctx, to: channel, node: node)
+            case .failure(let error):
+                handler.shared.store.release(node)
+                handler.shared.store.eject(node, nowMs: SystemClock.wallMillis())
+                handler.shared.logger.warning("backend refused; trying another", metadata: [
+                    "key": "\(node.keyString)", "address": "\(address)", "error": "\(error)",
+                ])
+                handler.request?.node = nil
+                handler.request?.excluded.insert(node.address)
+                if let attempts = handler.request?.attempts, attempts >= handler.shared.settings.maxRetries {
+                    let timedOut = "\(error)".contains("connectTimeout")
+                    handler.respond(ctx, status: timedOut ? .gatewayTimeout : .badGateway,
+                                    message: "backend for \(handler.request?.host ?? "") unreachable after \(attempts) attempt(s)", close: false)
+                } else {
+                    handler.connect(ctx)
+                }
+            }
+        }
+    }
+
+    private func sendRequest(_ context: ChannelHandlerContext, to channel: Channel, node: SubscriptionTable.Node) {
+        guard let req = request else { return }
+        var headers: [(name: String, value: String)] = []
+        var forwardedFor: String?
+        for (name, value) in req.head.headers {
+            if name.lowercased() == "x-forwarded-for" { forwardedFor = value; continue }
+            if name.lowercased() == "x-forwarded-proto" { continue }
+            headers.append((name, value))
+        }
+        let remote = context.channel.remoteAddress
+        let remoteIP = remote?.ipAddress ?? "127.0.0.1"
+        headers.append(("X-Forwarded-For", forwardedFor.map { "\($0), \(remoteIP)" } ?? remoteIP))
+        headers.append(("X-Forwarded-Proto", "http"))
+        let uwsgi = UwsgiRequest(method: req.head.method.rawValue, uri: req.head.uri,
+                                 serverProtocol: "HTTP/\(req.head.version.major).\(req.head.version.minor)",
+                                 headers: headers, serverName: shared.settings.serverName,
+                                 serverPort: String(shared.settings.http.port), remoteAddress: remoteIP,
+                                 remotePort: remote?.port ?? 0)
+        let bytes: [UInt8]
+        do {
+            bytes = try UwsgiPacket(modifier1: node.modifier1 == 123 ? 0 : node.modifier1, modifier2: node.modifier2, vars: uwsgi.vars).encode()
+        } catch {
+            respond(context, status: .requestHeaderFieldsTooLarge, message: "request headers too large for the uwsgi protocol (64 KiB)", close: true)
+            return
+        }
+        var buffer = channel.allocator.buffer(capacity: bytes.count)
+        buffer.writeBytes(bytes)
+        backendWriter?.begin(method: req.head.method)
+        backendWriter?.send([buffer] + pendingBody)
+        pendingBody = []
+    }
+
+    // MARK: events from the backend
+
+    func backendHead(_ head: HTTPResponseHead) {
+        guard let context, var req = request else { return }
+        req.responseStarted = true
+        request = req
+        var headers = head.headers
+        headers.remove(name: "connection")
+        headers.remove(name: "keep-alive")
+        if !req.head.isKeepAlive { headers.add(name: "Connection", value: "close") }
+        let response = HTTPResponseHead(version: req.head.version, status: head.status, headers: headers)
+        context.write(wrapOutboundOut(.head(response)), promise: nil)
+    }
+
+    func backendBody(_ buffer: ByteBuffer) {
+        guard let context else { return }
+        request?.bytesOut += buffer.readableBytes
+        context.writeAndFlush(wrapOutboundOut(.body(.byteBuffer(buffer))), promise: nil)
+    }
+
+    func backendEnd() {
+        guard let context, let req = request else { return }
+        let keepAlive = req.head.isKeepAlive
+        let done = context.writeAndFlush(wrapOutboundOut(.end(nil)))
+        finishRequest(closeBackend: true)
+        if !keepAlive {
+            done.whenComplete { _ in context.close(promise: nil) }
+        } else {
+            armHeaderTimer(context)
+        }
+    }
+
+    func backendClosed(error: Error?) {
+        guard let context, let req = request else { return }
+        if !req.responseStarted {
+            finishRequest(closeBackend: true)
+            respond(context, status: .badGateway, message: "backend closed the connection without a valid response" + (error.map { " (\($0))" } ?? ""), close: false)
+        } else {
+            // Mid-response failure: the client cannot be told cleanly; close.
+            finishRequest(closeBackend: true)
+            context.close(promise: nil)
+        }
+    }
+
+    private func finishRequest(closeBackend: Bool) {
+        if let req = request {
+            if let node = req.node { shared.store.release(node) }
+            shared.store.count(host: req.host, bytes: req.bytesOut)
+            shared.access.debug("request", metadata: [
+                "host": "\(req.host)", "method": "\(req.head.method.rawValue)", "uri": "\(req.head.uri)",
+                "backend": "\(req.node?.addressString ?? "-")", "bytes": "\(req.bytesOut)",
+                "ms": "\((SystemClock.monotonicNanos() - req.startedNs) / 1_000_000)",
+            ])
+        }
+        request = nil
+        if closeBackend, let backend {
+            backend.close(promise: nil)
+        }
+        backend = nil
+        backendWriter = nil
+    }
+
+    /// A short plain-text answer generated by the router itself.
+    private func respond(_ context: ChannelHandlerContext, status: HTTPResponseStatus, message: String, close: Bool) {
+        let version = request?.head.version ?? .http1_1
+        let keepAlive = !close && (request?.head.isKeepAlive ?? false)
+        let body = "\(status.code) \(status.reasonPhrase): \(message)\n"
+        var headers = HTTPHeaders()
+        headers.add(name: "Content-Type", value: "text/plain; charset=utf-8")
+        headers.add(name: "Content-Length", value: String(body.utf8.count))
+        headers.add(name: "Server", value: "legion")
+        if !keepAlive { headers.add(name: "Connection", value: "close") }
+        request?.responseStarted = true
+        request?.bytesOut += body.utf8.count
+        context.write(wrapOutboundOut(.head(HTTPResponseHead(version: version, status: status, headers: headers))), promise: nil)
+        context.write(wrapOutboundOut(.body(.byteBuffer(context.channel.allocator.buffer(string: body)))), promise: nil)
+        let done = context.writeAndFlush(wrapOutboundOut(.end(nil)))
+        finishRequest(closeBackend: true)
+        if keepAlive {
+            armHeaderTimer(context)
+        } else {
+            done.whenComplete { _ in context.close(promise: nil) }
+        }
+    }
+}
+
+/// Receives the backend's HTTP response (decoded by NIO) and hands it to the router handler.
+final class BackendHandler: ChannelInboundHandler {
+    typealias InboundIn = HTTPClientResponsePart
+    typealias OutboundOut = HTTPClientRequestPart
+
+    private var context: ChannelHandlerContext?
+
+    func handlerAdded(context: ChannelHandlerContext) { self.context = context }
+
+    /// Tells the response decoder which method the request used (HEAD responses have no body).
+    func begin(method: HTTPMethod) {
+        guard let context else { return }
+        context.write(wrapOutboundOut(.head(HTTPRequestHead(version: .http1_1, method: method, uri: "/"))), promise: nil)
+        context.write(wrapOutboundOut(.end(nil)), promise: nil)
+    }
+
+    let router: NIOLoopBound<RouterHandler>
+    private var ended = false
+    /// The HTTP decoder's context: writes from it skip the decoder.
+    var rawWriter: ChannelHandlerContext?
+
+    func send(_ buffers: [ByteBuffer]) {
+        guard let rawWriter else { return }
+        for buffer in buffers { rawWriter.write(NIOAny(buffer), promise: nil) }
+        rawWriter.flush()
+    }
+
+    init(router: NIOLoopBound<RouterHandler>) { self.router = router }
+
+    func channelRead(context: ChannelHandlerContext, data: NIOAny) {
+        switch unwrapInboundIn(data) {
+        case .head(let head):
+            if head.status.code < 200 { return }  // 1xx: ignore (100-continue)
+            router.value.backendHead(head)
+        case .body(let buffer): router.value.backendBody(buffer)
+        case .end:
+            ended = true
+            router.value.backendEnd()
+        }
+    }
+
+    func channelInactive(context: ChannelHandlerContext) {
+        if !ended { router.value.backendClosed(error: nil) }
+        context.fireChannelInactive()
+    }
+
+    func errorCaught(context: ChannelHandlerContext, error: Error) {
+        if !ended {
+            ended = true
+            router.value.backendClosed(error: error)
+        }
+        context.close(promise: nil)
+    }
+}
+
+/// Swallows the HTTP request parts written only to inform the response decoder.
+final class RequestPartSink: ChannelOutboundHandler, RemovableChannelHandler {
+    typealias OutboundIn = HTTPClientRequestPart
+
+    func write(context: ChannelHandlerContext, data: NIOAny, promise: EventLoopPromise<Void>?) {
+        promise?.succeed(())
+    }
+}

@@ -1,0 +1,79 @@
+import Logging
+import Subscriptions
+import Synchronization
+
+/// The node's live subscription table, shared by the subscription server (writes) and the
+/// router's event loops (reads). One lock, held only for pure table operations.
+public final class SubscriptionStore: Sendable {
+    public struct Stats: Sendable {
+        public var accepted = 0
+        public var rejected: [String: Int] = [:]
+        public var hits: [String: Int] = [:]
+        public var bytes: [String: Int] = [:]
+    }
+
+    public let algorithm: SubscriptionTable.Algorithm
+    public let verifier: SubscriptionVerifier?
+    private let table: Mutex<SubscriptionTable>
+    private let ejected = Mutex<[String: UInt64]>([:])
+    private let stats = Mutex(Stats())
+    /// How long a backend that refused a connection is skipped.
+    public let ejectMs: UInt64
+
+    public init(policy: SubscriptionTable.Policy, algorithm: SubscriptionTable.Algorithm, verifier: SubscriptionVerifier?, ejectMs: UInt64 = 3000) {
+        table = Mutex(SubscriptionTable(policy: policy))
+        self.algorithm = algorithm
+        self.verifier = verifier
+        self.ejectMs = ejectMs
+    }
+
+    /// Decodes, verifies and applies one datagram.
+    public func handle(datagram: [UInt8], nowMs: UInt64) -> SubscriptionTable.Outcome {
+        let outcome: SubscriptionTable.Outcome
+        do {
+            let packet = try SubscriptionPacket(decoding: datagram)
+            let verification = verifier?.verify(packet) ?? (packet.isSigned ? .noKey : .unsigned)
+            outcome = table.withLock { $0.apply(packet, verification: verification, nowMs: nowMs) }
+        } catch {
+            outcome = .rejected(error)
+        }
+        stats.withLock { s in
+            if case .rejected(let e) = outcome { s.rejected[e.reason, default: 0] += 1 } else { s.accepted += 1 }
+        }
+        return outcome
+    }
+
+    public func expire(nowMs: UInt64) -> [SubscriptionTable.Node] {
+        ejected.withLock { $0 = $0.filter { $0.value > nowMs } }
+        return table.withLock { $0.expire(nowMs: nowMs) }
+    }
+
+    public func hasKey(for host: [UInt8]) -> Bool { table.withLock { $0.matchKey(for: host) != nil } }
+
+    public func pick(host: [UInt8], nowMs: UInt64, excluding: Set<[UInt8]>) -> SubscriptionTable.Node? {
+        let skip = ejected.withLock { e in Set(e.filter { $0.value > nowMs }.keys.map { Array($0.utf8) }) }
+        return table.withLock { $0.pick(host: host, algorithm: algorithm, nowMs: nowMs, excluding: excluding.union(skip)) }
+    }
+
+    public func release(_ node: SubscriptionTable.Node) {
+        table.withLock { $0.release(key: node.key, address: node.address) }
+    }
+
+    /// A backend refused or timed out: skip it for `ejectMs` (its next subscribe does not revive it early).
+    public func eject(_ node: SubscriptionTable.Node, nowMs: UInt64) {
+        ejected.withLock { $0[node.addressString] = nowMs + ejectMs }
+    }
+
+    public func count(host: String, bytes: Int) {
+        stats.withLock { s in
+            if s.hits.count < 10_000 || s.hits[host] != nil {
+                s.hits[host, default: 0] += 1
+                s.bytes[host, default: 0] += bytes
+            }
+        }
+    }
+
+    public var snapshot: (nodes: [SubscriptionTable.Node], stats: Stats) {
+        (table.withLock { $0.allNodes }, stats.withLock { $0 })
+    }
+}
