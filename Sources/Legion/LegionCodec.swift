@@ -23,6 +23,7 @@ public struct LegionCodec: Sendable {
     private let cbcKeyBytes: [UInt8]
     private let cbcIVBytes: [UInt8]
     private let gcmKeyBytes: [UInt8]
+    private let relayKeyBytes: [UInt8]
     private var cbcKey: SymmetricKey { SymmetricKey(data: cbcKeyBytes) }
     private var gcmKey: SymmetricKey { SymmetricKey(data: gcmKeyBytes) }
     private var cbcIV: AES._CBC.IV {
@@ -45,6 +46,46 @@ public struct LegionCodec: Sendable {
                                             info: Array("announce-aead".utf8),
                                             outputByteCount: 32)
         gcmKeyBytes = derived.withUnsafeBytes { Array($0) }
+        let relay = HKDF<SHA256>.deriveKey(inputKeyMaterial: SymmetricKey(data: material), salt: Array("legion".utf8),
+                                           info: Array("relay-aead".utf8), outputByteCount: 32)
+        relayKeyBytes = relay.withUnsafeBytes { Array($0) }
+    }
+
+    /// modifier1 of legion side-channel messages (cluster-domain subscription relays). uWSGI peers
+    /// drop them (not 109); legion peers authenticate them with the legion secret.
+    public static let relayModifier: UInt8 = 226
+
+    /// Seals a side-channel payload: `e2 | u16le length | 00 | nonce | AES-256-GCM(payload) | tag`,
+    /// header authenticated, key derived from the legion secret (separate from announces).
+    public func sealRelay(_ payload: [UInt8]) throws -> [UInt8] {
+        guard payload.count <= Int(UInt16.max) else { throw LegionPacketError.oversized(payload.count) }
+        let header = UwsgiHeader(modifier1: LegionCodec.relayModifier, dataSize: UInt16(payload.count), modifier2: 0)
+        let box = try AES.GCM.seal(payload, using: SymmetricKey(data: relayKeyBytes), nonce: AES.GCM.Nonce(), authenticating: header.bytes)
+        var out = header.bytes
+        out.append(contentsOf: box.nonce)
+        out.append(contentsOf: box.ciphertext)
+        out.append(contentsOf: box.tag)
+        return out
+    }
+
+    /// Opens a sealed side-channel payload; throws on any tampering or wrong secret.
+    public func openRelay(_ datagram: [UInt8]) throws(LegionPacketError) -> [UInt8] {
+        guard datagram.count >= UwsgiHeader.size + LegionCodec.nonceLength + LegionCodec.tagLength else { throw .tooShort(datagram.count) }
+        let header: UwsgiHeader
+        do { header = try UwsgiHeader(decoding: datagram) } catch { throw .tooShort(datagram.count) }
+        guard header.modifier1 == LegionCodec.relayModifier else { throw .notLegion(modifier1: header.modifier1) }
+        let body = Array(datagram[UwsgiHeader.size...])
+        let plain: [UInt8]
+        do {
+            let nonce = try AES.GCM.Nonce(data: body[0..<LegionCodec.nonceLength])
+            let box = try AES.GCM.SealedBox(nonce: nonce, ciphertext: body[LegionCodec.nonceLength..<(body.count - LegionCodec.tagLength)],
+                                            tag: body[(body.count - LegionCodec.tagLength)...])
+            plain = Array(try AES.GCM.open(box, using: SymmetricKey(data: relayKeyBytes), authenticating: header.bytes))
+        } catch {
+            throw .decryptFailed
+        }
+        guard plain.count == Int(header.dataSize) else { throw .lengthMismatch(declared: Int(header.dataSize), actual: plain.count) }
+        return plain
     }
 
     public func encode(_ announce: LegionAnnounce) throws -> [UInt8] {

@@ -52,10 +52,9 @@ struct NodeCommand: AsyncParsableCommand {
         let state = NodeState(.init(nodeName: nodeConfig.name, legionName: nodeConfig.legionName, pid: pid,
                                     startedAtMs: SystemClock.wallMillis(),
                                     vip: nodeConfig.vip.driver == .none ? nil : nodeConfig.vip.endpoint, endpoints: endpoints))
-        let legion = try LegionService(config: nodeConfig, state: state, logger: logger)
-        var services: [ServiceGroupConfiguration.ServiceConfiguration] = [
-            .init(service: legion, successTerminationBehavior: .gracefullyShutdownGroup),
-        ]
+        var services: [ServiceGroupConfiguration.ServiceConfiguration] = []
+        var relay: ClusterRelay?
+        var vipListener: VIPListenerFactory?
         if let router = nodeConfig.router {
             var policy = SubscriptionTable.Policy()
             policy.toleranceMs = router.toleranceMs
@@ -64,7 +63,21 @@ struct NodeCommand: AsyncParsableCommand {
             let store = SubscriptionStore(policy: policy, algorithm: router.algorithm, verifier: verifier)
             services.append(.init(service: SubscriptionServer(bind: router.subscription, store: store, logger: logger)))
             services.append(.init(service: HTTPRouter(settings: router, store: store, logger: logger)))
+            if let internalBind = router.internalRouter, let clusterBind = router.clusterSubscription {
+                // Cluster domains: local vassals subscribe here; the internal router serves them to
+                // other nodes; the relay puts "this node's internal router" into every node's table.
+                let local = SubscriptionStore(policy: policy, algorithm: router.algorithm, verifier: verifier)
+                let clusterRelay = ClusterRelay(origin: nodeConfig.name, internalAddress: router.advertise ?? internalBind.description,
+                                                store: store, localStore: local, logger: logger)
+                services.append(.init(service: SubscriptionServer(bind: clusterBind, store: local, logger: logger, relay: clusterRelay)))
+                services.append(.init(service: InternalRouter(bind: internalBind, store: local, logger: logger)))
+                relay = clusterRelay
+            }
+            let lordState = state
+            vipListener = HTTPRouter.vipListener(settings: router, store: store, logger: logger, lordBody: { lordState.lordJSON() })
         }
+        let legion = try LegionService(config: nodeConfig, state: state, logger: logger, relay: relay, vipListener: vipListener)
+        services.insert(.init(service: legion, successTerminationBehavior: .gracefullyShutdownGroup), at: 0)
         if let api = nodeConfig.api {
             let app = NodeAPI.application(state: state, host: api.host, port: api.port, logger: logger)
             services.append(.init(service: app))

@@ -30,6 +30,9 @@ public struct SubscriptionTable: Sendable {
         case valid
         case invalid
         case noKey
+        /// Relayed by a legion member over the authenticated side channel (already verified at
+        /// its origin): accepted without signature or freshness checks.
+        case trusted
     }
 
     public struct NodeID: Hashable, Sendable {
@@ -162,6 +165,20 @@ public struct SubscriptionTable: Sendable {
         slots[id.key] = nodes.isEmpty ? nil : nodes
         if nodes.isEmpty { rotation[id.key] = nil }
         return .removed(gone)
+    }
+
+    /// Removes every node with this address (all keys), e.g. a dead member's internal router.
+    @discardableResult
+    public mutating func removeAll(address: [UInt8]) -> [Node] {
+        var gone: [Node] = []
+        for key in Array(slots.keys) {
+            guard let nodes = slots[key] else { continue }
+            gone += nodes.filter { $0.address == address }
+            let keep = nodes.filter { $0.address != address }
+            slots[key] = keep.isEmpty ? nil : keep
+            if keep.isEmpty { rotation[key] = nil }
+        }
+        return gone
     }
 
     /// Removes nodes silent for longer than the tolerance; returns them.

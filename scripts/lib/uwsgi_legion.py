@@ -260,6 +260,42 @@ def ensure_uwsgi(install: bool = True) -> str:
     return path
 
 
+def apt_install(packages: list[str], present: Callable[[], bool], what: str | None = None) -> None:
+    """Make `present()` true by installing Debian `packages` with apt-get (root); runs `apt-get update` and
+    retries once if the first install fails. No-op when already present. Raises RuntimeError on failure."""
+    if present():
+        return
+    env = dict(os.environ, DEBIAN_FRONTEND="noninteractive")
+    cmd = ["apt-get", "install", "-y", "--no-install-recommends", *packages]
+    out = ""
+    try:
+        r = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=600)
+        out = r.stdout + r.stderr
+        if r.returncode != 0 or not present():
+            u = subprocess.run(["apt-get", "update"], env=env, capture_output=True, text=True, timeout=600)
+            r = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=600)
+            out = u.stdout + u.stderr + r.stdout + r.stderr
+    except (OSError, subprocess.TimeoutExpired) as e:
+        raise RuntimeError(f"could not run apt-get to install {' '.join(packages)}: {e}") from e
+    if not present():
+        raise RuntimeError(f"`{' '.join(cmd)}` did not provide {what or ' '.join(packages)}:\n{out[-2000:]}")
+
+
+UWSGI_PLUGIN_DIR = "/usr/lib/uwsgi/plugins"
+
+
+def uwsgi_plugin_present(name: str) -> bool:
+    return os.path.exists(os.path.join(UWSGI_PLUGIN_DIR, f"{name}_plugin.so"))
+
+
+def ensure_uwsgi_python3() -> str:
+    """Debian's uwsgi binary with the python3 request plugin (``uwsgi-plugin-python3``); installs if missing."""
+    path = ensure_uwsgi()
+    apt_install(["uwsgi-plugin-python3"], lambda: uwsgi_plugin_present("python3"),
+                f"{UWSGI_PLUGIN_DIR}/python3_plugin.so")
+    return path
+
+
 def uwsgi_version(binary: str) -> str:
     r = subprocess.run([binary, "--version"], capture_output=True, text=True, timeout=10)
     return r.stdout.strip()

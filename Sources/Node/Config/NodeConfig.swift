@@ -228,6 +228,17 @@ public struct NodeConfig: Sendable {
                 settings.serverName = ProcessInfo.processInfo.hostName
             }
             if let t = try table.int("tolerance_s", range: 1...3600) { settings.toleranceMs = UInt64(t) * 1000 }
+            if let text = try table.string("internal") { settings.internalRouter = try Endpoint(parsing: text, key: "router.internal") }
+            if let text = try table.string("cluster_subscription") {
+                settings.clusterSubscription = try Endpoint(parsing: text, key: "router.cluster_subscription")
+            }
+            if let text = try table.string("advertise") {
+                _ = try Endpoint(parsing: text, key: "router.advertise")
+                settings.advertise = text
+            }
+            if (settings.internalRouter == nil) != (settings.clusterSubscription == nil) {
+                throw .invalid(key: "router.cluster_subscription", problem: "cluster domains need both router.internal and router.cluster_subscription")
+            }
             if let t = try table.int("connect_timeout_ms", range: 10...600_000) { settings.connectTimeoutMs = Int64(t) }
             if let t = try table.int("headers_timeout_ms", range: 100...600_000) { settings.headersTimeoutMs = Int64(t) }
             try table.rejectUnknownKeys()

@@ -14,6 +14,7 @@ import ServiceLifecycle
 public final class LegionService: Service {
     enum Input: Sendable {
         case datagram([UInt8])
+        case relay([UInt8])
         case tick
         case shutdown
     }
@@ -25,8 +26,13 @@ public final class LegionService: Service {
     let hooks: HookRunner
     let audit: AuditLog
     let uuid: LegionUUID
+    let relay: ClusterRelay?
 
-    public init(config: NodeConfig, state: NodeState, logger: Logger) throws {
+    /// `vipListener`: what listens on the VIP while Lord; by default a server answering
+    /// `GET /.legion/lord` only (a node with a router passes its VIP router instead).
+    public init(config: NodeConfig, state: NodeState, logger: Logger, relay: ClusterRelay? = nil,
+                vipListener: VIPListenerFactory? = nil) throws {
+        self.relay = relay
         self.config = config
         self.state = state
         self.logger = logger
@@ -50,8 +56,11 @@ public final class LegionService: Service {
                                        environment: ["LEGION_VIP": config.vip.address, "LEGION_NODE": config.name])
         }
         let state = self.state
+        let defaultListener: VIPListenerFactory = { host, port in
+            try await LordHTTPServer.start(host: host, port: port, body: { state.lordJSON() })
+        }
         vip = FailoverIPController(driver: driver, httpHost: httpHost, httpPort: config.vip.httpPort, logger: logger,
-                                   lordBody: { state.lordJSON() })
+                                   listener: vipListener ?? defaultListener)
     }
 
     var identity: LegionIdentity {
@@ -131,6 +140,11 @@ public final class LegionService: Service {
                         feed.yield(.tick)
                     }
                 }
+                if let relay = self.relay {
+                    group.addTask {
+                        for await payload in relay.outbox { feed.yield(.relay(payload)) }
+                    }
+                }
                 var loop = ProtocolLoop(service: self, machine: makeMachine(), codec: codec, peers: peers, outbound: outbound)
                 await withGracefulShutdownHandler {
                     for await input in inputs {
@@ -181,6 +195,19 @@ struct ProtocolLoop {
         switch input {
         case .tick:
             await apply(machine.tick(at: now), now: now)
+        case .datagram(let bytes) where bytes.first == LegionCodec.relayModifier:
+            guard let relay = service.relay else { return }
+            do {
+                relay.received(try codec.openRelay(bytes), nowMs: now.wallMs)
+            } catch {
+                drop(error, now: now)
+            }
+        case .relay(let payload):
+            do {
+                await sendRaw(try codec.sealRelay(payload))
+            } catch {
+                logger.error("cannot seal a cluster relay", metadata: ["error": "\(error)"])
+            }
         case .datagram(let bytes):
             service.state.update { $0.packetsIn += 1 }
             do {
@@ -243,10 +270,12 @@ struct ProtocolLoop {
                 ])
                 service.runHooks(.unlord, extra: ["LEGION_REASON": reason.rawValue])
             case .memberJoined(let member):
+                service.relay?.memberJoined(member.name)
                 logger.info("member joined", metadata: ["member": "\(member.name)", "valor": "\(member.valor)", "uuid": "\(member.uuid)"])
                 service.audit.record("member_joined", wallMs: now.wallMs, fields: memberFields(member))
                 service.runHooks(.nodeJoined, extra: memberEnv(member))
             case .memberLeft(let member, let reason):
+                service.relay?.memberLeft(member.name)
                 logger.info("member left", metadata: ["member": "\(member.name)", "reason": "\(reason.rawValue)"])
                 service.audit.record("member_left", wallMs: now.wallMs, fields: memberFields(member) + [("reason", .string(reason.rawValue))])
                 service.runHooks(.nodeLeft, extra: memberEnv(member).merging(["LEGION_REASON": reason.rawValue]) { $1 })
@@ -288,6 +317,10 @@ struct ProtocolLoop {
             logger.error("cannot encode an announce (scroll too large?)", metadata: ["error": "\(error)"])
             return
         }
+        await sendRaw(bytes)
+    }
+
+    func sendRaw(_ bytes: [UInt8]) async {
         let buffer = ByteBuffer(bytes: bytes)
         for peer in peers {
             do {

@@ -17,6 +17,11 @@ public struct RouterSettings: Sendable {
     public var maxRetries = 3
     public var signCheck: (SubscriptionDigest, String)?
     public var toleranceMs: UInt64 = 17_000
+    /// Cluster domains: the internal router (uwsgi protocol, reached by other nodes), the address
+    /// other nodes use for it, and the UDP socket local vassals subscribe cluster domains to.
+    public var internalRouter: NodeConfig.Endpoint?
+    public var advertise: String?
+    public var clusterSubscription: NodeConfig.Endpoint?
 
     public init(http: NodeConfig.Endpoint, subscription: NodeConfig.Endpoint) {
         self.http = http
@@ -42,7 +47,27 @@ public final class HTTPRouter: Service {
         let shared = RouterShared(settings: settings, store: store, logger: logger)
         let channel: Channel
         do {
-            channel = try await ServerBootstrap(group: MultiThreadedEventLoopGroup.singleton)
+            channel = try await HTTPRouter.bootstrap(shared: shared, host: settings.http.host, port: settings.http.port)
+        } catch {
+            throw NodeConfigError.invalid(key: "router.http", problem: "cannot listen on \(settings.http): \(error)")
+        }
+        logger.notice("HTTP router listening", metadata: ["bind": "\(settings.http)", "algorithm": "\(settings.algorithm.rawValue)"])
+        try? await gracefulShutdown()
+        try? await channel.close().get()
+    }
+
+    /// A router listener for the failover IP: routes like the node's router (cluster domains
+    /// included) and answers `GET /.legion/lord` with `lordBody`.
+    public static func vipListener(settings: RouterSettings, store: SubscriptionStore, logger: Logger,
+                                   lordBody: @escaping @Sendable () -> String) -> VIPListenerFactory {
+        { host, port in
+            let shared = RouterShared(settings: settings, store: store, logger: logger, lordBody: lordBody)
+            return RouterListener(channel: try await bootstrap(shared: shared, host: host, port: port))
+        }
+    }
+
+    static func bootstrap(shared: RouterShared, host: String, port: Int) async throws -> Channel {
+        try await ServerBootstrap(group: MultiThreadedEventLoopGroup.singleton)
                 .serverChannelOption(.backlog, value: 1024)
                 .serverChannelOption(.socketOption(.so_reuseaddr), value: 1)
                 .childChannelOption(.socketOption(.tcp_nodelay), value: 1)
@@ -53,15 +78,14 @@ public final class HTTPRouter: Service {
                         try child.pipeline.syncOperations.addHandler(RouterHandler(shared: shared))
                     }
                 }
-                .bind(host: settings.http.host, port: settings.http.port)
+                .bind(host: host, port: port)
                 .get()
-        } catch {
-            throw NodeConfigError.invalid(key: "router.http", problem: "cannot listen on \(settings.http): \(error)")
-        }
-        logger.notice("HTTP router listening", metadata: ["bind": "\(settings.http)", "algorithm": "\(settings.algorithm.rawValue)"])
-        try? await gracefulShutdown()
-        try? await channel.close().get()
     }
+}
+
+struct RouterListener: VIPListener {
+    let channel: Channel
+    func stop() async { try? await channel.close().get() }
 }
 
 /// Everything the per-connection handlers share (immutable or thread-safe).
@@ -70,8 +94,10 @@ final class RouterShared: Sendable {
     let store: SubscriptionStore
     let logger: Logger
     let access: Logger
+    let lordBody: (@Sendable () -> String)?
 
-    init(settings: RouterSettings, store: SubscriptionStore, logger: Logger) {
+    init(settings: RouterSettings, store: SubscriptionStore, logger: Logger, lordBody: (@Sendable () -> String)? = nil) {
+        self.lordBody = lordBody
         self.settings = settings
         self.store = store
         self.logger = logger

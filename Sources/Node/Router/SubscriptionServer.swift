@@ -11,11 +11,14 @@ public final class SubscriptionServer: Service {
     let bind: NodeConfig.Endpoint
     let store: SubscriptionStore
     let logger: Logger
+    /// For the cluster subscription socket: accepted packets are relayed to every member.
+    let relay: ClusterRelay?
 
-    public init(bind: NodeConfig.Endpoint, store: SubscriptionStore, logger: Logger) {
+    public init(bind: NodeConfig.Endpoint, store: SubscriptionStore, logger: Logger, relay: ClusterRelay? = nil) {
         self.bind = bind
         self.store = store
         self.logger = logger
+        self.relay = relay
     }
 
     public func run() async throws {
@@ -36,6 +39,7 @@ public final class SubscriptionServer: Service {
                                                                    "signed": "\(store.verifier != nil)"])
         let store = self.store
         let logger = self.logger
+        let relay = self.relay
         try await channel.executeThenClose { inbound, _ in
             try await withThrowingTaskGroup(of: Void.self) { group in
                 group.addTask {
@@ -50,7 +54,12 @@ public final class SubscriptionServer: Service {
                     var drops = RateLimitedLog()
                     for try await envelope in inbound {
                         let now = SystemClock.now()
-                        switch store.handle(datagram: Array(buffer: envelope.data), nowMs: now.wallMs) {
+                        let bytes = Array(buffer: envelope.data)
+                        let outcome = store.handle(datagram: bytes, nowMs: now.wallMs)
+                        if let relay, outcome.accepted, let packet = try? SubscriptionPacket(decoding: bytes) {
+                            relay.relay(packet, nowMs: now.wallMs)
+                        }
+                        switch outcome {
                         case .created(let node):
                             logger.info("new subscription", metadata: ["key": "\(node.keyString)", "address": "\(node.addressString)",
                                                                        "weight": "\(node.weight)", "signed": "\(node.signed)"])

@@ -43,12 +43,24 @@ public final class SubscriptionStore: Sendable {
         return outcome
     }
 
+    /// Applies a packet relayed by a legion member (authenticated by the legion secret).
+    public func applyTrusted(_ packet: SubscriptionPacket, nowMs: UInt64) -> SubscriptionTable.Outcome {
+        table.withLock { $0.apply(packet, verification: .trusted, nowMs: nowMs) }
+    }
+
+    public func removeAll(address: [UInt8]) -> [SubscriptionTable.Node] {
+        table.withLock { $0.removeAll(address: address) }
+    }
+
     public func expire(nowMs: UInt64) -> [SubscriptionTable.Node] {
         ejected.withLock { $0 = $0.filter { $0.value > nowMs } }
         return table.withLock { $0.expire(nowMs: nowMs) }
     }
 
     public func hasKey(for host: [UInt8]) -> Bool { table.withLock { $0.matchKey(for: host) != nil } }
+
+    /// True when `key` itself (no wildcard matching) has a node.
+    public func hasExactKey(_ key: [UInt8]) -> Bool { table.withLock { !$0.nodes(forKey: String(decoding: key, as: UTF8.self)).isEmpty } }
 
     public func pick(host: [UInt8], nowMs: UInt64, excluding: Set<[UInt8]>) -> SubscriptionTable.Node? {
         let skip = ejected.withLock { e in Set(e.filter { $0.value > nowMs }.keys.map { Array($0.utf8) }) }

@@ -22,18 +22,18 @@ public final class FailoverIPController: Sendable {
     let driver: FailoverIPDriver
     let httpHost: String?
     let httpPort: Int
-    let lordBody: LordHTTPServer.Body
+    let listenerFactory: VIPListenerFactory
     let logger: Logger
     private let shared = Mutex(Shared())
     private let pokes: AsyncStream<Void>
     private let poke: AsyncStream<Void>.Continuation
 
-    public init(driver: FailoverIPDriver, httpHost: String?, httpPort: Int, logger: Logger, lordBody: @escaping LordHTTPServer.Body) {
+    public init(driver: FailoverIPDriver, httpHost: String?, httpPort: Int, logger: Logger, listener: @escaping VIPListenerFactory) {
         self.driver = driver
         self.httpHost = httpHost
         self.httpPort = httpPort
         self.logger = logger
-        self.lordBody = lordBody
+        self.listenerFactory = listener
         (pokes, poke) = AsyncStream<Void>.makeStream(bufferingPolicy: .bufferingNewest(1))
     }
 
@@ -74,7 +74,7 @@ public final class FailoverIPController: Sendable {
 
     /// Reconciles until `stop()`; releases the IP before returning.
     public func run() async {
-        var server: LordHTTPServer?
+        var server: VIPListener?
         var held = false
         let fenceTicker = Task { [poke] in
             while !Task.isCancelled {
@@ -96,7 +96,7 @@ public final class FailoverIPController: Sendable {
                         try await driver.acquire()
                         held = true
                         if let host = httpHost, server == nil {
-                            server = try await LordHTTPServer.start(host: host, port: httpPort, body: lordBody)
+                            server = try await listenerFactory(host, httpPort)
                         }
                         shared.withLock { $0.phase = .held; $0.lastError = nil }
                         logger.notice("failover IP acquired", metadata: [

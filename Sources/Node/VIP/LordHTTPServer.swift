@@ -4,7 +4,15 @@ import NIOPosix
 
 /// The HTTP listener the Lord opens on the failover IP. It answers `GET /.legion/lord` with JSON
 /// naming the Lord, which probe clients and drills poll; everything else gets a short 404.
-public final class LordHTTPServer: Sendable {
+/// Whatever listens on the failover IP while this node is Lord.
+public protocol VIPListener: Sendable {
+    func stop() async
+}
+
+/// Starts the VIP listener on `host:port`.
+public typealias VIPListenerFactory = @Sendable (_ host: String, _ port: Int) async throws -> VIPListener
+
+public final class LordHTTPServer: VIPListener {
     public typealias Body = @Sendable () -> String
 
     private let channel: Channel
