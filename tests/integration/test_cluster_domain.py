@@ -1,0 +1,97 @@
+"""Cluster domains on the local 3-node cluster (cluster-configs/local-3): a demo app run by two real
+uWSGI vassals, on node2 and node3, subscribed to their node's cluster subscription socket, is reached
+through the VIP in round-robin across nodes (Lord's router → each node's internal router → vassal),
+and keeps being reached after the Lord is SIGKILLed.
+"""
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import time
+import urllib.request
+from pathlib import Path
+
+import pytest
+
+from conftest import ul
+
+VIP = "127.0.0.100:18480"
+APP = """
+import os
+def application(env, start_response):
+    body = os.environ["DEMO_NAME"].encode()
+    start_response("200 OK", [("Content-Type", "text/plain"), ("Content-Length", str(len(body)))])
+    return [body]
+"""
+
+
+def get(host: str, path: str = "/", timeout: float = 1.0) -> tuple[int, str]:
+    req = urllib.request.Request(f"http://{VIP}{path}", headers={"Host": host})
+    try:
+        with urllib.request.urlopen(req, timeout=timeout) as r:
+            return r.status, r.read().decode()
+    except urllib.error.HTTPError as e:
+        return e.code, e.read().decode()
+    except OSError:
+        return 0, ""
+
+
+@pytest.fixture
+def cluster(legion_bin, repo_root, tmp_path):
+    uwsgi = ul.ensure_uwsgi_python3()
+    run_dir = tmp_path / "run"
+    subprocess.run([str(legion_bin), "cluster", "down", "--run-dir", str(run_dir)], cwd=repo_root, capture_output=True, timeout=30)
+    up = subprocess.run([str(legion_bin), "cluster", "up", "--run-dir", str(run_dir)], cwd=repo_root,
+                        capture_output=True, text=True, timeout=60, stdin=subprocess.DEVNULL)
+    assert up.returncode == 0, f"cluster up failed: {up.stdout}{up.stderr}"
+    app = tmp_path / "demo.py"
+    app.write_text(APP)
+    vassals = []
+    for node in (2, 3):
+        port = ul.free_port()
+        env = dict(os.environ, DEMO_NAME=f"node{node}")
+        log = open(tmp_path / f"vassal{node}.log", "w")
+        vassals.append(subprocess.Popen(
+            [uwsgi, "--plugin", "python3", "--master", "--processes", "1", "--socket", f"127.0.0.1:{port}",
+             "--wsgi-file", str(app), "--subscribe-to", f"127.0.0.1:1750{node}:demo.example.com", "--die-on-term"],
+            env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True))
+    yield run_dir
+    for v in vassals:
+        try:
+            os.killpg(v.pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+    subprocess.run([str(legion_bin), "cluster", "down", "--run-dir", str(run_dir)], cwd=repo_root, capture_output=True, timeout=30)
+
+
+def test_cluster_domain_is_balanced_across_nodes_and_survives_the_lord(cluster: Path):
+    deadline = time.monotonic() + 10
+    seen: list[str] = []
+    while time.monotonic() < deadline:
+        status, body = get("demo.example.com")
+        if status == 200:
+            seen.append(body)
+            if len(seen) >= 6:
+                break
+        else:
+            time.sleep(0.1)
+    assert len(seen) >= 6, f"the demo app was not reachable through the VIP: {seen}"
+    assert set(seen) == {"node2", "node3"}, f"expected both nodes to serve: {seen}"
+    assert all(a != b for a, b in zip(seen, seen[1:])), f"not round-robin across nodes: {seen}"
+
+    lord_pid = int((cluster / "node1" / "node.pid").read_text())
+    os.kill(lord_pid, signal.SIGKILL)
+    t0 = time.monotonic()
+    while time.monotonic() - t0 < 3:
+        status, body = get("demo.example.com", timeout=0.3)
+        if status == 200:
+            break
+        time.sleep(0.01)
+    gap = time.monotonic() - t0
+    assert status == 200, "the cluster domain was not served after the Lord was killed"
+    assert gap < 1.5, f"cluster domain unavailable for {gap:.2f}s after the Lord was killed"
+    after = [get("demo.example.com")[1] for _ in range(6)]
+    assert set(after) == {"node2", "node3"}, f"after failover both nodes must still serve: {after}"
+    status, body = get("unknown.example.org")
+    assert status == 404 and "no application" in body

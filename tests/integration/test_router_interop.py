@@ -1,0 +1,526 @@
+"""Our HTTP router (`legion node` with a `[router]` table) in front of Debian's real uWSGI 2.0.21 vassals.
+
+Every vassal is a real ``uwsgi --plugin python3 --master --processes 1 --socket 127.0.0.1:PORT
+--wsgi-file fixtures/router_app.py`` process that subscribes itself to our node's UDP subscription server with
+uWSGI's own client code (``--subscribe-to`` / ``--subscribe2``); the app answers JSON with its name,
+PATH_INFO, REMOTE_PORT, forwarding headers and the request body (fixtures/router_app.py).
+
+Checked (spec uwsgi-wire.md §3, §4, Appendix C.3, plus our documented differences from uWSGI):
+* round robin: two vassals of one key answer strictly alternately (fresh connections, one keep-alive
+  connection, concurrent clients); GET/POST/streamed bodies relayed intact;
+* REMOTE_PORT is the client's real source port (uWSGI byte-swaps it), X-Forwarded-For / -Proto added;
+* signed subscriptions (``sign_check = "SHA1:DIR"``): a vassal signing with the key in DIR is routed, an
+  unsigned vassal and one signing with another key for the same key are not;
+* SIGKILL of a vassal: every following request still gets 200 from the survivor (connect retry, ejection);
+  with both gone: 502 (all refused), then 503 (no live node);
+* unknown Host -> 404 with a text body (uWSGI closes silently), malformed request line -> 400, Host > 255
+  bytes -> 400, chunked body without Content-Length -> 411, a partial request head -> 408 after ~10 s while
+  other clients are served;
+* ``--subscribe2`` with ``addr=`` and without it (first --socket), and a dotsplit wildcard key ``.wild.test``;
+* pipelined requests on one keep-alive connection are all answered.
+
+Nothing is skipped: no `legion` binary (``swift build`` or LEGION_BIN) or no installable uWSGI python3 plugin
+makes the tests FAIL. Every process runs in its own process group and is SIGKILLed at teardown.
+
+Run:  python3 -m pytest -v -s tests/integration/test_router_interop.py        (~30 s)
+"""
+from __future__ import annotations
+
+import http.client
+import json
+import re
+import select
+import shutil
+import socket
+import threading
+import time
+from pathlib import Path
+from typing import NamedTuple
+
+import pytest
+
+from conftest import REPO_ROOT, free_port, tail, ul
+
+FIXTURES = Path(__file__).resolve().parent / "fixtures"
+APP = FIXTURES / "router_app.py"
+PUBKEY = FIXTURES / "example.com.pub.pem"
+PRIVKEY = FIXTURES / "TEST-ONLY-example.com.priv.pem"  # throwaway test-only key
+HOST = ul.HOST
+KEY = "example.com"
+START_TIMEOUT = 15.0       # our node listening / a vassal's first subscription seen
+HEADERS_TIMEOUT = 10.0     # router's request-head timeout (-> 408)
+
+
+# ---------------------------------------------------------------------------------------------- processes
+
+
+@pytest.fixture(scope="session")
+def uwsgi_py3() -> str:
+    try:
+        return ul.ensure_uwsgi_python3()  # apt-get install uwsgi-core uwsgi-plugin-python3 if missing
+    except RuntimeError as e:
+        pytest.fail(f"Debian's uWSGI with the python3 plugin is needed for the router tests: {e}", pytrace=False)
+
+
+_SUB_RX = re.compile(r"new subscription (.*)$")
+
+
+class Router:
+    """One `legion node` (lone member of its legion) with an HTTP router and a subscription server."""
+
+    def __init__(self, base: Path, legion_bin: Path, tracker, name: str, *, sign_dir: Path | None = None,
+                 algorithm: str = "wrr"):
+        self.base, self.tracker, self.name = base, tracker, name
+        self.http_port = free_port()
+        self.sub_port = free_port(udp=True)
+        self.legion_port = free_port(udp=True)
+        self.log = base / f"{name}.log"
+        q = json.dumps
+        lines = ["[node]", f"name = {q(name)}", f"data_dir = {q(str(base / name))}", "",
+                 "[legion]", f"name = {q('rt-' + name)}", f"bind = {q(f'{HOST}:{self.legion_port}')}",
+                 "valor = 10", f"secret = {q('aes-256-cbc:routertest')}", "",
+                 "[router]", f"http = {q(f'{HOST}:{self.http_port}')}",
+                 f"subscription = {q(f'{HOST}:{self.sub_port}')}", f"algorithm = {q(algorithm)}"]
+        if sign_dir is not None:
+            lines.append(f"sign_check = {q(f'SHA1:{sign_dir}')}")
+        self.config = base / f"{name}.toml"
+        self.config.write_text("\n".join(lines) + "\n")
+        (base / name).mkdir(parents=True, exist_ok=True)
+        self.proc = tracker.start([legion_bin, "node", "--config", self.config], log_path=self.log, cwd=REPO_ROOT)
+
+    @property
+    def sub_server(self) -> str:
+        return f"{HOST}:{self.sub_port}"
+
+    def log_text(self) -> str:
+        try:
+            return self.log.read_text(errors="replace")
+        except OSError:
+            return ""
+
+    def wait_listening(self) -> None:
+        deadline = time.monotonic() + START_TIMEOUT
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                pytest.fail(f"our node {self.name} exited with {self.proc.returncode}\n{tail(self.log)}", pytrace=False)
+            text = self.log_text()
+            if "HTTP router listening" in text and "subscription server listening" in text:
+                try:
+                    socket.create_connection((HOST, self.http_port), timeout=0.5).close()
+                    return
+                except OSError:
+                    pass
+            time.sleep(0.05)
+        pytest.fail(f"our router {self.name} not listening on {HOST}:{self.http_port} after {START_TIMEOUT:.0f}s\n"
+                    f"{tail(self.log)}", pytrace=False)
+
+    def subscriptions(self) -> list[dict]:
+        """Every "new subscription" log line as {key, address, signed, weight, ...}."""
+        out = []
+        for line in self.log_text().splitlines():
+            m = _SUB_RX.search(line)
+            if m:
+                out.append(dict(kv.split("=", 1) for kv in m.group(1).split() if "=" in kv))
+        return out
+
+    def subscribed(self, key: str, address: str) -> bool:
+        return any(s.get("key") == key and s.get("address") == address for s in self.subscriptions())
+
+    def wait_subscribed(self, pairs: list[tuple[str, str]], vassals: "Vassals") -> None:
+        deadline = time.monotonic() + START_TIMEOUT
+        while time.monotonic() < deadline:
+            if all(self.subscribed(k, a) for k, a in pairs):
+                return
+            for v in vassals.all.values():
+                if v.proc.poll() is not None:
+                    pytest.fail(f"vassal {v.name} exited with {v.proc.returncode}\n{tail(v.log)}", pytrace=False)
+            time.sleep(0.05)
+        missing = [p for p in pairs if not self.subscribed(*p)]
+        pytest.fail(f"subscriptions {missing} not seen by {self.name} after {START_TIMEOUT:.0f}s\n{tail(self.log)}\n"
+                    + "\n".join(tail(v.log, 10) for v in vassals.all.values()), pytrace=False)
+
+
+class Vassal(NamedTuple):
+    name: str
+    port: int
+    proc: object
+    log: Path
+
+    @property
+    def address(self) -> str:
+        return f"{HOST}:{self.port}"
+
+
+class Vassals:
+    """Real uWSGI python3 vassals running fixtures/router_app.py."""
+
+    def __init__(self, base: Path, uwsgi: str, tracker):
+        self.base, self.uwsgi, self.tracker = base, uwsgi, tracker
+        self.all: dict[str, Vassal] = {}
+
+    def start(self, name: str, *subscribe_args: str) -> Vassal:
+        """`{port}` in subscribe_args is replaced by the vassal's own --socket port."""
+        port = free_port()
+        log = self.base / f"vassal-{name}.log"
+        argv = [self.uwsgi, "--plugin", "python3", "--master", "--processes", "1",
+                "--socket", f"{HOST}:{port}", "--wsgi-file", str(APP), "--need-app", "--die-on-term",
+                "--env", f"VASSAL_NAME={name}", *(a.replace("{port}", str(port)) for a in subscribe_args)]
+        v = Vassal(name, port, self.tracker.start(argv, log_path=log, cwd=self.base), log)
+        self.all[name] = v
+        return v
+
+    def kill(self, name: str) -> None:
+        self.tracker.kill(self.all[name].proc)  # SIGKILL of the vassal's process group (master + worker)
+
+
+# ---------------------------------------------------------------------------------------------- HTTP client
+
+
+class Resp(NamedTuple):
+    status: int
+    headers: dict
+    body: bytes
+    local_port: int
+
+    @property
+    def info(self) -> dict:
+        return json.loads(self.body)
+
+    @property
+    def vassal(self) -> str | None:
+        return self.headers.get("x-vassal")
+
+
+def request(port: int, method: str = "GET", path: str = "/", host: str = KEY, body: bytes | None = None,
+            headers: dict | None = None, source_port: int | None = None, timeout: float = 5.0,
+            conn: http.client.HTTPConnection | None = None) -> Resp:
+    """One request; a fresh connection (closed afterwards) unless `conn` is given (kept open)."""
+    own = conn is None
+    if own:
+        conn = http.client.HTTPConnection(HOST, port, timeout=timeout,
+                                          source_address=(HOST, source_port) if source_port else None)
+    try:
+        conn.request(method, path, body=body, headers={"Host": host, **(headers or {})})
+        local = conn.sock.getsockname()[1]
+        r = conn.getresponse()
+        data = r.read()
+        return Resp(r.status, {k.lower(): v for k, v in r.getheaders()}, data, local)
+    finally:
+        if own:
+            conn.close()
+
+
+def raw_exchange(port: int, data: bytes, wait: float = 3.0) -> tuple[bytes, bool]:
+    """Send raw bytes, read until EOF or `wait` s. Returns (bytes received, closed by the server)."""
+    s = socket.create_connection((HOST, port), timeout=wait)
+    try:
+        s.sendall(data)
+        out = b""
+        deadline = time.monotonic() + wait
+        while time.monotonic() < deadline:
+            r, _, _ = select.select([s], [], [], max(0.0, deadline - time.monotonic()))
+            if not r:
+                break
+            try:
+                chunk = s.recv(65536)
+            except ConnectionResetError:
+                return out, True
+            if not chunk:
+                return out, True
+            out += chunk
+        return out, False
+    finally:
+        s.close()
+
+
+def status_of(raw: bytes) -> int | None:
+    m = re.match(rb"HTTP/1\.[01] (\d{3}) ", raw)
+    return int(m.group(1)) if m else None
+
+
+def alternates(names: list[str]) -> bool:
+    return len(set(names)) == 2 and all(a != b for a, b in zip(names, names[1:]))
+
+
+# ---------------------------------------------------------------------------------------------- fixtures
+
+
+class Setup(NamedTuple):
+    router: Router
+    vassals: Vassals
+    base: Path
+
+
+@pytest.fixture(scope="module")
+def main(tmp_path_factory, legion_bin, uwsgi_py3, module_procs):
+    """Our router r1 (wrr) + vassals a and b subscribed to example.com with --subscribe-to."""
+    base = tmp_path_factory.mktemp("router")
+    try:
+        r = Router(base, legion_bin, module_procs, "r1")
+        r.wait_listening()
+        vs = Vassals(base, uwsgi_py3, module_procs)
+        a = vs.start("a", "--subscribe-to", f"{r.sub_server}:{KEY}")
+        b = vs.start("b", "--subscribe-to", f"{r.sub_server}:{KEY}")
+        r.wait_subscribed([(KEY, a.address), (KEY, b.address)], vs)
+        yield Setup(r, vs, base)
+    finally:
+        module_procs.kill_all()
+        left = ul.procs_mentioning(str(base))
+        assert not left, f"uWSGI processes left behind: {left}"
+
+
+# ---------------------------------------------------------------------------------------------- tests
+
+
+def test_round_robin_alternates_strictly(main: Setup):
+    port = main.router.http_port
+    fresh = [request(port, path=f"/rr/{i}?i={i}") for i in range(12)]
+    assert all(r.status == 200 for r in fresh), [(r.status, r.body[:200]) for r in fresh]
+    names = [r.info["vassal"] for r in fresh]
+    assert alternates(names), f"not strictly alternating between a and b: {names}"
+    for i, r in enumerate(fresh):
+        assert (r.info["path"], r.info["query"], r.info["method"]) == (f"/rr/{i}", f"i={i}", "GET")
+        assert r.vassal == r.info["vassal"]
+
+    conn = http.client.HTTPConnection(HOST, port, timeout=5)
+    try:
+        kept = [request(port, path=f"/ka/{i}", conn=conn) for i in range(8)]
+    finally:
+        conn.close()
+    assert all(r.status == 200 for r in kept), [(r.status, r.body[:200]) for r in kept]
+    names = [r.info["vassal"] for r in kept]
+    assert alternates(names), f"keep-alive connection: not strictly alternating: {names}"
+    ports = {r.local_port for r in kept}
+    assert len(ports) == 1 and {r.info["remote_port"] for r in kept} == {str(p) for p in ports}, \
+        "all requests of one keep-alive connection must come from the same client port"
+    print(f"\nfresh connections: {''.join(n for n in [x.info['vassal'] for x in fresh])}; keep-alive: {''.join(names)}")
+
+
+def test_concurrent_clients_share_the_round_robin(main: Setup):
+    port = main.router.http_port
+    results: list[Resp | Exception] = []
+    lock = threading.Lock()
+
+    def worker(w: int) -> None:
+        for i in range(20):
+            try:
+                r = request(port, path=f"/c/{w}/{i}")
+            except Exception as e:  # noqa: BLE001 - collected and asserted below
+                r = e
+            with lock:
+                results.append(r)
+
+    threads = [threading.Thread(target=worker, args=(w,)) for w in range(8)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(timeout=30)
+    bad = [r if isinstance(r, Exception) else (r.status, r.body[:200]) for r in results
+           if isinstance(r, Exception) or r.status != 200]
+    assert len(results) == 160 and not bad, f"{len(results)} results, failures: {bad[:5]}"
+    counts = {n: sum(1 for r in results if r.info["vassal"] == n) for n in ("a", "b")}
+    assert counts["a"] == counts["b"] == 80, f"wrr with equal weights must split 160 requests 80/80: {counts}"
+
+
+def test_get_and_post_bodies(main: Setup):
+    port = main.router.http_port
+    r = request(port, "POST", "/form", body=b"hello=world&x=1",
+                headers={"Content-Type": "application/x-www-form-urlencoded"})
+    assert r.status == 200 and r.info["method"] == "POST" and r.info["body"] == "hello=world&x=1", r
+    blob = bytes(range(256)) * 800  # 200 KiB, every byte value
+    r = request(port, "POST", "/echo", body=blob, headers={"Content-Type": "application/octet-stream"})
+    assert r.status == 200 and r.body == blob, f"{r.status}: echoed {len(r.body)} bytes, sent {len(blob)}"
+    r = request(port, "PUT", "/empty", body=b"")
+    assert r.status == 200 and r.info["method"] == "PUT" and r.info["body_len"] == 0, r
+    r = request(port, "GET", "/stream/300000")  # backend sends no Content-Length and closes
+    assert r.status == 200 and r.body == b"x" * 300000, f"{r.status}: got {len(r.body)} of 300000 bytes"
+    r = request(port, "HEAD", "/head")
+    assert r.status == 200 and r.body == b"", r
+    r = request(port, "GET", "/after-head")  # the connection state survived the HEAD
+    assert r.status == 200 and r.info["path"] == "/after-head", r
+
+
+def test_remote_port_is_the_real_client_port(main: Setup):
+    port = main.router.http_port
+    for _ in range(2):  # both vassals
+        src = free_port()
+        r = request(port, path="/whoami", source_port=src)
+        assert r.status == 200 and r.local_port == src, r
+        swapped = int.from_bytes(src.to_bytes(2, "big"), "little")
+        assert r.info["remote_port"] == str(src), \
+            f"REMOTE_PORT {r.info['remote_port']} != client port {src} (uWSGI's byte-swapped value would be {swapped})"
+        assert r.info["remote_addr"] == HOST
+        assert (r.info["xff"], r.info["xfp"]) == (HOST, "http"), r.info
+    r = request(port, path="/xff", headers={"X-Forwarded-For": "10.9.8.7", "X-Forwarded-Proto": "https"})
+    assert r.info["xff"] == f"10.9.8.7, {HOST}", r.info
+    assert r.info["xfp"] == "http", "a client-supplied X-Forwarded-Proto must be replaced"
+    assert r.info["host"] == KEY
+
+
+def test_error_answers(main: Setup):
+    port = main.router.http_port
+    conn = http.client.HTTPConnection(HOST, port, timeout=5)
+    try:
+        r = request(port, host="unknown.test", conn=conn)
+        assert r.status == 404 and b"unknown.test" in r.body and len(r.body) < 1024, r
+        r = request(port, host="EXAMPLE.com", conn=conn)  # keys are exact, case-sensitive (spec 3.9)
+        assert r.status == 404, r
+        r = request(port, host="example.com:8080", conn=conn)  # port is part of the key
+        assert r.status == 404, r
+        r = request(port, path="/after-404", conn=conn)  # 404 keeps the connection usable
+        assert r.status == 200 and r.info["path"] == "/after-404", r
+    finally:
+        conn.close()
+
+    for bad in (b"GARBAGE\r\n\r\n",
+                b"GET / HTTP/1.1 trailing-junk\r\nHost: example.com\r\n\r\n",
+                b"GET / HTTX/9.9\r\nHost: example.com\r\n\r\n"):
+        out, closed = raw_exchange(port, bad)
+        assert status_of(out) == 400 and closed, f"{bad!r}: expected 400 and close, got {out[:200]!r} closed={closed}"
+
+    out, closed = raw_exchange(port, b"GET / HTTP/1.1\r\nHost: " + b"h" * 256 + b"\r\n\r\n")
+    assert status_of(out) == 400 and closed, f"Host of 256 bytes: {out[:200]!r}"
+    out, _ = raw_exchange(port, b"GET /ok HTTP/1.1\r\nHost: " + b"h" * 255 + b"\r\nConnection: close\r\n\r\n")
+    assert status_of(out) == 404, f"Host of 255 bytes is legal (unknown key -> 404): {out[:200]!r}"
+    out, closed = raw_exchange(port, b"POST /c HTTP/1.1\r\nHost: example.com\r\nTransfer-Encoding: chunked\r\n\r\n"
+                                     b"5\r\nhello\r\n0\r\n\r\n")
+    assert status_of(out) == 411 and closed, f"chunked body without Content-Length: {out[:200]!r}"
+
+
+def test_pipelined_requests_are_all_answered(main: Setup):
+    """HTTP/1.1 pipelining (RFC 9112 §9.3): two requests in one write must get two responses, in order."""
+    port = main.router.http_port
+    two = (b"GET /p1 HTTP/1.1\r\nHost: example.com\r\n\r\n"
+           b"GET /p2 HTTP/1.1\r\nHost: example.com\r\nConnection: close\r\n\r\n")
+    out, closed = raw_exchange(port, two, wait=3.0)
+    statuses = re.findall(rb"HTTP/1\.1 (\d{3}) ", out)
+    assert statuses == [b"200", b"200"] and b'"/p1"' in out and b'"/p2"' in out, \
+        f"pipelined /p1 + /p2: got statuses {statuses} within 3 s (closed={closed}):\n{out.decode('latin-1')}"
+
+
+def test_slow_client_gets_408_while_others_are_served(main: Setup):
+    port = main.router.http_port
+    slow = socket.create_connection((HOST, port), timeout=2)
+    t0 = time.monotonic()
+    try:
+        slow.sendall(b"GET /slow HTTP/1.1\r\nHost: exam")
+        served, worst, answer, t_answer = 0, 0.0, b"", None
+        deadline = t0 + HEADERS_TIMEOUT + 2.0
+        while time.monotonic() < deadline:
+            t = time.monotonic()
+            r = request(port, path=f"/meanwhile/{served}", timeout=3)
+            worst = max(worst, time.monotonic() - t)
+            assert r.status == 200, f"request while a slow client is pending: {r}"
+            served += 1
+            rd, _, _ = select.select([slow], [], [], 0.25)
+            if rd:
+                chunk = slow.recv(4096)
+                if t_answer is None:
+                    t_answer = time.monotonic() - t0
+                answer += chunk
+                if not chunk or b"\r\n\r\n" in answer:
+                    break
+        assert t_answer is not None, f"no answer to a partial request head after {deadline - t0:.1f}s"
+        assert status_of(answer) == 408, f"expected 408, got {answer[:200]!r} after {t_answer:.2f}s"
+        assert HEADERS_TIMEOUT - 1.0 <= t_answer <= HEADERS_TIMEOUT + 1.5, f"408 after {t_answer:.2f}s"
+        slow.settimeout(2)
+        rest = b""
+        try:
+            while (c := slow.recv(4096)):
+                rest += c
+        except socket.timeout:
+            pytest.fail("the router must close the connection after the 408")
+        except ConnectionResetError:
+            pass
+        assert served >= 20 and worst < 1.0, f"served {served} others meanwhile, slowest {worst:.2f}s"
+        print(f"\n408 after {t_answer:.2f}s; {served} other requests served meanwhile (slowest {worst * 1000:.0f} ms)")
+    finally:
+        slow.close()
+
+
+def test_subscribe2_addr_form_and_dotsplit_wildcard(main: Setup):
+    r, vs = main.router, main.vassals
+    c = vs.start("c", "--subscribe2", f"server={r.sub_server},key=addr.example.com,addr={HOST}:{{port}}",
+                 "--subscribe2", f"server={r.sub_server},key=.wild.test,addr={HOST}:{{port}}")
+    d = vs.start("d", "--subscribe2", f"server={r.sub_server},key=addr.example.com")  # address = first --socket
+    r.wait_subscribed([("addr.example.com", c.address), ("addr.example.com", d.address),
+                       (".wild.test", c.address)], vs)
+    got = [request(r.http_port, host="addr.example.com", path=f"/s2/{i}") for i in range(6)]
+    assert all(x.status == 200 for x in got), [(x.status, x.body[:200]) for x in got]
+    names = [x.info["vassal"] for x in got]
+    assert alternates(names) and set(names) == {"c", "d"}, f"addr.example.com: {names}"
+    w = request(r.http_port, host="a.b.wild.test", path="/wild")
+    assert w.status == 200 and w.info["vassal"] == "c" and w.info["host"] == "a.b.wild.test", w
+    apex = request(r.http_port, host="wild.test")
+    assert apex.status == 404, f"the wildcard .wild.test must not match the apex wild.test: {apex}"
+    deep = request(r.http_port, host="a.b.c.d.e.wild.test")
+    assert deep.status == 404, f"dotsplit stops after 5 lookups (spec TV-S4): {deep}"
+    vs.kill("c")
+    vs.kill("d")
+
+
+def test_sigkill_of_a_vassal_every_request_still_succeeds(main: Setup):
+    r, vs = main.router, main.vassals
+    key = "kill.example.com"
+    k1 = vs.start("k1", "--subscribe-to", f"{r.sub_server}:{key}")
+    k2 = vs.start("k2", "--subscribe-to", f"{r.sub_server}:{key}")
+    r.wait_subscribed([(key, k1.address), (key, k2.address)], vs)
+    before = [request(r.http_port, host=key).info["vassal"] for _ in range(4)]
+    assert alternates(before), before
+
+    vs.kill("k1")
+    statuses, answered_by, t0 = [], set(), time.monotonic()
+    while time.monotonic() - t0 < 4.0:  # longer than the 3 s ejection: the dead node is retried again
+        x = request(r.http_port, host=key, path=f"/after-kill/{len(statuses)}")
+        statuses.append(x.status)
+        if x.status == 200:
+            answered_by.add(x.info["vassal"])
+        time.sleep(0.05)
+    failed = [s for s in statuses if s != 200]
+    assert not failed and answered_by == {"k2"}, \
+        f"after SIGKILL of k1: {len(failed)} of {len(statuses)} failed ({sorted(set(failed))}), answered by {answered_by}"
+    print(f"\n{len(statuses)} requests in 4 s after SIGKILL of k1: all 200 from k2")
+
+    vs.kill("k2")
+    first = request(r.http_port, host=key)
+    assert first.status == 502 and first.body, f"all backends refusing: expected 502, got {first}"
+    second = request(r.http_port, host=key)
+    assert second.status == 503 and second.body, f"no live node (both ejected): expected 503, got {second}"
+
+
+def test_signed_subscriptions(tmp_path, legion_bin, uwsgi_py3, procs):
+    from cryptography.hazmat.primitives import serialization
+    from cryptography.hazmat.primitives.asymmetric import rsa
+
+    keydir = tmp_path / "keys"
+    keydir.mkdir()
+    shutil.copy(PUBKEY, keydir / f"{KEY}.pem")
+    wrong = tmp_path / "wrong.priv.pem"
+    wrong.write_bytes(rsa.generate_private_key(public_exponent=65537, key_size=2048).private_bytes(
+        serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()))
+    try:
+        r = Router(tmp_path, legion_bin, procs, "rs", sign_dir=keydir)
+        r.wait_listening()
+        vs = Vassals(tmp_path, uwsgi_py3, procs)
+        # signed vassal: addr= is left out, uWSGI announces its first --socket
+        s = vs.start("signed", "--subscribe2", f"server={r.sub_server},key={KEY},sign=SHA1:{PRIVKEY}")
+        u = vs.start("unsigned", "--subscribe-to", f"{r.sub_server}:{KEY}")
+        w = vs.start("wrongkey", "--subscribe2", f"server={r.sub_server},key={KEY},sign=SHA1:{wrong}")
+        t_start = time.monotonic()
+        r.wait_subscribed([(KEY, s.address)], vs)
+        # uWSGI sends at start and again at +1 s: give the other two both chances
+        time.sleep(max(0.0, t_start + 2.5 - time.monotonic()))
+        subs = r.subscriptions()
+        assert [x for x in subs if x.get("address") == s.address][0].get("signed") == "true", subs
+        assert not r.subscribed(KEY, u.address), f"unsigned vassal accepted by a sign_check router: {subs}"
+        assert not r.subscribed(KEY, w.address), f"vassal signing with another key accepted: {subs}"
+        got = [request(r.http_port, path=f"/signed/{i}") for i in range(6)]
+        assert all(x.status == 200 for x in got), [(x.status, x.body[:200]) for x in got]
+        assert {x.info["vassal"] for x in got} == {"signed"}, [x.info["vassal"] for x in got]
+        drops = [ln for ln in r.log_text().splitlines() if "dropped datagram" in ln]
+        print("\nsigned vassal routed; dropped datagrams logged:\n  " + "\n  ".join(drops))
+        assert drops, "the router should log (rate-limited) the rejected unsigned / wrongly signed subscriptions"
+    finally:
+        procs.kill_all()
+        left = ul.procs_mentioning(str(tmp_path))
+        assert not left, f"uWSGI processes left behind: {left}"
