@@ -93,6 +93,17 @@ final class RouterHandler: ChannelInboundHandler, RemovableChannelHandler {
         }
     }
 
+    /// Backpressure, backend → client: stop reading the backend while the client cannot keep up.
+    func channelWritabilityChanged(context: ChannelHandlerContext) {
+        backend?.setOption(ChannelOptions.autoRead, value: context.channel.isWritable).whenFailure { _ in }
+        context.fireChannelWritabilityChanged()
+    }
+
+    /// Backpressure, client → backend: stop reading the client while the backend cannot keep up.
+    func backendWritabilityChanged(_ writable: Bool) {
+        context?.channel.setOption(ChannelOptions.autoRead, value: writable).whenFailure { _ in }
+    }
+
     func errorCaught(context: ChannelHandlerContext, error: Error) {
         if let request, !request.responseStarted {
             respond(context, status: .badRequest, message: "malformed HTTP request: \(error)", close: true)
@@ -265,6 +276,7 @@ final class RouterHandler: ChannelInboundHandler, RemovableChannelHandler {
             ])
         }
         request = nil
+        if let channel = context?.channel { channel.setOption(ChannelOptions.autoRead, value: true).whenFailure { _ in } }
         if closeBackend, let backend {
             backend.close(promise: nil)
         }
@@ -356,6 +368,11 @@ final class BackendHandler: ChannelInboundHandler {
     func channelInactive(context: ChannelHandlerContext) {
         if !ended { router.value.backendClosed(error: nil) }
         context.fireChannelInactive()
+    }
+
+    func channelWritabilityChanged(context: ChannelHandlerContext) {
+        router.value.backendWritabilityChanged(context.channel.isWritable)
+        context.fireChannelWritabilityChanged()
     }
 
     func errorCaught(context: ChannelHandlerContext, error: Error) {
