@@ -7,22 +7,23 @@ PATH_INFO, REMOTE_PORT, forwarding headers and the request body (fixtures/router
 
 Checked (spec uwsgi-wire.md §3, §4, Appendix C.3, plus our documented differences from uWSGI):
 * round robin: two vassals of one key answer strictly alternately (fresh connections, one keep-alive
-  connection, concurrent clients); GET/POST/streamed bodies relayed intact;
+  connection, 8 concurrent clients -> exactly 80/80); GET/POST/PUT/HEAD and streamed bodies relayed intact;
 * REMOTE_PORT is the client's real source port (uWSGI byte-swaps it), X-Forwarded-For / -Proto added;
-* signed subscriptions (``sign_check = "SHA1:DIR"``): a vassal signing with the key in DIR is routed, an
-  unsigned vassal and one signing with another key for the same key are not;
+* signed subscriptions (``sign_check = "SHA1:DIR"``, fixtures' throwaway key pair): a vassal signing with the
+  key in DIR is routed, an unsigned vassal and one signing with another key for the same key are not;
 * SIGKILL of a vassal: every following request still gets 200 from the survivor (connect retry, ejection);
-  with both gone: 502 (all refused), then 503 (no live node);
-* unknown Host -> 404 with a text body (uWSGI closes silently), malformed request line -> 400, Host > 255
-  bytes -> 400, chunked body without Content-Length -> 411, a partial request head -> 408 after ~10 s while
-  other clients are served;
-* ``--subscribe2`` with ``addr=`` and without it (first --socket), and a dotsplit wildcard key ``.wild.test``;
-* pipelined requests on one keep-alive connection are all answered.
+  with both gone: 502 (all refused), then 503 (no live node); a graceful stop (SIGINT) unsubscribes at once;
+* unknown Host -> 404 with a text body (uWSGI closes silently), keys exact and case-sensitive, malformed request
+  line -> 400, Host > 255 bytes -> 400, chunked body without Content-Length -> 411;
+* stalled clients (partial request head, silent connection, idle keep-alive) -> 408 / close after ~10 s while
+  other clients are served, and the router survives (own router: a crash there cannot break the other tests);
+* ``--subscribe2`` with ``addr=`` and without it (first --socket), dotsplit wildcard ``.wild.test``;
+* HTTP/1.1 pipelining, HTTP/1.0 keep-alive framing.
 
 Nothing is skipped: no `legion` binary (``swift build`` or LEGION_BIN) or no installable uWSGI python3 plugin
 makes the tests FAIL. Every process runs in its own process group and is SIGKILLed at teardown.
 
-Run:  python3 -m pytest -v -s tests/integration/test_router_interop.py        (~30 s)
+Run:  python3 -m pytest -v -s tests/integration/test_router_interop.py        (~35 s)
 """
 from __future__ import annotations
 
@@ -31,6 +32,7 @@ import json
 import re
 import select
 import shutil
+import signal
 import socket
 import threading
 import time
@@ -87,6 +89,21 @@ class Router:
         self.config.write_text("\n".join(lines) + "\n")
         (base / name).mkdir(parents=True, exist_ok=True)
         self.proc = tracker.start([legion_bin, "node", "--config", self.config], log_path=self.log, cwd=REPO_ROOT)
+
+    def crash_report(self) -> str | None:
+        """None while the node runs; else its exit status, fatal-error lines and our own stack frames."""
+        if self.proc.poll() is None:
+            return None
+        lines = self.log_text().splitlines()
+        fatal = [ln for ln in lines if "Fatal error" in ln or "Program crashed" in ln]
+        ours = [ln.strip() for ln in lines if "/Sources/" in ln and ".build/checkouts" not in ln][:3]
+        return (f"our node {self.name} is not running (exit status {self.proc.returncode}):\n  "
+                + "\n  ".join(fatal[:3] + ours) + f"\n(full log: {self.log})")
+
+    def require_alive(self) -> None:
+        report = self.crash_report()
+        if report:
+            pytest.fail(report, pytrace=False)
 
     @property
     def sub_server(self) -> str:
@@ -170,7 +187,8 @@ class Vassals:
         return v
 
     def kill(self, name: str) -> None:
-        self.tracker.kill(self.all[name].proc)  # SIGKILL of the vassal's process group (master + worker)
+        """SIGKILL of the vassal's process group (master + worker); it is forgotten afterwards."""
+        self.tracker.kill(self.all.pop(name).proc)
 
 
 # ---------------------------------------------------------------------------------------------- HTTP client
@@ -251,22 +269,34 @@ class Setup(NamedTuple):
     base: Path
 
 
+def start_setup(base: Path, legion_bin: Path, uwsgi: str, tracker, name: str = "r1") -> Setup:
+    """Our router (wrr) + vassals a and b subscribed to example.com with --subscribe-to."""
+    r = Router(base, legion_bin, tracker, name)
+    r.wait_listening()
+    vs = Vassals(base, uwsgi, tracker)
+    a = vs.start("a", "--subscribe-to", f"{r.sub_server}:{KEY}")
+    b = vs.start("b", "--subscribe-to", f"{r.sub_server}:{KEY}")
+    r.wait_subscribed([(KEY, a.address), (KEY, b.address)], vs)
+    return Setup(r, vs, base)
+
+
 @pytest.fixture(scope="module")
-def main(tmp_path_factory, legion_bin, uwsgi_py3, module_procs):
-    """Our router r1 (wrr) + vassals a and b subscribed to example.com with --subscribe-to."""
+def main_setup(tmp_path_factory, legion_bin, uwsgi_py3, module_procs):
     base = tmp_path_factory.mktemp("router")
     try:
-        r = Router(base, legion_bin, module_procs, "r1")
-        r.wait_listening()
-        vs = Vassals(base, uwsgi_py3, module_procs)
-        a = vs.start("a", "--subscribe-to", f"{r.sub_server}:{KEY}")
-        b = vs.start("b", "--subscribe-to", f"{r.sub_server}:{KEY}")
-        r.wait_subscribed([(KEY, a.address), (KEY, b.address)], vs)
-        yield Setup(r, vs, base)
+        yield start_setup(base, legion_bin, uwsgi_py3, module_procs)
     finally:
         module_procs.kill_all()
         left = ul.procs_mentioning(str(base))
         assert not left, f"uWSGI processes left behind: {left}"
+
+
+@pytest.fixture
+def main(main_setup: Setup):
+    """The shared router r1; a test fails (not hangs) if r1 crashed before it, and errors if r1 died during it."""
+    main_setup.router.require_alive()
+    yield main_setup
+    main_setup.router.require_alive()
 
 
 # ---------------------------------------------------------------------------------------------- tests
@@ -388,7 +418,7 @@ def test_error_answers(main: Setup):
 
 
 def test_pipelined_requests_are_all_answered(main: Setup):
-    """HTTP/1.1 pipelining (RFC 9112 §9.3): two requests in one write must get two responses, in order."""
+    """HTTP/1.1 pipelining (RFC 9112 §9.3.2): two requests in one write must get two responses, in order."""
     port = main.router.http_port
     two = (b"GET /p1 HTTP/1.1\r\nHost: example.com\r\n\r\n"
            b"GET /p2 HTTP/1.1\r\nHost: example.com\r\nConnection: close\r\n\r\n")
@@ -398,44 +428,102 @@ def test_pipelined_requests_are_all_answered(main: Setup):
         f"pipelined /p1 + /p2: got statuses {statuses} within 3 s (closed={closed}):\n{out.decode('latin-1')}"
 
 
-def test_slow_client_gets_408_while_others_are_served(main: Setup):
-    port = main.router.http_port
-    slow = socket.create_connection((HOST, port), timeout=2)
-    t0 = time.monotonic()
+def test_http10_keepalive_is_announced_or_closed(main: Setup):
+    """An HTTP/1.0 client asking for keep-alive only keeps the connection if the response says
+    `Connection: keep-alive` (RFC 9112 §9.3); otherwise it waits for the close that ends the message."""
+    out, closed = raw_exchange(main.router.http_port,
+                               b"GET /ten HTTP/1.0\r\nHost: example.com\r\nConnection: keep-alive\r\n\r\n", wait=2.0)
+    head = out.split(b"\r\n\r\n", 1)[0].lower()
+    assert status_of(out) == 200, out[:300]
+    assert closed or b"\r\nconnection: keep-alive" in head, \
+        f"HTTP/1.0 keep-alive: the response neither announces keep-alive nor closes within 2 s:\n{out.decode('latin-1')}"
+
+
+def test_graceful_stop_of_a_vassal_unsubscribes_it(main: Setup):
+    """SIGINT makes uWSGI send an unsubscribe (modifier2 = 1, spec 3.6): the node goes at once, no retry needed."""
+    r, vs = main.router, main.vassals
+    key = "graceful.example.com"
+    g1 = vs.start("g1", "--subscribe-to", f"{r.sub_server}:{key}")
+    g2 = vs.start("g2", "--subscribe-to", f"{r.sub_server}:{key}")
+    r.wait_subscribed([(key, g1.address), (key, g2.address)], vs)
+    g1.proc.send_signal(signal.SIGINT)
+    g1.proc.wait(timeout=10)
+    vs.all.pop("g1")
+    deadline = time.monotonic() + 5
+    unsub = f"unsubscribed address={g1.address} key={key}"
+    while unsub not in r.log_text() and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert unsub in r.log_text(), f"no '{unsub}' line after g1's graceful stop\n{tail(r.log)}"
+    mark = r.log_text().count("backend refused")
+    got = [request(r.http_port, host=key) for _ in range(6)]
+    assert [x.status for x in got] == [200] * 6 and {x.info["vassal"] for x in got} == {"g2"}, got
+    assert r.log_text().count("backend refused") == mark, "an unsubscribed node must not be tried any more"
+    vs.kill("g2")
+
+
+def test_slow_and_idle_clients_get_408_while_others_are_served(tmp_path, legion_bin, uwsgi_py3, procs):
+    """Three stalled connections at once on a router of their own: a partial request head (slowloris), a
+    connection that never sends a byte, and a keep-alive connection idle after one complete exchange. Each must
+    get 408 (or, for the idle ones, at least a close) ~10 s after its last activity, while other clients are
+    served; the router must survive it."""
     try:
-        slow.sendall(b"GET /slow HTTP/1.1\r\nHost: exam")
-        served, worst, answer, t_answer = 0, 0.0, b"", None
+        st = start_setup(tmp_path, legion_bin, uwsgi_py3, procs, name="r408")
+        port = st.router.http_port
+        t0 = time.monotonic()
+        partial = socket.create_connection((HOST, port), timeout=2)
+        partial.sendall(b"GET /slow HTTP/1.1\r\nHost: exam")
+        silent = socket.create_connection((HOST, port), timeout=2)
+        idle = socket.create_connection((HOST, port), timeout=2)
+        idle.sendall(b"GET /once HTTP/1.1\r\nHost: example.com\r\n\r\n")
+        stalled = {"partial": partial, "silent": silent, "idle": idle}
+        got: dict[str, bytes] = {n: b"" for n in stalled}
+        t_first: dict[str, float] = {}
+        closed: dict[str, float] = {}
+        served, worst, errors = 0, 0.0, []
         deadline = t0 + HEADERS_TIMEOUT + 2.0
-        while time.monotonic() < deadline:
+        while time.monotonic() < deadline and len(closed) < len(stalled):
             t = time.monotonic()
-            r = request(port, path=f"/meanwhile/{served}", timeout=3)
+            try:
+                r = request(port, path=f"/meanwhile/{served}", timeout=2)
+                if r.status != 200:
+                    errors.append(r.status)
+            except OSError as e:
+                errors.append(repr(e))
             worst = max(worst, time.monotonic() - t)
-            assert r.status == 200, f"request while a slow client is pending: {r}"
             served += 1
-            rd, _, _ = select.select([slow], [], [], 0.25)
-            if rd:
-                chunk = slow.recv(4096)
-                if t_answer is None:
-                    t_answer = time.monotonic() - t0
-                answer += chunk
-                if not chunk or b"\r\n\r\n" in answer:
-                    break
-        assert t_answer is not None, f"no answer to a partial request head after {deadline - t0:.1f}s"
-        assert status_of(answer) == 408, f"expected 408, got {answer[:200]!r} after {t_answer:.2f}s"
-        assert HEADERS_TIMEOUT - 1.0 <= t_answer <= HEADERS_TIMEOUT + 1.5, f"408 after {t_answer:.2f}s"
-        slow.settimeout(2)
-        rest = b""
-        try:
-            while (c := slow.recv(4096)):
-                rest += c
-        except socket.timeout:
-            pytest.fail("the router must close the connection after the 408")
-        except ConnectionResetError:
-            pass
-        assert served >= 20 and worst < 1.0, f"served {served} others meanwhile, slowest {worst:.2f}s"
-        print(f"\n408 after {t_answer:.2f}s; {served} other requests served meanwhile (slowest {worst * 1000:.0f} ms)")
+            rd, _, _ = select.select([s for n, s in stalled.items() if n not in closed], [], [], 0.2)
+            for sock in rd:
+                n = next(k for k, v in stalled.items() if v is sock)
+                try:
+                    chunk = sock.recv(65536)
+                except ConnectionResetError:
+                    chunk = b""
+                now = time.monotonic() - t0
+                if not chunk:
+                    closed[n] = now
+                else:
+                    got[n] += chunk
+                    if n != "idle" or got[n].count(b"HTTP/1.1 ") > 1:
+                        t_first.setdefault(n, now)
+        alive = st.router.crash_report()
+        summary = {n: (status_of(got[n].split(b"\r\n\r\n", 1)[-1]) if n == "idle" else status_of(got[n]),
+                       t_first.get(n), closed.get(n)) for n in stalled}
+        print(f"\n(status, s to answer, s to close) per stalled connection: {summary}; "
+              f"{served} others served meanwhile, slowest {worst * 1000:.0f} ms, errors {errors[:3]}")
+        assert alive is None, alive
+        assert not errors and worst < 1.0, f"requests while clients stalled: errors {errors[:5]}, slowest {worst:.2f}s"
+        assert status_of(got["idle"]) == 200, f"the idle connection's first request: {got['idle'][:200]!r}"
+        for n in stalled:
+            assert n in closed, f"{n}: connection not closed {deadline - t0:.0f}s after it stalled ({summary[n]})"
+            assert HEADERS_TIMEOUT - 1.0 <= closed[n] <= HEADERS_TIMEOUT + 1.5, f"{n}: closed after {closed[n]:.2f}s"
+        assert summary["partial"][0] == 408, f"partial request head: expected 408, got {got['partial'][:200]!r}"
     finally:
-        slow.close()
+        for sock in (locals().get("partial"), locals().get("silent"), locals().get("idle")):
+            if sock is not None:
+                sock.close()
+        procs.kill_all()
+        left = ul.procs_mentioning(str(tmp_path))
+        assert not left, f"uWSGI processes left behind: {left}"
 
 
 def test_subscribe2_addr_form_and_dotsplit_wildcard(main: Setup):

@@ -74,8 +74,10 @@ public final class HTTPRouter: Service {
                 .childChannelOption(.maxMessagesPerRead, value: 16)
                 .childChannelInitializer { child in
                     child.eventLoop.makeCompletedFuture {
+                        let guardHandler = ConnectionGuard()
+                        try child.pipeline.syncOperations.addHandler(guardHandler)
                         try child.pipeline.syncOperations.configureHTTPServerPipeline(withErrorHandling: true)
-                        try child.pipeline.syncOperations.addHandler(RouterHandler(shared: shared))
+                        try child.pipeline.syncOperations.addHandler(RouterHandler(shared: shared, guardHandler: guardHandler))
                     }
                 }
                 .bind(host: host, port: port)

@@ -19,11 +19,13 @@ final class RouterHandler: ChannelInboundHandler, RemovableChannelHandler {
         var excluded: Set<[UInt8]> = []
         var node: SubscriptionTable.Node?
         var responseStarted = false
+        var closeAfterResponse = false
         var bytesOut = 0
         var startedNs: UInt64
     }
 
     let shared: RouterShared
+    let guardHandler: ConnectionGuard
     private var context: ChannelHandlerContext?
     private var request: Request?
     private var pendingBody: [ByteBuffer] = []
@@ -31,7 +33,10 @@ final class RouterHandler: ChannelInboundHandler, RemovableChannelHandler {
     private var backendWriter: BackendHandler?
     private var headerTimer: Scheduled<Void>?
 
-    init(shared: RouterShared) { self.shared = shared }
+    init(shared: RouterShared, guardHandler: ConnectionGuard) {
+        self.shared = shared
+        self.guardHandler = guardHandler
+    }
 
     func handlerAdded(context: ChannelHandlerContext) {
         self.context = context
@@ -54,10 +59,17 @@ final class RouterHandler: ChannelInboundHandler, RemovableChannelHandler {
     private func armHeaderTimer(_ context: ChannelHandlerContext) {
         headerTimer?.cancel()
         let loopBound = NIOLoopBound(self, eventLoop: context.eventLoop)
+        guardHandler.bytesSinceRequest = false
         headerTimer = context.eventLoop.scheduleTask(in: .milliseconds(shared.settings.headersTimeoutMs)) {
             let handler = loopBound.value
             guard handler.request == nil, let ctx = handler.context else { return }
-            handler.respond(ctx, status: .requestTimeout, message: "request headers not received in time", close: true)
+            // An idle keep-alive connection is closed silently; a partial request head (slowloris)
+            // gets a 408 written below the HTTP codec, which has no request in flight to answer.
+            if handler.guardHandler.bytesSinceRequest {
+                handler.guardHandler.rawRespondAndClose(status: "408 Request Timeout", message: "request headers not received in time")
+            } else {
+                ctx.close(promise: nil)
+            }
         }
     }
 
@@ -133,6 +145,7 @@ final class RouterHandler: ChannelInboundHandler, RemovableChannelHandler {
         request = req
 
         let loopBound = NIOLoopBound(self, eventLoop: context.eventLoop)
+        let idleTimeout = shared.settings.idleTimeoutMs
         let bootstrap = ClientBootstrap(group: context.eventLoop)
             .connectTimeout(.milliseconds(shared.settings.connectTimeoutMs))
             .channelOption(.socketOption(.tcp_nodelay), value: 1)
@@ -142,6 +155,7 @@ final class RouterHandler: ChannelInboundHandler, RemovableChannelHandler {
                     // must see the request head (to frame HEAD responses); the sink swallows it,
                     // and the raw uwsgi bytes are written from the sink's context, below both.
                     let sink = RequestPartSink()
+                    try channel.pipeline.syncOperations.addHandler(IdleStateHandler(readTimeout: .milliseconds(idleTimeout)))
                     try channel.pipeline.syncOperations.addHandler(sink)
                     try channel.pipeline.syncOperations.addHandler(ByteToMessageHandler(HTTPResponseDecoder(leftOverBytesStrategy: .dropBytes)))
                     let backend = BackendHandler(router: loopBound)
@@ -230,7 +244,14 @@ final class RouterHandler: ChannelInboundHandler, RemovableChannelHandler {
         var headers = head.headers
         headers.remove(name: "connection")
         headers.remove(name: "keep-alive")
-        if !req.head.isKeepAlive { headers.add(name: "Connection", value: "close") }
+        let framed = headers.contains(name: "content-length") || req.head.version.minor >= 1
+        if !framed { req.closeAfterResponse = true }  // HTTP/1.0 body ends at close
+        if !req.head.isKeepAlive || req.closeAfterResponse {
+            headers.add(name: "Connection", value: "close")
+        } else if req.head.version.minor == 0 {
+            headers.add(name: "Connection", value: "keep-alive")
+        }
+        request = req
         let response = HTTPResponseHead(version: req.head.version, status: head.status, headers: headers)
         context.write(wrapOutboundOut(.head(response)), promise: nil)
     }
@@ -243,13 +264,24 @@ final class RouterHandler: ChannelInboundHandler, RemovableChannelHandler {
 
     func backendEnd() {
         guard let context, let req = request else { return }
-        let keepAlive = req.head.isKeepAlive
-        let done = context.writeAndFlush(wrapOutboundOut(.end(nil)))
+        let keepAlive = req.head.isKeepAlive && !req.closeAfterResponse
         finishRequest(closeBackend: true)
+        armHeaderTimer(context)
+        let done = context.writeAndFlush(wrapOutboundOut(.end(nil)))
         if !keepAlive {
             done.whenComplete { _ in context.close(promise: nil) }
+        }
+    }
+
+    /// The backend sent nothing for `idleTimeoutMs`.
+    func backendTimedOut() {
+        guard let context, let req = request else { return }
+        shared.logger.warning("backend timed out", metadata: ["host": "\(req.host)", "backend": "\(req.node?.addressString ?? "-")"])
+        if !req.responseStarted {
+            respond(context, status: .gatewayTimeout, message: "the application did not answer within \(shared.settings.idleTimeoutMs / 1000) s", close: false)
         } else {
-            armHeaderTimer(context)
+            finishRequest(closeBackend: true)
+            context.close(promise: nil)
         }
     }
 
@@ -295,9 +327,10 @@ final class RouterHandler: ChannelInboundHandler, RemovableChannelHandler {
         let version = request?.head.version ?? .http1_1
         context.write(wrapOutboundOut(.head(HTTPResponseHead(version: version, status: .ok, headers: headers))), promise: nil)
         context.write(wrapOutboundOut(.body(.byteBuffer(context.channel.allocator.buffer(string: body)))), promise: nil)
-        let done = context.writeAndFlush(wrapOutboundOut(.end(nil)))
         request = nil
-        if keepAlive { armHeaderTimer(context) } else { done.whenComplete { _ in context.close(promise: nil) } }
+        if keepAlive { armHeaderTimer(context) }
+        let done = context.writeAndFlush(wrapOutboundOut(.end(nil)))
+        if !keepAlive { done.whenComplete { _ in context.close(promise: nil) } }
     }
 
     /// A short plain-text answer generated by the router itself.
@@ -309,18 +342,15 @@ final class RouterHandler: ChannelInboundHandler, RemovableChannelHandler {
         headers.add(name: "Content-Type", value: "text/plain; charset=utf-8")
         headers.add(name: "Content-Length", value: String(body.utf8.count))
         headers.add(name: "Server", value: "legion")
-        if !keepAlive { headers.add(name: "Connection", value: "close") }
+        if !keepAlive { headers.add(name: "Connection", value: "close") } else if version.minor == 0 { headers.add(name: "Connection", value: "keep-alive") }
         request?.responseStarted = true
         request?.bytesOut += body.utf8.count
         context.write(wrapOutboundOut(.head(HTTPResponseHead(version: version, status: status, headers: headers))), promise: nil)
         context.write(wrapOutboundOut(.body(.byteBuffer(context.channel.allocator.buffer(string: body)))), promise: nil)
-        let done = context.writeAndFlush(wrapOutboundOut(.end(nil)))
         finishRequest(closeBackend: true)
-        if keepAlive {
-            armHeaderTimer(context)
-        } else {
-            done.whenComplete { _ in context.close(promise: nil) }
-        }
+        if keepAlive { armHeaderTimer(context) }
+        let done = context.writeAndFlush(wrapOutboundOut(.end(nil)))
+        if !keepAlive { done.whenComplete { _ in context.close(promise: nil) } }
     }
 }
 
@@ -375,6 +405,16 @@ final class BackendHandler: ChannelInboundHandler {
         context.fireChannelWritabilityChanged()
     }
 
+    func userInboundEventTriggered(context: ChannelHandlerContext, event: Any) {
+        if let idle = event as? IdleStateHandler.IdleStateEvent, idle == .read, !ended {
+            ended = true
+            router.value.backendTimedOut()
+            context.close(promise: nil)
+            return
+        }
+        context.fireUserInboundEventTriggered(event)
+    }
+
     func errorCaught(context: ChannelHandlerContext, error: Error) {
         if !ended {
             ended = true
@@ -390,5 +430,33 @@ final class RequestPartSink: ChannelOutboundHandler, RemovableChannelHandler {
 
     func write(context: ChannelHandlerContext, data: NIOAny, promise: EventLoopPromise<Void>?) {
         promise?.succeed(())
+    }
+}
+
+/// First handler of a client connection (before the HTTP codec): notes whether request bytes
+/// arrived since the last request, and can answer with raw bytes when the codec has no request
+/// in flight (408 for slow clients).
+final class ConnectionGuard: ChannelInboundHandler, RemovableChannelHandler {
+    typealias InboundIn = ByteBuffer
+    typealias InboundOut = ByteBuffer
+
+    var bytesSinceRequest = false
+    private var context: ChannelHandlerContext?
+
+    func handlerAdded(context: ChannelHandlerContext) { self.context = context }
+    func handlerRemoved(context: ChannelHandlerContext) { self.context = nil }
+
+    func channelRead(context: ChannelHandlerContext, data: NIOAny) {
+        bytesSinceRequest = true
+        context.fireChannelRead(data)
+    }
+
+    func rawRespondAndClose(status: String, message: String) {
+        guard let context else { return }
+        let body = "\(status): \(message)\n"
+        let text = "HTTP/1.1 \(status)\r\nContent-Type: text/plain; charset=utf-8\r\nContent-Length: \(body.utf8.count)\r\nConnection: close\r\nServer: legion\r\n\r\n\(body)"
+        context.writeAndFlush(NIOAny(context.channel.allocator.buffer(string: text))).whenComplete { _ in
+            context.close(promise: nil)
+        }
     }
 }
