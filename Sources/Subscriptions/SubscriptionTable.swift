@@ -221,37 +221,56 @@ public struct SubscriptionTable: Sendable {
 
     /// Picks a backend for `host`, counting the request; `nil` when no live node serves it.
     public mutating func pick(host: [UInt8], algorithm: Algorithm, nowMs: UInt64, excluding: Set<[UInt8]> = []) -> Node? {
-        guard let key = matchKey(for: host), var nodes = slots[key] else { return nil }
-        let live = nodes.indices.filter { nowMs <= nodes[$0].lastCheckMs + policy.toleranceMs && !excluding.contains(nodes[$0].address) }
-        guard !live.isEmpty else { return nil }
-        let chosen: Int
-        switch algorithm {
-        case .weightedRoundRobin:
-            if let i = live.first(where: { nodes[$0].wrrCredit > 0 }) {
-                chosen = i
-            } else {
-                let minWeight = live.map { nodes[$0].weight }.min() ?? 1
-                for i in live { nodes[i].wrrCredit = nodes[i].weight / max(minWeight, 1) }
-                chosen = live[live.count - 1]
-            }
-            nodes[chosen].wrrCredit -= min(nodes[chosen].wrrCredit, 1)
-        case .leastConnections:
-            let fewest = live.map { nodes[$0].references }.min() ?? 0
-            let tied = live.filter { nodes[$0].references == fewest }
-            let turn = rotation[key, default: 0]
-            chosen = tied[turn % tied.count]
+        guard let key = matchKey(for: host) else { return nil }
+        let tolerance = policy.toleranceMs
+        var turn = 0
+        if algorithm == .leastConnections {
+            turn = rotation[key, default: 0]
             rotation[key] = turn &+ 1
         }
-        nodes[chosen].requests += 1
-        nodes[chosen].references += 1
-        slots[key] = nodes
-        return nodes[chosen]
+        guard slots[key] != nil else { return nil }
+        // Mutate the slot in place (no copy of the node list on the hot path).
+        return SubscriptionTable.pick(in: &slots[key, default: []], algorithm: algorithm, nowMs: nowMs, tolerance: tolerance,
+                                      excluding: excluding, turn: turn)
+    }
+
+    private static func pick(in nodes: inout [Node], algorithm: Algorithm, nowMs: UInt64, tolerance: UInt64,
+                             excluding: Set<[UInt8]>, turn: Int) -> Node? {
+        func live(_ i: Int) -> Bool {
+            nowMs <= nodes[i].lastCheckMs + tolerance && (excluding.isEmpty || !excluding.contains(nodes[i].address))
+        }
+        var chosen: Int?
+        switch algorithm {
+        case .weightedRoundRobin:
+            var lastLive: Int?
+            var minWeight = UInt64.max
+            for i in nodes.indices where live(i) {
+                if chosen == nil, nodes[i].wrrCredit > 0 { chosen = i }
+                lastLive = i
+                minWeight = min(minWeight, nodes[i].weight)
+            }
+            guard let last = lastLive else { return nil }
+            if chosen == nil {
+                for i in nodes.indices where live(i) { nodes[i].wrrCredit = nodes[i].weight / max(minWeight, 1) }
+                chosen = last
+            }
+            if let c = chosen, nodes[c].wrrCredit > 0 { nodes[c].wrrCredit -= 1 }
+        case .leastConnections:
+            var fewest = Int.max
+            for i in nodes.indices where live(i) { fewest = min(fewest, nodes[i].references) }
+            guard fewest != Int.max else { return nil }
+            let tied = nodes.indices.filter { live($0) && nodes[$0].references == fewest }
+            chosen = tied[turn % tied.count]
+        }
+        guard let c = chosen else { return nil }
+        nodes[c].requests += 1
+        nodes[c].references += 1
+        return nodes[c]
     }
 
     /// A request routed by `pick` finished (success or not).
     public mutating func release(key: [UInt8], address: [UInt8]) {
-        guard var nodes = slots[key], let i = nodes.firstIndex(where: { $0.address == address }) else { return }
-        nodes[i].references = max(nodes[i].references - 1, 0)
-        slots[key] = nodes
+        guard let i = slots[key]?.firstIndex(where: { $0.address == address }) else { return }
+        if let current = slots[key]?[i].references, current > 0 { slots[key]?[i].references = current - 1 }
     }
 }

@@ -29,6 +29,66 @@ public struct UwsgiRequest: Sendable {
         self.remotePort = remotePort
     }
 
+    /// Encodes header + vars straight into bytes (the hot path: no per-var arrays). Throws when
+    /// the vars exceed the 65 535-byte uwsgi limit.
+    public func encodePacket(modifier1: UInt8, modifier2: UInt8) throws(UwsgiWireError) -> [UInt8] {
+        var out: [UInt8] = [modifier1, 0, 0, modifier2]
+        out.reserveCapacity(512 + headers.reduce(0) { $0 + $1.name.utf8.count + $1.value.utf8.count + 9 })
+        func put(_ key: String, _ value: String) {
+            var k = key, v = value
+            k.withUTF8 { kb in
+                out.append(UInt8(truncatingIfNeeded: kb.count)); out.append(UInt8(truncatingIfNeeded: kb.count >> 8))
+                out.append(contentsOf: kb)
+            }
+            v.withUTF8 { vb in
+                out.append(UInt8(truncatingIfNeeded: vb.count)); out.append(UInt8(truncatingIfNeeded: vb.count >> 8))
+                out.append(contentsOf: vb)
+            }
+        }
+        put("REQUEST_METHOD", method)
+        let query = uri.firstIndex(of: "?")
+        let rawPath = query.map { String(uri[..<$0]) } ?? uri
+        let path = rawPath.utf8.contains(where: { $0 == 0x25 || $0 == 0x2e || $0 == 0x23 }) ? UwsgiRequest.decodePath(rawPath) : rawPath
+        if let query {
+            put("PATH_INFO", path)
+            put("REQUEST_URI", uri)
+            put("QUERY_STRING", String(uri[uri.index(after: query)...]))
+        } else {
+            put("REQUEST_URI", uri)
+            put("PATH_INFO", path)
+            put("QUERY_STRING", "")
+        }
+        put("SERVER_PROTOCOL", serverProtocol)
+        put("SCRIPT_NAME", "")
+        put("SERVER_NAME", serverName)
+        put("SERVER_PORT", serverPort)
+        put("UWSGI_ROUTER", "http")
+        if https { put("HTTPS", "on") }
+        put("REMOTE_ADDR", remoteAddress)
+        put("REMOTE_PORT", String(remotePort))
+        var names: [String] = []
+        names.reserveCapacity(headers.count)
+        for (name, _) in headers { names.append(UwsgiRequest.cgiName(name)) }
+        if Set(names).count == names.count {
+            for (i, (_, value)) in headers.enumerated() { put(names[i], value) }
+        } else {
+            var order: [String] = []
+            var values: [String: String] = [:]
+            for (i, (_, value)) in headers.enumerated() {
+                if let existing = values[names[i]] { values[names[i]] = existing + ", " + value } else {
+                    order.append(names[i]); values[names[i]] = value
+                }
+            }
+            for name in order { put(name, values[name] ?? "") }
+        }
+        for (k, value) in extraVars { put(k, value) }
+        let size = out.count - 4
+        guard size <= Int(UInt16.max) else { throw .bodyTooLarge(size: size) }
+        out[1] = UInt8(truncatingIfNeeded: size)
+        out[2] = UInt8(truncatingIfNeeded: size >> 8)
+        return out
+    }
+
     public var vars: UwsgiVars {
         var v = UwsgiVars()
         v.append("REQUEST_METHOD", method)

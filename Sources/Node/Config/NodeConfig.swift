@@ -228,6 +228,7 @@ public struct NodeConfig: Sendable {
                 settings.serverName = ProcessInfo.processInfo.hostName
             }
             if let t = try table.int("tolerance_s", range: 1...3600) { settings.toleranceMs = UInt64(t) * 1000 }
+            if let n = try table.int("threads", range: 1...256) { settings.threads = n }
             if let text = try table.string("internal") { settings.internalRouter = try Endpoint(parsing: text, key: "router.internal") }
             if let text = try table.string("cluster_subscription") {
                 settings.clusterSubscription = try Endpoint(parsing: text, key: "router.cluster_subscription")

@@ -196,7 +196,11 @@ struct ProtocolLoop {
         case .tick:
             await apply(machine.tick(at: now), now: now)
         case .datagram(let bytes) where bytes.first == LegionCodec.relayModifier:
-            guard let relay = service.relay else { return }
+            service.state.update { $0.packetsIn += 1 }
+            guard let relay = service.relay else {
+                drop(.notLegion(modifier1: LegionCodec.relayModifier), now: now)
+                return
+            }
             do {
                 relay.received(try codec.openRelay(bytes), nowMs: now.wallMs)
             } catch {

@@ -4,6 +4,7 @@ import NIOHTTP1
 import NIOPosix
 import ServiceLifecycle
 import Subscriptions
+import Synchronization
 
 /// Settings of the HTTP router (the `[router]` table).
 public struct RouterSettings: Sendable {
@@ -17,6 +18,8 @@ public struct RouterSettings: Sendable {
     public var maxRetries = 3
     public var signCheck: (SubscriptionDigest, String)?
     public var toleranceMs: UInt64 = 17_000
+    /// Event-loop threads of the router (`[router] threads`, default: one per core).
+    public var threads = System.coreCount
     /// Cluster domains: the internal router (uwsgi protocol, reached by other nodes), the address
     /// other nodes use for it, and the UDP socket local vassals subscribe cluster domains to.
     public var internalRouter: NodeConfig.Endpoint?
@@ -67,7 +70,7 @@ public final class HTTPRouter: Service {
     }
 
     static func bootstrap(shared: RouterShared, host: String, port: Int) async throws -> Channel {
-        try await ServerBootstrap(group: MultiThreadedEventLoopGroup.singleton)
+        try await ServerBootstrap(group: RouterLoops.group(threads: shared.settings.threads))
                 .serverChannelOption(.backlog, value: 1024)
                 .serverChannelOption(.socketOption(.so_reuseaddr), value: 1)
                 .childChannelOption(.socketOption(.tcp_nodelay), value: 1)
@@ -82,6 +85,20 @@ public final class HTTPRouter: Service {
                 }
                 .bind(host: host, port: port)
                 .get()
+    }
+}
+
+/// The router's own event loops, created once per thread count and kept for the process.
+enum RouterLoops {
+    private static let groups = Mutex<[Int: MultiThreadedEventLoopGroup]>([:])
+
+    static func group(threads: Int) -> MultiThreadedEventLoopGroup {
+        groups.withLock { g in
+            if let existing = g[threads] { return existing }
+            let created = MultiThreadedEventLoopGroup(numberOfThreads: max(threads, 1))
+            g[threads] = created
+            return created
+        }
     }
 }
 
@@ -107,4 +124,13 @@ final class RouterShared: Sendable {
         access.logLevel = logger.logLevel
         self.access = access
     }
+}
+
+/// Connects to a backend: IP literals directly (no resolver, no happy-eyeballs machinery on the
+/// hot path), names through NIO's resolver.
+func connectBackend(_ bootstrap: ClientBootstrap, host: String, port: Int) -> EventLoopFuture<Channel> {
+    if let address = try? SocketAddress(ipAddress: host, port: port) {
+        return bootstrap.connect(to: address)
+    }
+    return bootstrap.connect(host: host, port: port)
 }

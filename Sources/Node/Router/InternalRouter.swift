@@ -107,7 +107,7 @@ final class InternalRouterHandler: ChannelInboundHandler {
             future = bootstrap.connect(unixDomainSocketPath: address)
         } else if let colon = address.lastIndex(of: ":"), let port = Int(address[address.index(after: colon)...]) {
             let h = String(address[..<colon])
-            future = bootstrap.connect(host: h.isEmpty ? "127.0.0.1" : h, port: port)
+            future = connectBackend(bootstrap, host: h.isEmpty ? "127.0.0.1" : h, port: port)
         } else {
             future = context.eventLoop.makeFailedFuture(ChannelError.badInterfaceAddressFamily)
         }

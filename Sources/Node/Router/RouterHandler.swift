@@ -169,7 +169,7 @@ final class RouterHandler: ChannelInboundHandler, RemovableChannelHandler {
             future = bootstrap.connect(unixDomainSocketPath: address)
         } else if let colon = address.lastIndex(of: ":"), let port = Int(address[address.index(after: colon)...]) {
             let host = String(address[..<colon])
-            future = bootstrap.connect(host: host.isEmpty ? "127.0.0.1" : host, port: port)
+            future = connectBackend(bootstrap, host: host.isEmpty ? "127.0.0.1" : host, port: port)
         } else {
             future = context.eventLoop.makeFailedFuture(ChannelError.badInterfaceAddressFamily)
         }
@@ -223,7 +223,7 @@ final class RouterHandler: ChannelInboundHandler, RemovableChannelHandler {
                                  remotePort: remote?.port ?? 0)
         let bytes: [UInt8]
         do {
-            bytes = try UwsgiPacket(modifier1: node.modifier1 == 123 ? 0 : node.modifier1, modifier2: node.modifier2, vars: uwsgi.vars).encode()
+            bytes = try uwsgi.encodePacket(modifier1: node.modifier1 == 123 ? 0 : node.modifier1, modifier2: node.modifier2)
         } catch {
             respond(context, status: .requestHeaderFieldsTooLarge, message: "request headers too large for the uwsgi protocol (64 KiB)", close: true)
             return

@@ -63,8 +63,11 @@ public final class SubscriptionStore: Sendable {
     public func hasExactKey(_ key: [UInt8]) -> Bool { table.withLock { !$0.nodes(forKey: String(decoding: key, as: UTF8.self)).isEmpty } }
 
     public func pick(host: [UInt8], nowMs: UInt64, excluding: Set<[UInt8]>) -> SubscriptionTable.Node? {
-        let skip = ejected.withLock { e in Set(e.filter { $0.value > nowMs }.keys.map { Array($0.utf8) }) }
-        return table.withLock { $0.pick(host: host, algorithm: algorithm, nowMs: nowMs, excluding: excluding.union(skip)) }
+        let skip = ejected.withLock { e -> Set<[UInt8]> in
+            e.isEmpty ? [] : Set(e.filter { $0.value > nowMs }.keys.map { Array($0.utf8) })
+        }
+        let exclude = skip.isEmpty ? excluding : excluding.union(skip)
+        return table.withLock { $0.pick(host: host, algorithm: algorithm, nowMs: nowMs, excluding: exclude) }
     }
 
     public func release(_ node: SubscriptionTable.Node) {
