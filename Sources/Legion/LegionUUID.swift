@@ -1,3 +1,5 @@
+import UwsgiWire
+
 /// A Legion member uuid: exactly 36 bytes on the wire (libuuid's lower-case text form), or 36 NUL
 /// bytes for "nobody" (spec §2.3). Ordered by byte-wise comparison, as uWSGI's `uwsgi_uuid_cmp`.
 public struct LegionUUID: Hashable, Sendable, Comparable, CustomStringConvertible {
@@ -21,7 +23,7 @@ public struct LegionUUID: Hashable, Sendable, Comparable, CustomStringConvertibl
         var raw = (0..<16).map { _ in UInt8.random(in: 0...255, using: &generator) }
         raw[6] = (raw[6] & 0x0f) | 0x40
         raw[8] = (raw[8] & 0x3f) | 0x80
-        let hex = Array(Hex16.encode(raw).utf8)
+        let hex = Array(Hex.encode(raw).utf8)
         var out: [UInt8] = []
         out.reserveCapacity(length)
         for (index, char) in hex.enumerated() {
@@ -49,17 +51,5 @@ public struct LegionUUID: Hashable, Sendable, Comparable, CustomStringConvertibl
 
     public var description: String {
         isNone ? "-" : String(decoding: bytes, as: UTF8.self)
-    }
-}
-
-enum Hex16 {
-    static func encode(_ bytes: [UInt8]) -> String {
-        let digits = Array("0123456789abcdef".utf8)
-        var out: [UInt8] = []
-        for b in bytes {
-            out.append(digits[Int(b >> 4)])
-            out.append(digits[Int(b & 0x0f)])
-        }
-        return String(decoding: out, as: UTF8.self)
     }
 }

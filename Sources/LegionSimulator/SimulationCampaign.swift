@@ -1,3 +1,4 @@
+import Foundation
 import Legion
 
 /// Runs many seeded scenarios (on every core) and sums up what they showed.
@@ -98,14 +99,22 @@ public struct SimulationCampaign: Sendable {
         return await withTaskGroup(of: Summary.self) { group in
             for w in 0..<workers {
                 group.addTask {
-                    var summary = Summary(mode: mode)
-                    var seed = lower + w
-                    while seed < lower + count {
-                        var sim = LegionSimulator(scenario: SimScenario(seed: seed, mode: mode))
-                        summary.add(sim.run(), livenessBoundMs: bound)
-                        seed += workers
+                    // Each worker runs on its own OS thread, not on Swift's cooperative pool, so a
+                    // long campaign never starves other async work in the process (tests run beside it).
+                    await withCheckedContinuation { (done: CheckedContinuation<Summary, Never>) in
+                        let thread = Thread {
+                            var summary = Summary(mode: mode)
+                            var seed = lower + w
+                            while seed < lower + count {
+                                var sim = LegionSimulator(scenario: SimScenario(seed: seed, mode: mode))
+                                summary.add(sim.run(), livenessBoundMs: bound)
+                                seed += workers
+                            }
+                            done.resume(returning: summary)
+                        }
+                        thread.stackSize = 8 << 20
+                        thread.start()
                     }
-                    return summary
                 }
             }
             var total = Summary(mode: mode)

@@ -126,11 +126,20 @@ final class RouterShared: Sendable {
     }
 }
 
-/// Connects to a backend: IP literals directly (no resolver, no happy-eyeballs machinery on the
-/// hot path), names through NIO's resolver.
-func connectBackend(_ bootstrap: ClientBootstrap, host: String, port: Int) -> EventLoopFuture<Channel> {
-    if let address = try? SocketAddress(ipAddress: host, port: port) {
-        return bootstrap.connect(to: address)
+/// Connects to a subscribed backend address: a UNIX socket path, or `host:port` (an empty host
+/// means 127.0.0.1, as uWSGI's `:3031`). IP literals connect directly (no resolver, no
+/// happy-eyeballs machinery on the hot path); names go through NIO's resolver.
+func connectBackend(_ bootstrap: ClientBootstrap, address: String, on eventLoop: EventLoop) -> EventLoopFuture<Channel> {
+    if address.hasPrefix("/") {
+        return bootstrap.connect(unixDomainSocketPath: address)
+    }
+    guard let colon = address.lastIndex(of: ":"), let port = Int(address[address.index(after: colon)...]) else {
+        return eventLoop.makeFailedFuture(ChannelError.badInterfaceAddressFamily)
+    }
+    let parsed = String(address[..<colon])
+    let host = parsed.isEmpty ? "127.0.0.1" : parsed
+    if let socketAddress = try? SocketAddress(ipAddress: host, port: port) {
+        return bootstrap.connect(to: socketAddress)
     }
     return bootstrap.connect(host: host, port: port)
 }

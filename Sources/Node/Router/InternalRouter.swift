@@ -101,17 +101,7 @@ final class InternalRouterHandler: ChannelInboundHandler {
             .channelInitializer { ch in
                 ch.eventLoop.makeCompletedFuture { try ch.pipeline.syncOperations.addHandler(RelayBackHandler(client: bound)) }
             }
-        let address = node.addressString
-        let future: EventLoopFuture<Channel>
-        if address.hasPrefix("/") {
-            future = bootstrap.connect(unixDomainSocketPath: address)
-        } else if let colon = address.lastIndex(of: ":"), let port = Int(address[address.index(after: colon)...]) {
-            let h = String(address[..<colon])
-            future = connectBackend(bootstrap, host: h.isEmpty ? "127.0.0.1" : h, port: port)
-        } else {
-            future = context.eventLoop.makeFailedFuture(ChannelError.badInterfaceAddressFamily)
-        }
-        future.whenComplete { result in
+        connectBackend(bootstrap, address: node.addressString, on: context.eventLoop).whenComplete { result in
             let handler = bound.value
             guard let ctx = handler.context else {
                 if case .success(let ch) = result { ch.close(promise: nil) }

@@ -164,16 +164,7 @@ final class RouterHandler: ChannelInboundHandler, RemovableChannelHandler {
                 }
             }
         let address = node.addressString
-        let future: EventLoopFuture<Channel>
-        if address.hasPrefix("/") {
-            future = bootstrap.connect(unixDomainSocketPath: address)
-        } else if let colon = address.lastIndex(of: ":"), let port = Int(address[address.index(after: colon)...]) {
-            let host = String(address[..<colon])
-            future = connectBackend(bootstrap, host: host.isEmpty ? "127.0.0.1" : host, port: port)
-        } else {
-            future = context.eventLoop.makeFailedFuture(ChannelError.badInterfaceAddressFamily)
-        }
-        future.whenComplete { result in
+        connectBackend(bootstrap, address: address, on: context.eventLoop).whenComplete { result in
             let handler = loopBound.value
             guard let ctx = handler.context, handler.request != nil else {
                 if case .success(let ch) = result { ch.close(promise: nil) }
