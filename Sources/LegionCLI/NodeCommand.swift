@@ -61,8 +61,16 @@ struct NodeCommand: AsyncParsableCommand {
             let verifier = router.signCheck.map { SubscriptionVerifier(digest: $0.0, keyDirectory: $0.1) }
             policy.requireSignature = verifier != nil
             let store = SubscriptionStore(policy: policy, algorithm: router.algorithm, verifier: verifier)
-            services.append(.init(service: SubscriptionServer(bind: router.subscription, store: store, logger: logger)))
-            services.append(.init(service: HTTPRouter(settings: router, store: store, logger: logger)))
+            var certificates: CertificateStore?
+            if router.https != nil, let cert = router.httpsCertificate, let key = router.httpsKey {
+                do {
+                    certificates = try CertificateStore(defaultCertificate: cert, defaultKey: key, directory: router.certificatesDirectory, logger: logger)
+                } catch {
+                    throw UserFacingError("router.https_certificate / router.https_key: \(error)")
+                }
+            }
+            services.append(.init(service: SubscriptionServer(bind: router.subscription, store: store, logger: logger, certificates: certificates)))
+            services.append(.init(service: HTTPRouter(settings: router, store: store, logger: logger, certificates: certificates)))
             if let internalBind = router.internalRouter, let clusterBind = router.clusterSubscription {
                 // Cluster domains: local vassals subscribe here; the internal router serves them to
                 // other nodes; the relay puts "this node's internal router" into every node's table.

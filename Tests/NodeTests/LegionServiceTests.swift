@@ -41,6 +41,10 @@ import Glibc
         bind = "127.0.0.1:\(udp)"
         valor = 10
         secret = "aes-256-cbc:test-secret"
+        [legion.timing]
+        # Generous timers: this test runs beside the CPU-bound simulator in the same test process.
+        heartbeat_ms = 100
+        election_timeout_ms = 2000
         [legion.hooks]
         lord = "echo lord >> \(dir)/hooks.log"
         unlord = "echo unlord $LEGION_REASON >> \(dir)/hooks.log"
@@ -60,7 +64,7 @@ import Glibc
 
         // Becomes Lord and answers on the VIP.
         var answer: HTTPProbe.Response?
-        for _ in 0..<200 {
+        for _ in 0..<400 {
             answer = HTTPProbe.get(host: "127.0.0.87", port: http, path: "/.legion/lord", timeoutMs: 200)
             if answer?.status == 200 { break }
             try await Task.sleep(for: .milliseconds(20))

@@ -229,6 +229,13 @@ public struct NodeConfig: Sendable {
             }
             if let t = try table.int("tolerance_s", range: 1...3600) { settings.toleranceMs = UInt64(t) * 1000 }
             if let n = try table.int("threads", range: 1...256) { settings.threads = n }
+            func path(_ text: String) -> String { text.hasPrefix("/") ? text : URL(fileURLWithPath: baseDir).appendingPathComponent(text).path }
+            if let text = try table.string("https") {
+                settings.https = try Endpoint(parsing: text, key: "router.https")
+                settings.httpsCertificate = path(try table.requiredString("https_certificate", hint: "the default certificate (PEM file) for clients without SNI"))
+                settings.httpsKey = path(try table.requiredString("https_key", hint: "the default certificate's private key (PEM file)"))
+            }
+            if let dir = try table.string("certificates") { settings.certificatesDirectory = path(dir) }
             if let text = try table.string("internal") { settings.internalRouter = try Endpoint(parsing: text, key: "router.internal") }
             if let text = try table.string("cluster_subscription") {
                 settings.clusterSubscription = try Endpoint(parsing: text, key: "router.cluster_subscription")

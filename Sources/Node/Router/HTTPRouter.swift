@@ -1,6 +1,7 @@
 import Logging
 import NIOCore
 import NIOHTTP1
+import NIOSSL
 import NIOPosix
 import ServiceLifecycle
 import Subscriptions
@@ -25,6 +26,12 @@ public struct RouterSettings: Sendable {
     public var internalRouter: NodeConfig.Endpoint?
     public var advertise: String?
     public var clusterSubscription: NodeConfig.Endpoint?
+    /// HTTPS with SNI: listen address, default certificate and key (paths), optional directory
+    /// of `<name>.crt` / `<name>.key` pairs.
+    public var https: NodeConfig.Endpoint?
+    public var httpsCertificate: String?
+    public var httpsKey: String?
+    public var certificatesDirectory: String?
 
     public init(http: NodeConfig.Endpoint, subscription: NodeConfig.Endpoint) {
         self.http = http
@@ -40,23 +47,36 @@ public final class HTTPRouter: Service {
     let store: SubscriptionStore
     let logger: Logger
 
-    public init(settings: RouterSettings, store: SubscriptionStore, logger: Logger) {
+    let certificates: CertificateStore?
+
+    public init(settings: RouterSettings, store: SubscriptionStore, logger: Logger, certificates: CertificateStore? = nil) {
         self.settings = settings
         self.store = store
         self.logger = logger
+        self.certificates = certificates
     }
 
     public func run() async throws {
         let shared = RouterShared(settings: settings, store: store, logger: logger)
-        let channel: Channel
+        var channels: [Channel] = []
         do {
-            channel = try await HTTPRouter.bootstrap(shared: shared, host: settings.http.host, port: settings.http.port)
+            channels.append(try await HTTPRouter.bootstrap(shared: shared, host: settings.http.host, port: settings.http.port))
         } catch {
             throw NodeConfigError.invalid(key: "router.http", problem: "cannot listen on \(settings.http): \(error)")
         }
         logger.notice("HTTP router listening", metadata: ["bind": "\(settings.http)", "algorithm": "\(settings.algorithm.rawValue)"])
+        if let https = settings.https, let certificates {
+            let secure = RouterShared(settings: settings, store: store, logger: logger, https: true)
+            do {
+                let context = try NIOSSLContext(configuration: certificates.serverConfiguration())
+                channels.append(try await HTTPRouter.bootstrap(shared: secure, host: https.host, port: https.port, tls: context))
+            } catch {
+                throw NodeConfigError.invalid(key: "router.https", problem: "cannot listen on \(https) with TLS: \(error)")
+            }
+            logger.notice("HTTPS router listening (SNI)", metadata: ["bind": "\(https)"])
+        }
         try? await gracefulShutdown()
-        try? await channel.close().get()
+        for channel in channels { try? await channel.close().get() }
     }
 
     /// A router listener for the failover IP: routes like the node's router (cluster domains
@@ -69,7 +89,7 @@ public final class HTTPRouter: Service {
         }
     }
 
-    static func bootstrap(shared: RouterShared, host: String, port: Int) async throws -> Channel {
+    static func bootstrap(shared: RouterShared, host: String, port: Int, tls: NIOSSLContext? = nil) async throws -> Channel {
         try await ServerBootstrap(group: RouterLoops.group(threads: shared.settings.threads))
                 .serverChannelOption(.backlog, value: 1024)
                 .serverChannelOption(.socketOption(.so_reuseaddr), value: 1)
@@ -77,6 +97,9 @@ public final class HTTPRouter: Service {
                 .childChannelOption(.maxMessagesPerRead, value: 16)
                 .childChannelInitializer { child in
                     child.eventLoop.makeCompletedFuture {
+                        if let tls {
+                            try child.pipeline.syncOperations.addHandler(NIOSSLServerHandler(context: tls))
+                        }
                         let guardHandler = ConnectionGuard()
                         try child.pipeline.syncOperations.addHandler(guardHandler)
                         try child.pipeline.syncOperations.configureHTTPServerPipeline(withErrorHandling: true)
@@ -114,9 +137,11 @@ final class RouterShared: Sendable {
     let logger: Logger
     let access: Logger
     let lordBody: (@Sendable () -> String)?
+    let https: Bool
 
-    init(settings: RouterSettings, store: SubscriptionStore, logger: Logger, lordBody: (@Sendable () -> String)? = nil) {
+    init(settings: RouterSettings, store: SubscriptionStore, logger: Logger, lordBody: (@Sendable () -> String)? = nil, https: Bool = false) {
         self.lordBody = lordBody
+        self.https = https
         self.settings = settings
         self.store = store
         self.logger = logger

@@ -206,12 +206,13 @@ final class RouterHandler: ChannelInboundHandler, RemovableChannelHandler {
         let remote = context.channel.remoteAddress
         let remoteIP = remote?.ipAddress ?? "127.0.0.1"
         headers.append(("X-Forwarded-For", forwardedFor.map { "\($0), \(remoteIP)" } ?? remoteIP))
-        headers.append(("X-Forwarded-Proto", "http"))
-        let uwsgi = UwsgiRequest(method: req.head.method.rawValue, uri: req.head.uri,
+        headers.append(("X-Forwarded-Proto", shared.https ? "https" : "http"))
+        var uwsgi = UwsgiRequest(method: req.head.method.rawValue, uri: req.head.uri,
                                  serverProtocol: "HTTP/\(req.head.version.major).\(req.head.version.minor)",
                                  headers: headers, serverName: shared.settings.serverName,
-                                 serverPort: String(shared.settings.http.port), remoteAddress: remoteIP,
+                                 serverPort: String(shared.https ? (shared.settings.https?.port ?? 443) : shared.settings.http.port), remoteAddress: remoteIP,
                                  remotePort: remote?.port ?? 0)
+        uwsgi.https = shared.https
         let bytes: [UInt8]
         do {
             bytes = try uwsgi.encodePacket(modifier1: node.modifier1 == 123 ? 0 : node.modifier1, modifier2: node.modifier2)

@@ -13,8 +13,12 @@ public final class SubscriptionServer: Service {
     let logger: Logger
     /// For the cluster subscription socket: accepted packets are relayed to every member.
     let relay: ClusterRelay?
+    /// Learns SNI certificates carried by subscriptions.
+    let certificates: CertificateStore?
 
-    public init(bind: NodeConfig.Endpoint, store: SubscriptionStore, logger: Logger, relay: ClusterRelay? = nil) {
+    public init(bind: NodeConfig.Endpoint, store: SubscriptionStore, logger: Logger, relay: ClusterRelay? = nil,
+                certificates: CertificateStore? = nil) {
+        self.certificates = certificates
         self.bind = bind
         self.store = store
         self.logger = logger
@@ -40,6 +44,7 @@ public final class SubscriptionServer: Service {
         let store = self.store
         let logger = self.logger
         let relay = self.relay
+        let certificates = self.certificates
         try await channel.executeThenClose { inbound, _ in
             try await withThrowingTaskGroup(of: Void.self) { group in
                 group.addTask {
@@ -58,6 +63,12 @@ public final class SubscriptionServer: Service {
                         let outcome = store.handle(datagram: bytes, nowMs: now.wallMs)
                         if let relay, outcome.accepted, let packet = try? SubscriptionPacket(decoding: bytes) {
                             relay.relay(packet, nowMs: now.wallMs)
+                        }
+                        if let certificates {
+                            switch outcome {
+                            case .created(let node), .refreshed(let node): certificates.learn(from: node)
+                            default: break
+                            }
                         }
                         switch outcome {
                         case .created(let node):

@@ -1,0 +1,95 @@
+import Foundation
+import Logging
+import NIOCore
+import NIOSSL
+import Subscriptions
+import Synchronization
+
+/// Certificates the HTTPS router presents, chosen per TLS ClientHello by SNI server name:
+/// pairs carried by subscriptions (`sni_key` / `sni_crt`, uwsgi.it's `ssl-domain`), pairs from a
+/// directory (`<name>.crt` + `<name>.key`), wildcard parents (`.example.com`, as dotsplit), and
+/// a default pair for clients without SNI.
+public final class CertificateStore: Sendable {
+    public struct Pair: Sendable {
+        public var chain: [NIOSSLCertificate]
+        public var key: NIOSSLPrivateKey
+    }
+
+    let directory: String?
+    let logger: Logger
+    public let defaultPair: Pair
+    private let pairs = Mutex<[String: Pair]>([:])
+
+    public init(defaultCertificate: String, defaultKey: String, directory: String?, logger: Logger) throws {
+        defaultPair = try CertificateStore.load(certificate: defaultCertificate, key: defaultKey)
+        self.directory = directory
+        self.logger = logger
+    }
+
+    /// Loads a pair from PEM text (inline, as `-----BEGIN …`) or from file paths.
+    public static func load(certificate: String, key: String) throws -> Pair {
+        func pem(_ value: String) throws -> [UInt8] {
+            if value.hasPrefix("-----BEGIN ") { return Array(value.utf8) }
+            guard let data = FileManager.default.contents(atPath: value) else {
+                throw FailoverIPError("cannot read \(value): check the path and permissions")
+            }
+            return Array(data)
+        }
+        let chain = try NIOSSLCertificate.fromPEMBytes(try pem(certificate))
+        guard !chain.isEmpty else { throw FailoverIPError("no certificate found in \(certificate.prefix(80))") }
+        return Pair(chain: chain, key: try NIOSSLPrivateKey(bytes: try pem(key), format: .pem))
+    }
+
+    /// A subscription carrying `sni_key` + `sni_crt` for its key (port stripped, as uWSGI).
+    public func learn(from node: SubscriptionTable.Node) {
+        guard let keyValue = node.sniKey, let crtValue = node.sniCrt else { return }
+        let name = String(node.keyString.split(separator: ":", maxSplits: 1).first ?? "")
+        guard !name.isEmpty, pairs.withLock({ $0[name] == nil }) else { return }
+        do {
+            let pair = try CertificateStore.load(certificate: String(decoding: crtValue, as: UTF8.self),
+                                                 key: String(decoding: keyValue, as: UTF8.self))
+            pairs.withLock { $0[name] = pair }
+            logger.info("SNI certificate added from a subscription", metadata: ["name": "\(name)"])
+        } catch {
+            logger.warning("could not load the SNI certificate of a subscription", metadata: ["name": "\(name)", "error": "\(error)"])
+        }
+    }
+
+    public func add(name: String, pair: Pair) { pairs.withLock { $0[name] = pair } }
+
+    /// The pair for a server name: exact, then the directory, then wildcard parents.
+    public func pair(for serverName: String) -> Pair? {
+        let name = serverName.lowercased()
+        if let p = pairs.withLock({ $0[name] }) { return p }
+        if let dir = directory, !name.contains("/"), !name.hasPrefix("."),
+           FileManager.default.fileExists(atPath: "\(dir)/\(name).crt"),
+           let p = try? CertificateStore.load(certificate: "\(dir)/\(name).crt", key: "\(dir)/\(name).key") {
+            pairs.withLock { $0[name] = p }
+            return p
+        }
+        var candidate = Substring(name)
+        for _ in 0..<4 {
+            guard let dot = candidate.dropFirst().firstIndex(of: ".") else { break }
+            candidate = candidate[dot...]
+            if let p = pairs.withLock({ $0[String(candidate)] }) { return p }
+        }
+        return nil
+    }
+
+    /// The server TLS configuration: the default pair, and a per-ClientHello SNI callback.
+    public func serverConfiguration() -> TLSConfiguration {
+        var tls = TLSConfiguration.makeServerConfiguration(certificateChain: defaultPair.chain.map { .certificate($0) },
+                                                           privateKey: .privateKey(defaultPair.key))
+        tls.sslContextCallback = { [self] values, promise in
+            guard let name = values.serverHostname, let pair = self.pair(for: name) else {
+                promise.succeed(.noChanges)
+                return
+            }
+            var override = NIOSSLContextConfigurationOverride()
+            override.certificateChain = pair.chain.map { .certificate($0) }
+            override.privateKey = .privateKey(pair.key)
+            promise.succeed(override)
+        }
+        return tls
+    }
+}
