@@ -45,12 +45,26 @@ let package = Package(
             swiftSettings: optimized
         ),
         .target(name: "LegionSimulator", dependencies: ["Legion"], swiftSettings: optimized),
+        // Debian's libdqlite-dev (scripts/setup installs it).
+        .systemLibrary(name: "CDqlite", pkgConfig: "dqlite", providers: [.apt(["libdqlite-dev"])]),
+        .target(
+            name: "Store",
+            dependencies: [
+                "CDqlite",
+                .product(name: "NIOCore", package: "swift-nio"),
+                .product(name: "NIOPosix", package: "swift-nio"),
+                .product(name: "Logging", package: "swift-log"),
+                .product(name: "Crypto", package: "swift-crypto"),
+                .product(name: "_CryptoExtras", package: "swift-crypto"),
+            ]
+        ),
         .target(
             name: "Node",
             dependencies: [
                 "Legion",
                 "Subscriptions",
                 "UwsgiWire",
+                "Store",
                 .product(name: "NIOCore", package: "swift-nio"),
                 .product(name: "NIOPosix", package: "swift-nio"),
                 .product(name: "NIOHTTP1", package: "swift-nio"),
@@ -76,6 +90,7 @@ let package = Package(
                 "Legion",
                 "LegionSimulator",
                 "Subscriptions",
+                "Store",
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
                 .product(name: "Logging", package: "swift-log"),
                 .product(name: "ServiceLifecycle", package: "swift-service-lifecycle"),
@@ -87,6 +102,8 @@ let package = Package(
         .testTarget(name: "LegionTests", dependencies: ["Legion", "UwsgiWire", "LegionSimulator", "TestSupport"], resources: [.copy("Fixtures")],
                     swiftSettings: optimized),
         .testTarget(name: "SubscriptionsTests", dependencies: ["Subscriptions", "UwsgiWire", "TestSupport"], resources: [.copy("Fixtures")]),
+        .testTarget(name: "StoreTests", dependencies: ["Store", .product(name: "NIOCore", package: "swift-nio"),
+                                                       .product(name: "NIOPosix", package: "swift-nio")]),
         .testTarget(name: "NodeTests", dependencies: ["Node", "Legion", "Api",
                                                       .product(name: "NIOCore", package: "swift-nio"),
                                                       .product(name: "NIOPosix", package: "swift-nio")]),

@@ -14,6 +14,7 @@ struct LegionCommand: AsyncParsableCommand {
         Run one node of a real cluster:
           legion node --config /etc/legion/node.toml
         """,
-        subcommands: [NodeCommand.self, ClusterCommand.self, ConfigCommand.self, SimulateCommand.self, VIPFenceCommand.self]
+        subcommands: [NodeCommand.self, ClusterCommand.self, StoreCommand.self, AdminCommand.self, ConfigCommand.self, SimulateCommand.self,
+                      VIPFenceCommand.self]
     )
 }

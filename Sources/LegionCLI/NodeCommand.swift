@@ -48,6 +48,7 @@ struct NodeCommand: AsyncParsableCommand {
             endpoints["subscriptions"] = "udp://\(router.subscription)"
         }
         if let api = nodeConfig.api { endpoints["api"] = "http://\(api)" }
+        if let store = nodeConfig.store { endpoints["store"] = "dqlite://\(store.bind)" }
         if nodeConfig.vip.driver != .none { endpoints["vip"] = "http://\(nodeConfig.vip.endpoint)/.legion/lord" }
         let state = NodeState(.init(nodeName: nodeConfig.name, legionName: nodeConfig.legionName, pid: pid,
                                     startedAtMs: SystemClock.wallMillis(),
@@ -86,6 +87,10 @@ struct NodeCommand: AsyncParsableCommand {
         }
         let legion = try LegionService(config: nodeConfig, state: state, logger: logger, relay: relay, vipListener: vipListener)
         services.insert(.init(service: legion, successTerminationBehavior: .gracefullyShutdownGroup), at: 0)
+        if let store = nodeConfig.store {
+            services.append(.init(service: StoreService(settings: store, nodeName: nodeConfig.name, dataDir: nodeConfig.dataDir,
+                                                        state: state, logger: logger)))
+        }
         if let api = nodeConfig.api {
             let app = NodeAPI.application(state: state, host: api.host, port: api.port, logger: logger)
             services.append(.init(service: app))

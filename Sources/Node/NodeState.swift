@@ -18,6 +18,7 @@ public final class NodeState: Sendable {
         public var lordChanges = 0
         public var maxClockSkewMs: Int64 = 0
         public var endpoints: [String: String] = [:]
+        public var store: StoreStatus?
 
         public init(nodeName: String, legionName: String, pid: Int32, startedAtMs: UInt64, vip: String?, endpoints: [String: String]) {
             self.nodeName = nodeName
@@ -26,6 +27,30 @@ public final class NodeState: Sendable {
             self.startedAtMs = startedAtMs
             self.vip = vip
             self.endpoints = endpoints
+        }
+    }
+
+    /// What the node knows of the replicated store.
+    public struct StoreStatus: Sendable {
+        public var id: UInt64
+        public var address: String
+        public var role: String = "unknown"
+        public var leader: String?
+        public var isLeader = false
+        /// The last change-log sequence number this node applied to its local snapshot.
+        public var appliedSeq: Int64 = -1
+        public var schemaVersion = 0
+        public var reachable = false
+        public var lastSyncMs: UInt64 = 0
+        public var lastError: String?
+        public var snapshotPath: String
+        public var containers = 0
+        public var domains = 0
+
+        public init(id: UInt64, address: String, snapshotPath: String) {
+            self.id = id
+            self.address = address
+            self.snapshotPath = snapshotPath
         }
     }
 
@@ -88,6 +113,16 @@ public final class NodeState: Sendable {
                 ("drops", .object(s.drops.sorted { $0.key < $1.key }.map { ($0.key, .int(Int64($0.value))) })),
             ])),
             ("endpoints", .object(s.endpoints.sorted { $0.key < $1.key }.map { ($0.key, .string($0.value)) })),
+            ("store", s.store.map { st in
+                .object([
+                    ("id", .uint(st.id)), ("address", .string(st.address)), ("role", .string(st.role)),
+                    ("leader", st.leader.map { .string($0) } ?? .null), ("is_leader", .bool(st.isLeader)),
+                    ("applied_seq", .int(st.appliedSeq)), ("schema_version", .int(Int64(st.schemaVersion))),
+                    ("reachable", .bool(st.reachable)), ("last_sync_ms", .uint(st.lastSyncMs)),
+                    ("last_error", st.lastError.map { .string($0) } ?? .null), ("snapshot", .string(st.snapshotPath)),
+                    ("containers", .int(Int64(st.containers))), ("domains", .int(Int64(st.domains))),
+                ])
+            } ?? .null),
         ])
     }
 }

@@ -68,6 +68,27 @@ public struct NodeConfig: Sendable {
     public var vip: VIP
     public var api: Endpoint?
     public var router: RouterSettings?
+    public var store: StoreSettings?
+
+    /// `[store]`: this node's member of the replicated control-plane database (dqlite).
+    public struct StoreSettings: Sendable {
+        /// dqlite node id; id 1 bootstraps the cluster on its first start, every other id joins.
+        public var id: UInt64
+        /// IPv4:port dqlite listens on (Raft peers and clients).
+        public var bind: Endpoint
+        /// Other members' addresses, used to find the leader and to join.
+        public var peers: [Endpoint]
+        public var database: String = "legion"
+        public var latencyMs: Int = 20
+        public var snapshotThreshold: Int = 512
+        public var snapshotTrailing: Int = 1024
+        /// How often the node checks the change log (ms).
+        public var pollMs: Int = 200
+        /// A voter unreachable this long is replaced by a running standby (ms).
+        public var voterGraceMs: Int = 5000
+        /// The addresses a client tries: this node's and its peers'.
+        public var addresses: [String] { [bind.description] + peers.map(\.description) }
+    }
 
     public static func load(path: String) throws(NodeConfigError) -> NodeConfig {
         let text: String
@@ -252,11 +273,49 @@ public struct NodeConfig: Sendable {
             try table.rejectUnknownKeys()
             router = settings
         }
+        var store: StoreSettings?
+        if var table = try top.subtable("store") {
+            guard let id = try table.int("id", range: 1...Int(Int32.max)) else {
+                throw .missing(key: "store.id", hint: "the node's dqlite id: 1 on the node that bootstraps the store, a different number on each other node")
+            }
+            let bindText = try table.requiredString("bind", hint: "the IPv4:port dqlite listens on, e.g. \"127.0.0.1:17301\"")
+            let bind = try Endpoint(parsing: bindText, key: "store.bind")
+            guard isIPv4(bind.host) else {
+                throw .invalid(key: "store.bind", problem: "\(bind.host) is not an IPv4 literal; dqlite 1.11 accepts IPv4 addresses only (no names, no IPv6)")
+            }
+            var peers: [Endpoint] = []
+            for (i, text) in (try table.stringArray("peers") ?? []).enumerated() {
+                let peer = try Endpoint(parsing: text, key: "store.peers[\(i)]")
+                guard isIPv4(peer.host) else { throw .invalid(key: "store.peers[\(i)]", problem: "\(peer.host) is not an IPv4 literal (dqlite 1.11 accepts IPv4 only)") }
+                peers.append(peer)
+            }
+            if peers.contains(bind) { throw .invalid(key: "store.peers", problem: "lists this node's own address \(bind); list only the other members") }
+            if id != 1, peers.isEmpty {
+                throw .missing(key: "store.peers", hint: "node \(id) joins an existing store: list at least one member's address (id 1 bootstraps)")
+            }
+            var settings = StoreSettings(id: UInt64(id), bind: bind, peers: peers)
+            if let db = try table.string("database") {
+                guard !db.isEmpty, db.utf8.count <= 64, db.allSatisfy({ $0.isLetter || $0.isNumber || $0 == "_" || $0 == "-" }) else {
+                    throw .invalid(key: "store.database", problem: "'\(db)' must be 1-64 letters, digits, '_' or '-'")
+                }
+                settings.database = db
+            }
+            if let v = try table.int("latency_ms", range: 1...1000) { settings.latencyMs = v }
+            if let v = try table.int("snapshot_threshold", range: 16...1_000_000) { settings.snapshotThreshold = v }
+            if let v = try table.int("snapshot_trailing", range: 16...10_000_000) { settings.snapshotTrailing = v }
+            if settings.snapshotTrailing < settings.snapshotThreshold {
+                throw .invalid(key: "store.snapshot_trailing", problem: "\(settings.snapshotTrailing) is below snapshot_threshold \(settings.snapshotThreshold); dqlite needs trailing ≥ threshold")
+            }
+            if let v = try table.int("poll_ms", range: 20...10_000) { settings.pollMs = v }
+            if let v = try table.int("voter_grace_ms", range: 500...600_000) { settings.voterGraceMs = v }
+            try table.rejectUnknownKeys()
+            store = settings
+        }
         try top.rejectUnknownKeys()
 
         return NodeConfig(path: path, name: name, dataDir: dataDir, legionName: legionName, mode: mode, bind: bind,
                           nodes: nodes, valor: UInt64(valor), quorum: quorum, secret: secret, scroll: scroll,
-                          nativeTiming: native, compatTiming: compat, hooks: hooks, vip: vip, api: api, router: router)
+                          nativeTiming: native, compatTiming: compat, hooks: hooks, vip: vip, api: api, router: router, store: store)
     }
 }
 

@@ -1,0 +1,306 @@
+import ArgumentParser
+import Foundation
+import Node
+import Store
+
+/// `legion admin …`: create, list and delete the control-plane records (customers, servers, legions, distros,
+/// containers, domains) in the replicated store.
+struct AdminCommand: AsyncParsableCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "admin",
+        abstract: "Create, list and delete customers, servers, legions, distros, containers and domains in the store.",
+        discussion: """
+        Example:
+          legion admin customer add alice --password-stdin <<< 'correct horse battery'
+          legion admin server add node1 --address 127.0.0.1 --memory 4096 --storage 40960
+          legion admin container add web --customer alice --server node1 --memory 256 --storage 2048
+          legion admin domain add example.com --customer alice
+          legion admin container list --json
+        Every write is one transaction applied at most once (pass --request-id to make a retry safe).
+        """,
+        subcommands: [Customer.self, Server.self, Legion.self, Distro.self, Container.self, Domain.self]
+    )
+
+    struct WriteOptions: ParsableArguments {
+        @OptionGroup var store: StoreOptions
+
+        @Option(help: "Idempotency key: repeating a command with the same id applies it at most once.")
+        var requestID: String?
+
+        var id: String { requestID ?? UUID().uuidString }
+    }
+
+    static func run<T: Sendable>(_ store: StoreOptions, _ body: (AdminStore) async throws(StoreError) -> T) async throws -> T {
+        let client = try store.client()
+        defer { Task { await client.close() } }
+        do {
+            return try await body(AdminStore(client: client))
+        } catch {
+            throw UserFacingError("\(error)")
+        }
+    }
+
+    static func printRows(_ rows: DqliteRows, json: Bool) {
+        print(json ? rows.json.serialized : rows.table)
+    }
+
+    static func done(_ what: String, _ receipt: StoreClient.WriteReceipt) {
+        print("\(what)\(receipt.replayed ? " (already applied by request \(receipt.requestID))" : "")")
+    }
+
+    // MARK: customer
+
+    struct Customer: AsyncParsableCommand {
+        static let configuration = CommandConfiguration(abstract: "Customers (API logins with a password hash and an RSA key pair).",
+                                                        subcommands: [Add.self, List.self, Delete.self])
+
+        struct Add: AsyncParsableCommand {
+            static let configuration = CommandConfiguration(abstract: "Add a customer; the password is asked (no echo) or read from stdin.")
+            @OptionGroup var options: WriteOptions
+            @Argument(help: "Login name.") var name: String
+            @Flag(help: "Read the password from the first line of standard input.") var passwordStdin = false
+            @Option(help: "E-mail address.") var email: String?
+            @Option(help: "Company name.") var company: String?
+            @Option(help: "VAT number.") var vat: String?
+
+            func run() async throws {
+                let password = try PasswordInput.read(fromStdin: passwordStdin)
+                let receipt = try await AdminCommand.run(options.store) { admin throws(StoreError) in
+                    try await admin.addCustomer(username: name, password: password, email: email, company: company, vat: vat, requestID: options.id)
+                }
+                AdminCommand.done("customer \(name) added (id \(receipt.insertIDs.first ?? 0))", receipt)
+            }
+        }
+
+        struct List: AsyncParsableCommand {
+            static let configuration = CommandConfiguration(abstract: "List customers.")
+            @OptionGroup var store: StoreOptions
+            @Flag(help: "JSON output.") var json = false
+            func run() async throws {
+                AdminCommand.printRows(try await AdminCommand.run(store) { admin throws(StoreError) in try await admin.customers() }, json: json)
+            }
+        }
+
+        struct Delete: AsyncParsableCommand {
+            static let configuration = CommandConfiguration(abstract: "Delete a customer (refused while it has containers).")
+            @OptionGroup var options: WriteOptions
+            @Argument(help: "Login name.") var name: String
+            func run() async throws {
+                let receipt = try await AdminCommand.run(options.store) { admin throws(StoreError) in try await admin.deleteCustomer(username: name, requestID: options.id) }
+                AdminCommand.done("customer \(name) deleted", receipt)
+            }
+        }
+    }
+
+    // MARK: server
+
+    struct Server: AsyncParsableCommand {
+        static let configuration = CommandConfiguration(abstract: "Servers (the nodes that host containers).",
+                                                        subcommands: [Add.self, List.self, Delete.self])
+
+        struct Add: AsyncParsableCommand {
+            static let configuration = CommandConfiguration(abstract: "Add a server.")
+            @OptionGroup var options: WriteOptions
+            @Argument(help: "Server name (the node's [node].name).") var name: String
+            @Option(help: "Public IP address.") var address: String
+            @Option(help: "Memory for containers, MB.") var memory: Int
+            @Option(help: "Storage for containers, MB.") var storage: Int
+            @Option(help: "Block device for quotas.") var hd = ""
+            @Option(help: "Datacenter name (created if missing).") var datacenter: String?
+            func run() async throws {
+                let receipt = try await AdminCommand.run(options.store) { admin throws(StoreError) in
+                    try await admin.addServer(name: name, address: address, memory: memory, storage: storage, hd: hd, datacenter: datacenter,
+                                              requestID: options.id)
+                }
+                AdminCommand.done("server \(name) added", receipt)
+            }
+        }
+
+        struct List: AsyncParsableCommand {
+            static let configuration = CommandConfiguration(abstract: "List servers with used memory and storage.")
+            @OptionGroup var store: StoreOptions
+            @Flag(help: "JSON output.") var json = false
+            func run() async throws {
+                AdminCommand.printRows(try await AdminCommand.run(store) { admin throws(StoreError) in try await admin.servers() }, json: json)
+            }
+        }
+
+        struct Delete: AsyncParsableCommand {
+            static let configuration = CommandConfiguration(abstract: "Delete a server (refused while it hosts containers).")
+            @OptionGroup var options: WriteOptions
+            @Argument(help: "Server name.") var name: String
+            func run() async throws {
+                let receipt = try await AdminCommand.run(options.store) { admin throws(StoreError) in try await admin.deleteServer(name: name, requestID: options.id) }
+                AdminCommand.done("server \(name) deleted", receipt)
+            }
+        }
+    }
+
+    // MARK: legion
+
+    struct Legion: AsyncParsableCommand {
+        static let configuration = CommandConfiguration(abstract: "Legions (a failover IP shared by servers).",
+                                                        subcommands: [Add.self, List.self, Delete.self])
+
+        struct Add: AsyncParsableCommand {
+            static let configuration = CommandConfiguration(abstract: "Add a legion.")
+            @OptionGroup var options: WriteOptions
+            @Argument(help: "Legion name.") var name: String
+            @Option(help: "The failover IP.") var address: String
+            @Option(help: "Comma-separated server names.") var nodes: String
+            func run() async throws {
+                let servers = nodes.split(separator: ",").map { $0.trimmingCharacters(in: .whitespaces) }
+                let receipt = try await AdminCommand.run(options.store) { admin throws(StoreError) in
+                    try await admin.addLegion(name: name, address: address, servers: servers, requestID: options.id)
+                }
+                AdminCommand.done("legion \(name) added", receipt)
+            }
+        }
+
+        struct List: AsyncParsableCommand {
+            static let configuration = CommandConfiguration(abstract: "List legions.")
+            @OptionGroup var store: StoreOptions
+            @Flag(help: "JSON output.") var json = false
+            func run() async throws {
+                AdminCommand.printRows(try await AdminCommand.run(store) { admin throws(StoreError) in try await admin.legions() }, json: json)
+            }
+        }
+
+        struct Delete: AsyncParsableCommand {
+            static let configuration = CommandConfiguration(abstract: "Delete a legion.")
+            @OptionGroup var options: WriteOptions
+            @Argument(help: "Legion name.") var name: String
+            func run() async throws {
+                let receipt = try await AdminCommand.run(options.store) { admin throws(StoreError) in try await admin.deleteLegion(name: name, requestID: options.id) }
+                AdminCommand.done("legion \(name) deleted", receipt)
+            }
+        }
+    }
+
+    // MARK: distro
+
+    struct Distro: AsyncParsableCommand {
+        static let configuration = CommandConfiguration(abstract: "Distros (shared root filesystems under /distros).",
+                                                        subcommands: [Add.self, List.self, Delete.self])
+
+        struct Add: AsyncParsableCommand {
+            static let configuration = CommandConfiguration(abstract: "Add a distro.")
+            @OptionGroup var options: WriteOptions
+            @Argument(help: "Distro name.") var name: String
+            @Option(help: "Directory name under /distros.") var path: String
+            func run() async throws {
+                let receipt = try await AdminCommand.run(options.store) { admin throws(StoreError) in try await admin.addDistro(name: name, path: path, requestID: options.id) }
+                AdminCommand.done("distro \(name) added", receipt)
+            }
+        }
+
+        struct List: AsyncParsableCommand {
+            static let configuration = CommandConfiguration(abstract: "List distros.")
+            @OptionGroup var store: StoreOptions
+            @Flag(help: "JSON output.") var json = false
+            func run() async throws {
+                AdminCommand.printRows(try await AdminCommand.run(store) { admin throws(StoreError) in try await admin.distros() }, json: json)
+            }
+        }
+
+        struct Delete: AsyncParsableCommand {
+            static let configuration = CommandConfiguration(abstract: "Delete a distro.")
+            @OptionGroup var options: WriteOptions
+            @Argument(help: "Distro name.") var name: String
+            func run() async throws {
+                let receipt = try await AdminCommand.run(options.store) { admin throws(StoreError) in try await admin.deleteDistro(name: name, requestID: options.id) }
+                AdminCommand.done("distro \(name) deleted", receipt)
+            }
+        }
+    }
+
+    // MARK: container
+
+    struct Container: AsyncParsableCommand {
+        static let configuration = CommandConfiguration(abstract: "Containers (uid = 30000 + id; private IP 10.0.0.0 | (id + 2)).",
+                                                        subcommands: [Add.self, List.self, Delete.self])
+
+        struct Add: AsyncParsableCommand {
+            static let configuration = CommandConfiguration(abstract: "Add a container on a server (refused if the server lacks memory or storage).")
+            @OptionGroup var options: WriteOptions
+            @Argument(help: "Container name.") var name: String
+            @Option(help: "Owner (customer login).") var customer: String
+            @Option(help: "Server name.") var server: String
+            @Option(help: "Memory, MB.") var memory: Int
+            @Option(help: "Storage, MB.") var storage: Int
+            @Option(help: "Distro name.") var distro: String?
+            @Option(help: "A file of authorized_keys lines.") var sshKeysFile: String?
+            func run() async throws {
+                var keys: String?
+                if let sshKeysFile {
+                    guard let text = try? String(contentsOfFile: sshKeysFile, encoding: .utf8) else { throw UserFacingError("cannot read \(sshKeysFile)") }
+                    keys = text
+                }
+                let receipt = try await AdminCommand.run(options.store) { admin throws(StoreError) in
+                    try await admin.addContainer(name: name, customer: customer, server: server, memory: memory, storage: storage,
+                                                 distro: distro, sshKeys: keys, requestID: options.id)
+                }
+                let id = receipt.insertIDs.first ?? 0
+                AdminCommand.done("container \(name) added: uid \(AdminStore.baseUID + id), ip \(AdminStore.containerIP(id: id))", receipt)
+            }
+        }
+
+        struct List: AsyncParsableCommand {
+            static let configuration = CommandConfiguration(abstract: "List containers.")
+            @OptionGroup var store: StoreOptions
+            @Option(help: "Only containers on this server.") var server: String?
+            @Flag(help: "JSON output.") var json = false
+            func run() async throws {
+                AdminCommand.printRows(try await AdminCommand.run(store) { admin throws(StoreError) in try await admin.containers(server: server) }, json: json)
+            }
+        }
+
+        struct Delete: AsyncParsableCommand {
+            static let configuration = CommandConfiguration(abstract: "Delete a container by uid.")
+            @OptionGroup var options: WriteOptions
+            @Argument(help: "Container uid (30001…).") var uid: Int64
+            func run() async throws {
+                let receipt = try await AdminCommand.run(options.store) { admin throws(StoreError) in try await admin.deleteContainer(uid: uid, requestID: options.id) }
+                AdminCommand.done("container \(uid) deleted", receipt)
+            }
+        }
+    }
+
+    // MARK: domain
+
+    struct Domain: AsyncParsableCommand {
+        static let configuration = CommandConfiguration(abstract: "Domains (owned by a customer; unique across customers).",
+                                                        subcommands: [Add.self, List.self, Delete.self])
+
+        struct Add: AsyncParsableCommand {
+            static let configuration = CommandConfiguration(abstract: "Add a domain for a customer.")
+            @OptionGroup var options: WriteOptions
+            @Argument(help: "Domain name.") var name: String
+            @Option(help: "Owner (customer login).") var customer: String
+            func run() async throws {
+                let receipt = try await AdminCommand.run(options.store) { admin throws(StoreError) in try await admin.addDomain(name: name, customer: customer, requestID: options.id) }
+                AdminCommand.done("domain \(name) added", receipt)
+            }
+        }
+
+        struct List: AsyncParsableCommand {
+            static let configuration = CommandConfiguration(abstract: "List domains.")
+            @OptionGroup var store: StoreOptions
+            @Option(help: "Only this customer's domains.") var customer: String?
+            @Flag(help: "JSON output.") var json = false
+            func run() async throws {
+                AdminCommand.printRows(try await AdminCommand.run(store) { admin throws(StoreError) in try await admin.domains(customer: customer) }, json: json)
+            }
+        }
+
+        struct Delete: AsyncParsableCommand {
+            static let configuration = CommandConfiguration(abstract: "Delete a domain.")
+            @OptionGroup var options: WriteOptions
+            @Argument(help: "Domain name.") var name: String
+            func run() async throws {
+                let receipt = try await AdminCommand.run(options.store) { admin throws(StoreError) in try await admin.deleteDomain(name: name, requestID: options.id) }
+                AdminCommand.done("domain \(name) deleted", receipt)
+            }
+        }
+    }
+}

@@ -1,0 +1,81 @@
+import Foundation
+
+/// What one node needs from the store to host and route, kept on local disk so hosting and routing go on from
+/// the last known state while the store has no quorum (static stability).
+public struct DesiredState: Codable, Sendable, Equatable {
+    public struct Container: Codable, Sendable, Equatable {
+        public var uid: Int64
+        public var name: String
+        public var customer: String
+        public var memory: Int64
+        public var storage: Int64
+        public var distro: String?
+        public var ip: String
+        public var lastRebootMs: Int64
+        public var sshKeys: String?
+    }
+
+    public struct Domain: Codable, Sendable, Equatable {
+        public var name: String
+        public var customer: String
+    }
+
+    /// The change-log sequence number this state reflects.
+    public var version: Int64
+    public var fetchedAtMs: Int64
+    public var server: String
+    /// Containers placed on this server.
+    public var containers: [Container]
+    /// Every domain (the router accepts subscriptions for them from the owner's containers).
+    public var domains: [Domain]
+    /// Customer name → RSA public key (PEM), to verify signed subscriptions.
+    public var customerKeys: [String: String]
+
+    public static func empty(server: String) -> DesiredState {
+        DesiredState(version: -1, fetchedAtMs: 0, server: server, containers: [], domains: [], customerKeys: [:])
+    }
+
+    /// Reads the state for `server` at change-log position `version`.
+    public static func fetch(_ client: StoreClient, server: String, version: Int64) async throws(StoreError) -> DesiredState {
+        let containers = try await client.query("""
+            SELECT k.id, k.name, c.username, k.memory, k.storage, d.name, k.last_reboot_ms, k.ssh_keys_raw
+            FROM containers k JOIN customers c ON c.id = k.customer_id JOIN servers s ON s.id = k.server_id
+            LEFT JOIN distros d ON d.id = k.distro_id WHERE s.name = ? ORDER BY k.id
+            """, [.text(server)])
+        let domains = try await client.query("""
+            SELECT d.name, c.username FROM domains d JOIN customers c ON c.id = d.customer_id ORDER BY d.name
+            """)
+        let keys = try await client.query("SELECT username, rsa_pubkey FROM customers WHERE id IN (SELECT customer_id FROM domains)")
+        var state = DesiredState(version: version, fetchedAtMs: Int64(Date().timeIntervalSince1970 * 1000), server: server,
+                                 containers: [], domains: [], customerKeys: [:])
+        for row in containers.rows where row.count == 8 {
+            let id = row[0].int ?? 0
+            state.containers.append(Container(uid: AdminStore.baseUID + id, name: row[1].string ?? "", customer: row[2].string ?? "",
+                                              memory: row[3].int ?? 0, storage: row[4].int ?? 0, distro: row[5].string,
+                                              ip: AdminStore.containerIP(id: id), lastRebootMs: row[6].int ?? 0, sshKeys: row[7].string))
+        }
+        for row in domains.rows where row.count == 2 {
+            state.domains.append(Domain(name: row[0].string ?? "", customer: row[1].string ?? ""))
+        }
+        for row in keys.rows where row.count == 2 {
+            if let name = row[0].string, let key = row[1].string { state.customerKeys[name] = key }
+        }
+        return state
+    }
+
+    // MARK: Local snapshot
+
+    /// Writes the state atomically (temporary file + rename), so a crash never leaves a torn snapshot.
+    public func save(to path: String) throws {
+        let encoder = JSONEncoder()
+        encoder.outputFormatting = [.sortedKeys]
+        let data = try encoder.encode(self)
+        try data.write(to: URL(fileURLWithPath: path), options: .atomic)
+    }
+
+    /// The last saved state, or nil when there is none or it cannot be read (then the node waits for the store).
+    public static func load(from path: String) -> DesiredState? {
+        guard let data = FileManager.default.contents(atPath: path) else { return nil }
+        return try? JSONDecoder().decode(DesiredState.self, from: data)
+    }
+}
