@@ -57,7 +57,7 @@ class StoreCluster:
         self.config(i).write_text("\n".join([
             "[node]", f"name = {q(self.name(i))}", f"data_dir = {q(str(self.data_dir(i)))}", "",
             "[legion]", 'name = "store-test"', f"bind = {q(self.legion[i])}",
-            f"nodes = [{', '.join(q(a) for a in others)}]", f"valor = {100 + i}", "quorum = 2",
+            f"nodes = [{', '.join(q(a) for a in others)}]", f"valor = {100 + i}", f"quorum = {self.size // 2 + 1}",
             'secret = "aes-256-cbc:store-test"', "",
             "[api]", f'bind = "127.0.0.1:{self.api[i]}"', "",
             "[store]", f"id = {i + 1}", f"bind = {q(self.store[i])}", f"peers = [{', '.join(q(a) for a in peers)}]",
@@ -350,3 +350,64 @@ def test_full_restart_keeps_data(store_cluster: StoreCluster):
     assert len(domains) == 20 and all(d["customer"] == "dave" for d in domains)
     customers = json.loads(ok(c.admin("customer", "list", "--json")))
     assert [x["username"] for x in customers] == ["dave"]
+
+
+def test_lost_voter_is_replaced_by_a_running_standby(legion_bin, tmp_path, procs):
+    c = StoreCluster(legion_bin, tmp_path, procs, size=4)
+    for i in range(c.size):
+        c.start(i)
+    st = c.wait_voters(3)
+    deadline = time.time() + 20
+    while time.time() < deadline:
+        st = c.status()
+        roles = sorted(m["role"] for m in st["members"]) if st else []
+        if roles == ["standby", "voter", "voter", "voter"]:
+            break
+        time.sleep(0.3)
+    assert roles == ["standby", "voter", "voter", "voter"], f"4 nodes should give 3 voters + 1 standby: {st}"
+    leader = c.store.index(st["leader"]["address"])
+    victim = next(c.store.index(m["address"]) for m in st["members"]
+                  if m["role"] == "voter" and c.store.index(m["address"]) != leader)
+    c.kill(victim)
+    killed = time.monotonic()
+    deadline = time.time() + 30
+    while time.time() < deadline:
+        st = c.status()
+        if st:
+            by_addr = {m["address"]: m for m in st["members"]}
+            healthy_voters = [m for m in st["members"] if m["role"] == "voter" and m["reachable"]]
+            if len(healthy_voters) == 3 and by_addr[c.store[victim]]["role"] == "spare":
+                break
+        time.sleep(0.3)
+    took = time.monotonic() - killed
+    assert len(healthy_voters) == 3 and by_addr[c.store[victim]]["role"] == "spare", f"roles not rebalanced: {st}"
+    print(f"\nlost voter replaced by the standby and demoted after {took:.1f}s (grace 3 s)")
+    # The returning node comes back as a standby, not as a fourth voter.
+    c.start(victim)
+    deadline = time.time() + 20
+    while time.time() < deadline:
+        st = c.status()
+        if st and {m["address"]: m for m in st["members"]}[c.store[victim]]["role"] == "standby":
+            break
+        time.sleep(0.3)
+    assert {m["address"]: m for m in st["members"]}[c.store[victim]]["role"] == "standby", st
+
+
+def test_lone_survivor_recovers_with_its_data(store_cluster: StoreCluster):
+    c = store_cluster
+    ok(c.admin("customer", "add", "erin", "--password-stdin", stdin="survivor password\n"))
+    for i in range(c.size):
+        c.kill(i)
+    # Nodes 2 and 3 are gone for good: node 1 becomes the only voter.
+    r = c.cli("store", "recover", "--config", str(c.config(0)))
+    assert r.returncode != 0 and "--yes" in r.stderr
+    ok(c.cli("store", "recover", "--config", str(c.config(0)), "--yes"))
+    c.start(0)
+    deadline = time.time() + 20
+    while time.time() < deadline:
+        r = c.cli("admin", "customer", "list", "--json", "--store", c.store[0], "--timeout", "2")
+        if r.returncode == 0:
+            break
+        time.sleep(0.3)
+    assert [x["username"] for x in json.loads(ok(r))] == ["erin"]
+    ok(c.cli("admin", "domain", "add", "after-recovery.example", "--customer", "erin", "--store", c.store[0]))
