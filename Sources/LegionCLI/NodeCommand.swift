@@ -56,10 +56,12 @@ struct NodeCommand: AsyncParsableCommand {
         var services: [ServiceGroupConfiguration.ServiceConfiguration] = []
         var relay: ClusterRelay?
         var vipListener: VIPListenerFactory?
+        var subscriptionVerifier: SubscriptionVerifier?
         if let router = nodeConfig.router {
             var policy = SubscriptionTable.Policy()
             policy.toleranceMs = router.toleranceMs
             let verifier = router.signCheck.map { SubscriptionVerifier(digest: $0.0, keyDirectory: $0.1) }
+            subscriptionVerifier = verifier
             policy.requireSignature = verifier != nil
             let store = SubscriptionStore(policy: policy, algorithm: router.algorithm, verifier: verifier)
             var certificates: CertificateStore?
@@ -88,8 +90,16 @@ struct NodeCommand: AsyncParsableCommand {
         let legion = try LegionService(config: nodeConfig, state: state, logger: logger, relay: relay, vipListener: vipListener)
         services.insert(.init(service: legion, successTerminationBehavior: .gracefullyShutdownGroup), at: 0)
         if let store = nodeConfig.store {
+            let verifier = subscriptionVerifier
             services.append(.init(service: StoreService(settings: store, nodeName: nodeConfig.name, dataDir: nodeConfig.dataDir,
-                                                        state: state, logger: logger)))
+                                                        state: state, logger: logger, onState: { desired in
+                // Signed subscriptions for a customer's domains verify with that customer's key.
+                var keys: [String: String] = [:]
+                for domain in desired.domains {
+                    if let pem = desired.customerKeys[domain.customer] { keys[domain.name] = pem }
+                }
+                verifier?.replaceStoreKeys(keys)
+            })))
         }
         if let api = nodeConfig.api {
             let app = NodeAPI.application(state: state, host: api.host, port: api.port, logger: logger)

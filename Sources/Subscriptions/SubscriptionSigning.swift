@@ -16,6 +16,8 @@ public final class SubscriptionVerifier: Sendable {
     public let digest: SubscriptionDigest
     public let keyDirectory: String?
     private let registered = Mutex<[String: String]>([:])
+    /// Domain → the owning customer's public key, from the replicated store (replaced on every change).
+    private let storeKeys = Mutex<[String: String]>([:])
 
     public init(digest: SubscriptionDigest, keyDirectory: String?) {
         self.digest = digest
@@ -38,12 +40,25 @@ public final class SubscriptionVerifier: Sendable {
         return String(decoding: safe, as: UTF8.self) + ".pem"
     }
 
+    /// Replaces the store-provided keys (domain name → owner's PEM public key).
+    public func replaceStoreKeys(_ keys: [String: String]) {
+        storeKeys.withLock { $0 = keys }
+    }
+
+    /// Registered keys first, then the key directory (an operator's override), then the owning customer's key
+    /// from the store (the subscription key without its port, case-insensitively).
     func publicKeyPEM(for key: [UInt8]) -> String? {
         let name = String(decoding: key, as: UTF8.self)
         if let pem = registered.withLock({ $0[name] }) { return pem }
-        guard let dir = keyDirectory else { return nil }
-        let path = (dir as NSString).appendingPathComponent(SubscriptionVerifier.fileName(forKey: key))
-        return try? String(contentsOfFile: path, encoding: .utf8)
+        if let dir = keyDirectory {
+            let path = (dir as NSString).appendingPathComponent(SubscriptionVerifier.fileName(forKey: key))
+            if let pem = try? String(contentsOfFile: path, encoding: .utf8) { return pem }
+        }
+        var domain = name.lowercased()
+        if let colon = domain.lastIndex(of: ":"), domain[domain.index(after: colon)...].allSatisfy(\.isNumber) {
+            domain = String(domain[..<colon])
+        }
+        return storeKeys.withLock { $0[domain] }
     }
 
     public func verify(_ packet: SubscriptionPacket) -> SubscriptionTable.Verification {

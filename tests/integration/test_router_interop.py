@@ -34,6 +34,7 @@ import select
 import shutil
 import signal
 import socket
+import subprocess
 import threading
 import time
 from pathlib import Path
@@ -71,7 +72,7 @@ class Router:
     """One `legion node` (lone member of its legion) with an HTTP router and a subscription server."""
 
     def __init__(self, base: Path, legion_bin: Path, tracker, name: str, *, sign_dir: Path | None = None,
-                 algorithm: str = "wrr"):
+                 algorithm: str = "wrr", extra: str = ""):
         self.base, self.tracker, self.name = base, tracker, name
         self.http_port = free_port()
         self.sub_port = free_port(udp=True)
@@ -86,7 +87,7 @@ class Router:
         if sign_dir is not None:
             lines.append(f"sign_check = {q(f'SHA1:{sign_dir}')}")
         self.config = base / f"{name}.toml"
-        self.config.write_text("\n".join(lines) + "\n")
+        self.config.write_text("\n".join(lines) + "\n" + extra)
         (base / name).mkdir(parents=True, exist_ok=True)
         self.proc = tracker.start([legion_bin, "node", "--config", self.config], log_path=self.log, cwd=REPO_ROOT)
 
@@ -612,3 +613,43 @@ def test_signed_subscriptions(tmp_path, legion_bin, uwsgi_py3, procs):
         procs.kill_all()
         left = ul.procs_mentioning(str(tmp_path))
         assert not left, f"uWSGI processes left behind: {left}"
+
+
+def test_signed_subscription_verified_with_the_customers_key_from_the_store(tmp_path, legion_bin, uwsgi_py3, procs):
+    """uwsgi.it's dominator: a domain's subscriptions verify with its owner's RSA key from the replicated store
+    (no key file); another key for the same domain is refused."""
+    keydir = tmp_path / "keys"
+    keydir.mkdir()  # empty: the key comes from the store
+    store = f"{HOST}:{free_port()}"
+    r = Router(tmp_path, legion_bin, procs, "rk", sign_dir=keydir,
+               extra=f'\n[store]\nid = 1\nbind = "{store}"\n')
+    r.wait_listening()
+
+    def legion(*args: str, stdin: str | None = None) -> str:
+        p = subprocess.run([str(legion_bin), *args, "--store", store], input=stdin, capture_output=True, text=True, timeout=60)
+        assert p.returncode == 0, f"legion {' '.join(args)}: {p.stderr}"
+        return p.stdout
+
+    deadline = time.monotonic() + 20
+    while True:
+        p = subprocess.run([str(legion_bin), "admin", "customer", "add", "alice", "--password-stdin", "--store", store],
+                           input="a long enough password\n", capture_output=True, text=True, timeout=60)
+        if p.returncode == 0:
+            break
+        assert time.monotonic() < deadline, f"store never accepted a customer: {p.stderr}\n{tail(r.log)}"
+        time.sleep(0.3)
+    legion("admin", "domain", "add", KEY, "--customer", "alice")
+    private = json.loads(legion("store", "query", "--json", "SELECT rsa_key FROM customers WHERE username = ?",
+                                "--param", "alice"))[0]["rsa_key"]
+    alice_key = tmp_path / "alice.priv.pem"
+    alice_key.write_text(private)
+    time.sleep(0.6)  # the node applies the change within a poll (200 ms)
+    vs = Vassals(tmp_path, uwsgi_py3, procs)
+    s = vs.start("alice", "--subscribe2", f"server={r.sub_server},key={KEY},sign=SHA1:{alice_key}")
+    w = vs.start("intruder", "--subscribe2", f"server={r.sub_server},key={KEY},sign=SHA1:{PRIVKEY}")
+    t_start = time.monotonic()
+    r.wait_subscribed([(KEY, s.address)], vs)
+    time.sleep(max(0.0, t_start + 2.5 - time.monotonic()))
+    assert not r.subscribed(KEY, w.address), "a vassal signing with a key that is not the owner's was accepted"
+    got = [request(r.http_port, path=f"/k/{i}") for i in range(4)]
+    assert all(x.status == 200 for x in got) and {x.info["vassal"] for x in got} == {"alice"}, got
