@@ -117,3 +117,118 @@ subscription = "127.0.0.1:{sub_port}"
                 os.killpg(p.pid, signal.SIGKILL)
             except ProcessLookupError:
                 pass
+
+
+def make_ca(directory: Path, name: str) -> tuple[Path, Path]:
+    crt, key = directory / f"{name}.crt", directory / f"{name}.key"
+    subprocess.run(["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "2", "-subj", f"/O=Legion Test/CN={name}",
+                    "-keyout", str(key), "-out", str(crt)], check=True, capture_output=True, timeout=60)
+    return crt, key
+
+
+def make_client_cert(directory: Path, ca: tuple[Path, Path], cn: str) -> tuple[Path, Path]:
+    key, csr, crt = directory / f"{cn}.key", directory / f"{cn}.csr", directory / f"{cn}.crt"
+    subprocess.run(["openssl", "req", "-newkey", "rsa:2048", "-nodes", "-subj", f"/C=IT/O=Customers/CN={cn}",
+                    "-keyout", str(key), "-out", str(csr)], check=True, capture_output=True, timeout=60)
+    subprocess.run(["openssl", "x509", "-req", "-in", str(csr), "-CA", str(ca[0]), "-CAkey", str(ca[1]), "-CAcreateserial",
+                    "-days", "2", "-out", str(crt)], check=True, capture_output=True, timeout=60)
+    return crt, key
+
+
+CERT_APP = """
+import json
+def application(env, start_response):
+    body = json.dumps({"dn": env.get("HTTPS_DN"), "has_cc": "BEGIN CERTIFICATE" in env.get("HTTPS_CC", "")}).encode()
+    start_response("200 OK", [("Content-Type", "application/json"), ("Content-Length", str(len(body)))])
+    return [body]
+"""
+
+
+def tls_get(port: int, host: str, client: tuple[Path, Path] | None = None) -> dict:
+    ctx = ssl.create_default_context()
+    ctx.check_hostname = False
+    ctx.verify_mode = ssl.CERT_NONE
+    if client:
+        ctx.load_cert_chain(str(client[0]), str(client[1]))
+    with socket.create_connection(("127.0.0.1", port), timeout=3) as raw:
+        with ctx.wrap_socket(raw, server_hostname=host) as tls:
+            tls.sendall(f"GET / HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n\r\n".encode())
+            data = b""
+            while chunk := tls.recv(65536):
+                data += chunk
+    head, _, body = data.partition(b"\r\n\r\n")
+    assert head.startswith(b"HTTP/1.1 200"), head[:200]
+    return json.loads(body)
+
+
+def test_client_certificates_per_domain_required_and_optional(legion_bin, tmp_path: Path):
+    """uwsgi.it's ssl-ca-domain: `sni_ca=!CA` makes a client certificate signed by CA mandatory for that name,
+    `sni_ca=CA` checks it only when presented; the backend gets HTTPS_DN (and HTTPS_CC). Other names are untouched."""
+    uwsgi = ul.ensure_uwsgi_python3()
+    default_crt, default_key = make_cert(tmp_path, "default.test")
+    strict_crt, strict_key = make_cert(tmp_path, "strict.example.com")
+    loose_crt, loose_key = make_cert(tmp_path, "loose.example.com")
+    ca = make_ca(tmp_path, "Customer CA")
+    other_ca = make_ca(tmp_path, "Other CA")
+    alice = make_client_cert(tmp_path, ca, "alice")
+    mallory = make_client_cert(tmp_path, other_ca, "mallory")
+    http_port, https_port, sub_port, legion_port = free_port(), free_port(), free_port(udp=True), free_port(udp=True)
+    cfg = tmp_path / "node.toml"
+    cfg.write_text(f"""
+[node]
+name = "mtls"
+data_dir = "{tmp_path / 'data'}"
+[legion]
+name = "mtls"
+bind = "127.0.0.1:{legion_port}"
+valor = 1
+secret = "aes-256-cbc:x"
+[router]
+http = "127.0.0.1:{http_port}"
+https = "127.0.0.1:{https_port}"
+https_certificate = "{default_crt}"
+https_key = "{default_key}"
+subscription = "127.0.0.1:{sub_port}"
+""")
+    (tmp_path / "app.py").write_text(CERT_APP)
+    procs = []
+    try:
+        procs.append(subprocess.Popen([str(legion_bin), "node", "--config", str(cfg)], stdout=open(tmp_path / "node.log", "w"),
+                                      stderr=subprocess.STDOUT, start_new_session=True))
+        time.sleep(0.5)
+        for name, crt, key, ca_value in (("strict.example.com", strict_crt, strict_key, f"!{ca[0]}"),
+                                         ("loose.example.com", loose_crt, loose_key, str(ca[0]))):
+            procs.append(subprocess.Popen(
+                [uwsgi, "--plugin", "python3", "--master", "--processes", "1", "--socket", f"127.0.0.1:{free_port()}",
+                 "--wsgi-file", str(tmp_path / "app.py"), "--die-on-term",
+                 "--subscribe2", f"server=127.0.0.1:{sub_port},key={name},sni_key={key},sni_crt={crt},sni_ca={ca_value}"],
+                stdout=open(tmp_path / f"vassal-{name}.log", "w"), stderr=subprocess.STDOUT, start_new_session=True))
+        deadline = time.monotonic() + 15
+        result = None
+        while time.monotonic() < deadline:
+            try:
+                result = tls_get(https_port, "strict.example.com", alice)
+                tls_get(https_port, "loose.example.com")
+                break
+            except (OSError, AssertionError):
+                time.sleep(0.2)
+        log = (tmp_path / "node.log").read_text()
+        assert result == {"dn": "/C=IT/O=Customers/CN=alice", "has_cc": True}, f"{result}; log:\n{log[-2000:]}"
+        # Required: no certificate, or one from another CA, fails the handshake (or gets no answer).
+        for client in (None, mallory):
+            with pytest.raises((ssl.SSLError, ConnectionError, AssertionError, OSError)):
+                tls_get(https_port, "strict.example.com", client)
+        # Optional: without a certificate the request goes through without a DN; with one it carries the DN.
+        assert tls_get(https_port, "loose.example.com") == {"dn": None, "has_cc": False}
+        assert tls_get(https_port, "loose.example.com", alice)["dn"] == "/C=IT/O=Customers/CN=alice"
+        with pytest.raises((ssl.SSLError, ConnectionError, AssertionError, OSError)):
+            tls_get(https_port, "loose.example.com", mallory)
+        # Names without sni_ca never ask for a certificate.
+        assert served_common_name(https_port, "other.example.org") == "default.test"
+        assert procs[0].poll() is None, "the router died"
+    finally:
+        for p in procs:
+            try:
+                os.killpg(p.pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass

@@ -14,7 +14,7 @@ Checked (spec uwsgi-wire.md §3, §4, Appendix C.3, plus our documented differen
 * SIGKILL of a vassal: every following request still gets 200 from the survivor (connect retry, ejection);
   with both gone: 502 (all refused), then 503 (no live node); a graceful stop (SIGINT) unsubscribes at once;
 * unknown Host -> 404 with a text body (uWSGI closes silently), keys exact and case-sensitive, malformed request
-  line -> 400, Host > 255 bytes -> 400, chunked body without Content-Length -> 411;
+  line -> 400, Host > 255 bytes -> 400; a chunked upload reaches the backend de-chunked with CONTENT_LENGTH;
 * stalled clients (partial request head, silent connection, idle keep-alive) -> 408 / close after ~10 s while
   other clients are served, and the router survives (own router: a crash there cannot break the other tests);
 * ``--subscribe2`` with ``addr=`` and without it (first --socket), dotsplit wildcard ``.wild.test``;
@@ -27,7 +27,10 @@ Run:  python3 -m pytest -v -s tests/integration/test_router_interop.py        (~
 """
 from __future__ import annotations
 
+import base64
+import hashlib
 import http.client
+import os
 import json
 import re
 import select
@@ -413,9 +416,17 @@ def test_error_answers(main: Setup):
     assert status_of(out) == 400 and closed, f"Host of 256 bytes: {out[:200]!r}"
     out, _ = raw_exchange(port, b"GET /ok HTTP/1.1\r\nHost: " + b"h" * 255 + b"\r\nConnection: close\r\n\r\n")
     assert status_of(out) == 404, f"Host of 255 bytes is legal (unknown key -> 404): {out[:200]!r}"
+    # Chunked upload: collected (bounded) and sent to the uwsgi backend with CONTENT_LENGTH.
+    out, _ = raw_exchange(port, b"POST /c HTTP/1.1\r\nHost: example.com\r\nTransfer-Encoding: chunked\r\n"
+                                b"Connection: close\r\n\r\n5\r\nhello\r\n6\r\n world\r\n0\r\n\r\n")
+    assert status_of(out) == 200, f"chunked upload: {out[:300]!r}"
+    info = json.loads(out.split(b"\r\n\r\n", 1)[1])
+    assert info["body"] == "hello world" and info["body_len"] == 11, info
+    # A malformed chunk size is a 400, and the router keeps serving.
     out, closed = raw_exchange(port, b"POST /c HTTP/1.1\r\nHost: example.com\r\nTransfer-Encoding: chunked\r\n\r\n"
-                                     b"5\r\nhello\r\n0\r\n\r\n")
-    assert status_of(out) == 411 and closed, f"chunked body without Content-Length: {out[:200]!r}"
+                                     b"zz\r\nhello\r\n0\r\n\r\n")
+    assert status_of(out) == 400 and closed, f"bad chunk size: {out[:200]!r}"
+    assert request(port, path="/after-chunked").status == 200
 
 
 def test_pipelined_requests_are_all_answered(main: Setup):
@@ -653,3 +664,56 @@ def test_signed_subscription_verified_with_the_customers_key_from_the_store(tmp_
     assert not r.subscribed(KEY, w.address), "a vassal signing with a key that is not the owner's was accepted"
     got = [request(r.http_port, path=f"/k/{i}") for i in range(4)]
     assert all(x.status == 200 for x in got) and {x.info["vassal"] for x in got} == {"alice"}, got
+
+
+def _ws_frame(payload: bytes, opcode: int = 1) -> bytes:
+    """A masked client frame (RFC 6455 §5.2), payload < 126 bytes."""
+    mask = os.urandom(4)
+    return bytes([0x80 | opcode, 0x80 | len(payload)]) + mask + bytes(b ^ mask[i % 4] for i, b in enumerate(payload))
+
+
+def _ws_read_frame(s: socket.socket, buf: bytes) -> tuple[int, bytes, bytes]:
+    """One unmasked server frame: (opcode, payload, rest of the buffer)."""
+    while True:
+        if len(buf) >= 2:
+            n = buf[1] & 0x7F
+            head = 2
+            if n == 126 and len(buf) >= 4:
+                n, head = int.from_bytes(buf[2:4], "big"), 4
+            if n < 126 or head == 4:
+                if len(buf) >= head + n:
+                    return buf[0] & 0x0F, buf[head:head + n], buf[head + n:]
+        chunk = s.recv(65536)
+        assert chunk, f"connection closed while reading a WebSocket frame (got {buf!r})"
+        buf += chunk
+
+
+def test_websocket_tunnel_to_a_real_uwsgi_backend(main: Setup):
+    """Upgrade: websocket is tunnelled: uWSGI's own handshake (uwsgi.websocket_handshake) and frames pass both
+    ways through our router; plain requests keep working beside it."""
+    port = main.router.http_port
+    key = base64.b64encode(os.urandom(16)).decode()
+    s = socket.create_connection((HOST, port), timeout=5)
+    try:
+        # The first frame travels in the same write as the handshake (uWSGI's router would drop it).
+        s.sendall((f"GET /ws HTTP/1.1\r\nHost: {KEY}\r\nUpgrade: websocket\r\nConnection: keep-alive, Upgrade\r\n"
+                   f"Sec-WebSocket-Key: {key}\r\nSec-WebSocket-Version: 13\r\n\r\n").encode() + _ws_frame(b"first"))
+        buf = b""
+        while b"\r\n\r\n" not in buf:
+            chunk = s.recv(65536)
+            assert chunk, f"closed before the handshake answer: {buf!r}"
+            buf += chunk
+        head, buf = buf.split(b"\r\n\r\n", 1)
+        assert head.startswith(b"HTTP/1.1 101"), head
+        accept = base64.b64encode(hashlib.sha1((key + "258EAFA5-E914-47DA-95CA-C5AB0DC85B11").encode()).digest())
+        assert b"Sec-WebSocket-Accept: " + accept in head, head
+        got = []
+        for msg in (None, b"second", b"x" * 100):
+            if msg is not None:
+                s.sendall(_ws_frame(msg))
+            op, payload, buf = _ws_read_frame(s, buf)
+            got.append(payload)
+        assert got == [b"echo:first", b"echo:second", b"echo:" + b"x" * 100], got
+        assert request(port, path="/beside-ws").status == 200
+    finally:
+        s.close()

@@ -20,6 +20,15 @@ public final class CertificateStore: Sendable {
     public let defaultPair: Pair
     private let pairs = Mutex<[String: Pair]>([:])
 
+    /// Client-certificate authentication for a name (uwsgi.it's `ssl-ca-domain`): the CA that signs client
+    /// certificates, and whether a certificate is required (`!` before the CA) or only checked when presented.
+    public struct ClientAuth: Sendable, Equatable {
+        public var caPEM: [UInt8]
+        public var required: Bool
+    }
+    private let clientAuth = Mutex<[String: ClientAuth]>([:])
+    private let clientAuthContexts = Mutex<[String: NIOSSLContext]>([:])
+
     public init(defaultCertificate: String, defaultKey: String, directory: String?, logger: Logger) throws {
         defaultPair = try CertificateStore.load(certificate: defaultCertificate, key: defaultKey)
         self.directory = directory
@@ -40,10 +49,13 @@ public final class CertificateStore: Sendable {
         return Pair(chain: chain, key: try NIOSSLPrivateKey(bytes: try pem(key), format: .pem))
     }
 
-    /// A subscription carrying `sni_key` + `sni_crt` for its key (port stripped, as uWSGI).
+    /// A subscription carrying `sni_key` + `sni_crt` (and optionally `sni_ca`) for its key (port stripped, as uWSGI).
     public func learn(from node: SubscriptionTable.Node) {
         guard let keyValue = node.sniKey, let crtValue = node.sniCrt else { return }
-        let name = String(node.keyString.split(separator: ":", maxSplits: 1).first ?? "")
+        let name = String(node.keyString.split(separator: ":", maxSplits: 1).first ?? "").lowercased()
+        if let caValue = node.sniCA, !caValue.isEmpty {
+            learnClientAuth(name: name, value: String(decoding: caValue, as: UTF8.self))
+        }
         guard !name.isEmpty, pairs.withLock({ $0[name] == nil }) else { return }
         do {
             let pair = try CertificateStore.load(certificate: String(decoding: crtValue, as: UTF8.self),
@@ -56,6 +68,80 @@ public final class CertificateStore: Sendable {
     }
 
     public func add(name: String, pair: Pair) { pairs.withLock { $0[name] = pair } }
+
+    /// `sni_ca`: a CA file path or inline PEM; a leading `!` makes the client certificate mandatory.
+    func learnClientAuth(name: String, value: String) {
+        let required = value.hasPrefix("!")
+        let source = required ? String(value.dropFirst()) : value
+        let pem: [UInt8]
+        if source.hasPrefix("-----BEGIN ") {
+            pem = Array(source.utf8)
+        } else if let data = FileManager.default.contents(atPath: source) {
+            pem = Array(data)
+        } else {
+            logger.warning("cannot read the client CA of a subscription; client certificates are not checked for it",
+                           metadata: ["name": "\(name)", "ca": "\(source)"])
+            return
+        }
+        guard (try? NIOSSLCertificate.fromPEMBytes(pem))?.isEmpty == false else {
+            logger.warning("the client CA of a subscription holds no PEM certificate", metadata: ["name": "\(name)"])
+            return
+        }
+        let auth = ClientAuth(caPEM: pem, required: required)
+        let changed = clientAuth.withLock { table -> Bool in
+            defer { table[name] = auth }
+            return table[name] != auth
+        }
+        if changed {
+            clientAuthContexts.withLock { $0[name] = nil }
+            logger.info("client-certificate authentication enabled", metadata: ["name": "\(name)", "required": "\(required)"])
+        }
+    }
+
+    public func addClientAuth(name: String, caPEM: [UInt8], required: Bool) {
+        clientAuth.withLock { $0[name.lowercased()] = ClientAuth(caPEM: caPEM, required: required) }
+        clientAuthContexts.withLock { $0[name.lowercased()] = nil }
+    }
+
+    /// A TLS context for a server name with client-certificate authentication (its own certificate, its CA,
+    /// verification required or optional), or nil when the name has none. Built once per name.
+    public func clientAuthContext(for serverName: String) -> NIOSSLContext? {
+        let name = serverName.lowercased()
+        guard let auth = clientAuth.withLock({ $0[name] }) else { return nil }
+        if let cached = clientAuthContexts.withLock({ $0[name] }) { return cached }
+        let pair = self.pair(for: name) ?? defaultPair
+        do {
+            var tls = TLSConfiguration.makeServerConfiguration(certificateChain: pair.chain.map { .certificate($0) },
+                                                               privateKey: .privateKey(pair.key))
+            tls.trustRoots = .certificates(try NIOSSLCertificate.fromPEMBytes(auth.caPEM))
+            tls.certificateVerification = auth.required ? .noHostnameVerification : .optionalVerification
+            tls.sendCANameList = true
+            let context = try NIOSSLContext(configuration: tls)
+            clientAuthContexts.withLock { $0[name] = context }
+            return context
+        } catch {
+            logger.warning("cannot build the client-certificate TLS context", metadata: ["name": "\(name)", "error": "\(error)"])
+            return nil
+        }
+    }
+
+    /// A certificate subject as OpenSSL's one-line form (`/C=IT/O=Example/CN=alice`), uWSGI's HTTPS_DN.
+    public static func distinguishedName(_ certificate: NIOSSLCertificate) -> String {
+        certificate.subjectName.map { name -> String in
+            let label: String = switch name.type {
+            case .country: "C"
+            case .state: "ST"
+            case .city: "L"
+            case .organization: "O"
+            case .organizationalUnit: "OU"
+            case .commonName: "CN"
+            case .emailAddress: "emailAddress"
+            case .userId: "UID"
+            default: "?"
+            }
+            return "/\(label)=\(name.value)"
+        }.joined()
+    }
 
     /// The pair for a server name: exact, then the directory, then wildcard parents.
     public func pair(for serverName: String) -> Pair? {

@@ -2,6 +2,7 @@ import Logging
 import NIOCore
 import NIOHTTP1
 import NIOSSL
+import NIOTLS
 import NIOPosix
 import ServiceLifecycle
 import Subscriptions
@@ -16,6 +17,8 @@ public struct RouterSettings: Sendable {
     public var connectTimeoutMs: Int64 = 2000
     public var headersTimeoutMs: Int64 = 10_000
     public var idleTimeoutMs: Int64 = 60_000
+    /// Largest chunked (no Content-Length) request body collected before it is sent to a uwsgi backend.
+    public var maxChunkedBodyBytes = 16 << 20
     public var maxRetries = 3
     public var signCheck: (SubscriptionDigest, String)?
     public var toleranceMs: UInt64 = 17_000
@@ -66,7 +69,7 @@ public final class HTTPRouter: Service {
         }
         logger.notice("HTTP router listening", metadata: ["bind": "\(settings.http)", "algorithm": "\(settings.algorithm.rawValue)"])
         if let https = settings.https, let certificates {
-            let secure = RouterShared(settings: settings, store: store, logger: logger, https: true)
+            let secure = RouterShared(settings: settings, store: store, logger: logger, https: true, certificates: certificates)
             do {
                 let context = try NIOSSLContext(configuration: certificates.serverConfiguration())
                 channels.append(try await HTTPRouter.bootstrap(shared: secure, host: https.host, port: https.port, tls: context))
@@ -97,12 +100,32 @@ public final class HTTPRouter: Service {
                 .childChannelOption(.maxMessagesPerRead, value: 16)
                 .childChannelInitializer { child in
                     child.eventLoop.makeCompletedFuture {
-                        if let tls {
-                            try child.pipeline.syncOperations.addHandler(NIOSSLServerHandler(context: tls))
-                        }
                         let guardHandler = ConnectionGuard()
+                        if let tls {
+                            // The ClientHello's server name picks the TLS context: a name with client-certificate
+                            // authentication gets its own (verification is per context in swift-nio-ssl), every
+                            // other name the default context, which picks certificates per SNI itself.
+                            let certificates = shared.certificates
+                            let sni = SNIHandler { result in
+                                var context = tls
+                                if case .hostname(let name) = result, let auth = certificates?.clientAuthContext(for: name) {
+                                    context = auth
+                                }
+                                return child.eventLoop.makeCompletedFuture {
+                                    try child.pipeline.syncOperations.addHandler(NIOSSLServerHandler(context: context),
+                                                                                 position: .before(guardHandler))
+                                }
+                            }
+                            try child.pipeline.syncOperations.addHandler(ByteToMessageHandler(sni))
+                        }
                         try child.pipeline.syncOperations.addHandler(guardHandler)
-                        try child.pipeline.syncOperations.configureHTTPServerPipeline(withErrorHandling: true)
+                        // The HTTP server pipeline, with names so a WebSocket connection can take it out, and a
+                        // decoder that hands on the bytes after an upgrade request instead of dropping them.
+                        let sync = child.pipeline.syncOperations
+                        try sync.addHandler(HTTPResponseEncoder(), name: "http-encoder")
+                        try sync.addHandler(ByteToMessageHandler(HTTPRequestDecoder(leftOverBytesStrategy: .forwardBytes)), name: "http-decoder")
+                        try sync.addHandler(HTTPServerPipelineHandler(), name: "http-pipelining")
+                        try sync.addHandler(HTTPServerProtocolErrorHandler(), name: "http-errors")
                         try child.pipeline.syncOperations.addHandler(RouterHandler(shared: shared, guardHandler: guardHandler))
                     }
                 }
@@ -138,10 +161,13 @@ final class RouterShared: Sendable {
     let access: Logger
     let lordBody: (@Sendable () -> String)?
     let https: Bool
+    let certificates: CertificateStore?
 
-    init(settings: RouterSettings, store: SubscriptionStore, logger: Logger, lordBody: (@Sendable () -> String)? = nil, https: Bool = false) {
+    init(settings: RouterSettings, store: SubscriptionStore, logger: Logger, lordBody: (@Sendable () -> String)? = nil, https: Bool = false,
+         certificates: CertificateStore? = nil) {
         self.lordBody = lordBody
         self.https = https
+        self.certificates = certificates
         self.settings = settings
         self.store = store
         self.logger = logger

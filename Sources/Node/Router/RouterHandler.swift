@@ -2,6 +2,8 @@ import Logging
 import NIOCore
 import NIOHTTP1
 import NIOPosix
+import NIOSSL
+import Foundation
 import Subscriptions
 import UwsgiWire
 
@@ -22,6 +24,27 @@ final class RouterHandler: ChannelInboundHandler, RemovableChannelHandler {
         var closeAfterResponse = false
         var bytesOut = 0
         var startedNs: UInt64
+        /// A chunked upload being collected (uwsgi backends need CONTENT_LENGTH).
+        var bufferingBody = false
+        var bufferedBytes = 0
+        /// A WebSocket handshake: after the request vars the connection becomes a raw tunnel.
+        var websocket = false
+    }
+
+    static func pem(der: [UInt8]) -> String {
+        let base64 = Data(der).base64EncodedString(options: [.lineLength64Characters, .endLineWithLineFeed])
+        return "-----BEGIN CERTIFICATE-----\n\(base64)\n-----END CERTIFICATE-----\n"
+    }
+
+    /// uWSGI's detection (two of Upgrade: websocket, Connection: upgrade, Sec-WebSocket-Version, plus a key),
+    /// except that `Connection` may list other tokens too.
+    static func isWebSocketHandshake(_ headers: HTTPHeaders) -> Bool {
+        guard let key = headers.first(name: "sec-websocket-key"), !key.isEmpty else { return false }
+        var count = 1
+        if headers[canonicalForm: "upgrade"].contains(where: { $0.lowercased() == "websocket" }) { count += 1 }
+        if headers[canonicalForm: "connection"].contains(where: { $0.lowercased() == "upgrade" }) { count += 1 }
+        if headers.contains(name: "sec-websocket-version") { count += 1 }
+        return count > 2
     }
 
     let shared: RouterShared
@@ -89,19 +112,37 @@ final class RouterHandler: ChannelInboundHandler, RemovableChannelHandler {
                 respond(context, status: .badRequest, message: "Host header longer than 255 bytes", close: true)
                 return
             }
-            if head.headers.contains(name: "transfer-encoding"), !head.headers.contains(name: "content-length") {
-                respond(context, status: .lengthRequired, message: "chunked request bodies are not supported yet; send Content-Length", close: true)
+            if head.headers.contains(name: "transfer-encoding") {
+                // uwsgi backends read CONTENT_LENGTH bytes: collect the (de-chunked) body first, bounded.
+                request?.bufferingBody = true
                 return
+            }
+            if Self.isWebSocketHandshake(head.headers) {
+                request?.websocket = true
             }
             connect(context)
         case .body(let buffer):
             if let backendWriter {
                 backendWriter.send([buffer])
-            } else if request != nil {
+            } else if var req = request {
+                req.bufferedBytes += buffer.readableBytes
+                request = req
+                if req.bufferingBody, req.bufferedBytes > shared.settings.maxChunkedBodyBytes {
+                    respond(context, status: .payloadTooLarge,
+                            message: "chunked request body over \(shared.settings.maxChunkedBodyBytes >> 20) MiB; send Content-Length to stream larger uploads",
+                            close: true)
+                    return
+                }
                 pendingBody.append(buffer)
             }
         case .end:
-            break
+            if var req = request, req.bufferingBody {
+                req.bufferingBody = false
+                req.head.headers.remove(name: "transfer-encoding")
+                req.head.headers.replaceOrAdd(name: "content-length", value: String(req.bufferedBytes))
+                request = req
+                connect(context)
+            }
         }
     }
 
@@ -117,6 +158,12 @@ final class RouterHandler: ChannelInboundHandler, RemovableChannelHandler {
     }
 
     func errorCaught(context: ChannelHandlerContext, error: Error) {
+        if error is HTTPParserError {
+            // The protocol error handler before us has already answered 400; the stream is unusable.
+            finishRequest(closeBackend: true)
+            context.close(promise: nil)
+            return
+        }
         if let request, !request.responseStarted {
             respond(context, status: .badRequest, message: "malformed HTTP request: \(error)", close: true)
         } else {
@@ -146,11 +193,18 @@ final class RouterHandler: ChannelInboundHandler, RemovableChannelHandler {
 
         let loopBound = NIOLoopBound(self, eventLoop: context.eventLoop)
         let idleTimeout = shared.settings.idleTimeoutMs
+        let websocket = req.websocket
+        let clientChannel = context.channel
         let bootstrap = ClientBootstrap(group: context.eventLoop)
             .connectTimeout(.milliseconds(shared.settings.connectTimeoutMs))
             .channelOption(.socketOption(.tcp_nodelay), value: 1)
             .channelInitializer { channel in
                 channel.eventLoop.makeCompletedFuture {
+                    if websocket {
+                        // Raw relay: the backend answers the handshake (101) and frames itself.
+                        try channel.pipeline.syncOperations.addHandler(TunnelHandler(peer: clientChannel))
+                        return
+                    }
                     // head ← RequestPartSink ← HTTP response decoder ← BackendHandler. The decoder
                     // must see the request head (to frame HEAD responses); the sink swallows it,
                     // and the raw uwsgi bytes are written from the sink's context, below both.
@@ -173,6 +227,10 @@ final class RouterHandler: ChannelInboundHandler, RemovableChannelHandler {
             switch result {
             case .success(let channel):
                 handler.backend = channel
+                if handler.request?.websocket == true {
+                    handler.startTunnel(ctx, to: channel, node: node)
+                    return
+                }
                 handler.backendWriter = try? channel.pipeline.syncOperations.handler(type: BackendHandler.self)
                 handler.sendRequest(ctx, to: channel, node: node)
             case .failure(let error):
@@ -194,8 +252,37 @@ final class RouterHandler: ChannelInboundHandler, RemovableChannelHandler {
         }
     }
 
-    private func sendRequest(_ context: ChannelHandlerContext, to channel: Channel, node: SubscriptionTable.Node) {
-        guard let req = request else { return }
+    /// WebSocket: send the request vars, then turn both connections into a byte tunnel (no keep-alive).
+    private func startTunnel(_ context: ChannelHandlerContext, to backend: Channel, node: SubscriptionTable.Node) {
+        guard let packet = requestPacket(context, node: node) else { return }
+        var buffer = backend.allocator.buffer(capacity: packet.count)
+        buffer.writeBytes(packet)
+        backend.writeAndFlush(buffer, promise: nil)
+        let store = shared.store
+        let host = request?.host ?? ""
+        shared.access.debug("websocket", metadata: ["host": "\(host)", "backend": "\(node.addressString)"])
+        request = nil
+        self.backend = nil
+        headerTimer?.cancel()
+        let pipeline = context.pipeline.syncOperations
+        do {
+            // Inbound bytes the HTTP decoder still holds go to the tunnel when it is removed, so the tunnel
+            // goes in first and the HTTP handlers come out after it.
+            for name in ["http-pipelining", "http-errors"] { _ = pipeline.removeHandler(name: name) }
+            try pipeline.addHandler(TunnelHandler(peer: backend, onClose: { store.release(node) }))
+            _ = pipeline.removeHandler(context: context)
+            _ = pipeline.removeHandler(name: "http-decoder")
+            _ = pipeline.removeHandler(name: "http-encoder")
+        } catch {
+            shared.logger.warning("could not switch the connection to a tunnel", metadata: ["error": "\(error)"])
+            backend.close(promise: nil)
+            context.close(promise: nil)
+        }
+    }
+
+    /// The uwsgi request packet for the current request (nil after answering 431 when it does not fit).
+    private func requestPacket(_ context: ChannelHandlerContext, node: SubscriptionTable.Node) -> [UInt8]? {
+        guard let req = request else { return nil }
         var headers: [(name: String, value: String)] = []
         var forwardedFor: String?
         for (name, value) in req.head.headers {
@@ -213,13 +300,24 @@ final class RouterHandler: ChannelInboundHandler, RemovableChannelHandler {
                                  serverPort: String(shared.https ? (shared.settings.https?.port ?? 443) : shared.settings.http.port), remoteAddress: remoteIP,
                                  remotePort: remote?.port ?? 0)
         uwsgi.https = shared.https
-        let bytes: [UInt8]
+        if shared.https, let tls = try? context.pipeline.syncOperations.handler(type: NIOSSLServerHandler.self),
+           let certificate = tls.peerCertificate {
+            // A verified client certificate (sni_ca): uWSGI's HTTPS_DN, and the certificate itself (PEM) as HTTPS_CC.
+            uwsgi.extraVars.append(("HTTPS_DN", CertificateStore.distinguishedName(certificate)))
+            if let pem = try? certificate.toDERBytes() {
+                uwsgi.extraVars.append(("HTTPS_CC", Self.pem(der: pem)))
+            }
+        }
         do {
-            bytes = try uwsgi.encodePacket(modifier1: node.modifier1 == 123 ? 0 : node.modifier1, modifier2: node.modifier2)
+            return try uwsgi.encodePacket(modifier1: node.modifier1 == 123 ? 0 : node.modifier1, modifier2: node.modifier2)
         } catch {
             respond(context, status: .requestHeaderFieldsTooLarge, message: "request headers too large for the uwsgi protocol (64 KiB)", close: true)
-            return
+            return nil
         }
+    }
+
+    private func sendRequest(_ context: ChannelHandlerContext, to channel: Channel, node: SubscriptionTable.Node) {
+        guard let req = request, let bytes = requestPacket(context, node: node) else { return }
         var buffer = channel.allocator.buffer(capacity: bytes.count)
         buffer.writeBytes(bytes)
         backendWriter?.begin(method: req.head.method)
