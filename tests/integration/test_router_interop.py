@@ -717,3 +717,77 @@ def test_websocket_tunnel_to_a_real_uwsgi_backend(main: Setup):
         assert request(port, path="/beside-ws").status == 200
     finally:
         s.close()
+
+
+def test_http11_backends_with_a_keep_alive_pool(tmp_path, legion_bin, uwsgi_py3, procs):
+    """A subscription address `http://HOST:PORT` is an HTTP/1.1 backend: requests (bodies included) go over
+    kept-alive connections from a pool; a real uWSGI --http11-socket vassal serves through it, and a stdlib
+    HTTP/1.1 server sees one connection reused for sequential requests."""
+    import http.server
+    import threading as th
+
+    r = Router(tmp_path, legion_bin, procs, "rh", extra="threads = 1\n")  # one event loop: one pool
+    r.wait_listening()
+    # 1. A real uWSGI HTTP/1.1 vassal, subscribing its http11 socket.
+    port = free_port()
+    app = tmp_path / "app11.py"
+    app.write_text(
+        "import json\n"
+        "def application(env, start_response):\n"
+        "    n = int(env.get('CONTENT_LENGTH') or 0)\n"
+        "    body = json.dumps({'path': env.get('PATH_INFO'), 'len': len(env['wsgi.input'].read(n)),\n"
+        "                       'xff': env.get('HTTP_X_FORWARDED_FOR'), 'host': env.get('HTTP_HOST')}).encode()\n"
+        "    start_response('200 OK', [('Content-Type', 'application/json'), ('Content-Length', str(len(body)))])\n"
+        "    return [body]\n")
+    procs.start([uwsgi_py3, "--plugin", "python3", "--master", "--processes", "1", "--http11-socket", f"{HOST}:{port}",
+                 "--wsgi-file", str(app), "--die-on-term",
+                 "--subscribe2", f"server={r.sub_server},key=h11.example.com,addr=http://{HOST}:{port}"],
+                log_path=tmp_path / "u11.log", cwd=tmp_path)
+    deadline = time.monotonic() + 10
+    while not r.subscribed("h11.example.com", f"http://{HOST}:{port}") and time.monotonic() < deadline:
+        time.sleep(0.1)
+    conn = http.client.HTTPConnection(HOST, r.http_port, timeout=5)
+    try:
+        for i in range(5):
+            got = request(r.http_port, method="POST" if i % 2 else "GET", path=f"/h{i}", host="h11.example.com",
+                          body=b"z" * (1000 * i) if i % 2 else None, conn=conn)
+            assert got.status == 200, got
+            assert got.info["path"] == f"/h{i}" and got.info["len"] == (1000 * i if i % 2 else 0), got.info
+            assert got.info["host"] == "h11.example.com" and got.info["xff"] == HOST, got.info
+    finally:
+        conn.close()
+
+    # 2. Connection reuse, seen from the backend.
+    seen: list[int] = []
+
+    class Handler(http.server.BaseHTTPRequestHandler):
+        protocol_version = "HTTP/1.1"
+
+        def do_GET(self):  # noqa: N802
+            seen.append(self.client_address[1])
+            body = b"pooled"
+            self.send_response(200)
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+        def log_message(self, *args):
+            pass
+
+    server = http.server.ThreadingHTTPServer((HOST, 0), Handler)
+    th.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        py_port = server.server_address[1]
+        procs.start([uwsgi_py3, "--plugin", "python3", "--master", "--processes", "1", "--socket", f"{HOST}:{free_port()}",
+                     "--wsgi-file", str(app), "--die-on-term",
+                     "--subscribe2", f"server={r.sub_server},key=pool.example.com,addr=http://{HOST}:{py_port}"],
+                    log_path=tmp_path / "sub-only.log", cwd=tmp_path)
+        deadline = time.monotonic() + 10
+        while not r.subscribed("pool.example.com", f"http://{HOST}:{py_port}") and time.monotonic() < deadline:
+            time.sleep(0.1)
+        for i in range(6):
+            got = request(r.http_port, path=f"/p{i}", host="pool.example.com")  # a new client connection each time
+            assert got.status == 200 and got.body == b"pooled", got
+        assert len(seen) == 6 and len(set(seen)) == 1, f"backend connections by source port: {seen} (expected one reused)"
+    finally:
+        server.shutdown()

@@ -162,6 +162,8 @@ final class RouterShared: Sendable {
     let lordBody: (@Sendable () -> String)?
     let https: Bool
     let certificates: CertificateStore?
+    /// Idle keep-alive connections to HTTP/1.1 backends.
+    let pool = BackendPool()
 
     init(settings: RouterSettings, store: SubscriptionStore, logger: Logger, lordBody: (@Sendable () -> String)? = nil, https: Bool = false,
          certificates: CertificateStore? = nil) {

@@ -5,6 +5,7 @@ import NIOPosix
 import NIOSSL
 import Foundation
 import Subscriptions
+import Synchronization
 import UwsgiWire
 
 /// One client connection: reads HTTP requests, routes each to a subscribed backend over the
@@ -54,6 +55,13 @@ final class RouterHandler: ChannelInboundHandler, RemovableChannelHandler {
     private var pendingBody: [ByteBuffer] = []
     private var backend: Channel?
     private var backendWriter: BackendHandler?
+    /// The current backend speaks HTTP/1.1 (subscription address `http://HOST:PORT`), kept alive in a pool.
+    private var backendIsHTTP = false
+    private var backendFromPool = false
+    private var backendKeepAlive = false
+    private var backendAddress = ""
+    /// The client's request body has ended (for HTTP backends, which need the end of the request).
+    private var requestBodyEnded = false
     private var headerTimer: Scheduled<Void>?
 
     init(shared: RouterShared, guardHandler: ConnectionGuard) {
@@ -104,6 +112,7 @@ final class RouterHandler: ChannelInboundHandler, RemovableChannelHandler {
             let host = head.headers.first(name: "host") ?? ""
             request = Request(head: head, host: host, startedNs: SystemClock.monotonicNanos())
             pendingBody = []
+            requestBodyEnded = false
             if let lordBody = shared.lordBody, head.method == .GET, head.uri == "/.legion/lord" {
                 respondJSON(context, lordBody())
                 return
@@ -136,6 +145,10 @@ final class RouterHandler: ChannelInboundHandler, RemovableChannelHandler {
                 pendingBody.append(buffer)
             }
         case .end:
+            requestBodyEnded = true
+            if backendIsHTTP, let backendWriter {
+                backendWriter.finishHTTP()
+            }
             if var req = request, req.bufferingBody {
                 req.bufferingBody = false
                 req.head.headers.remove(name: "transfer-encoding")
@@ -194,6 +207,25 @@ final class RouterHandler: ChannelInboundHandler, RemovableChannelHandler {
         let loopBound = NIOLoopBound(self, eventLoop: context.eventLoop)
         let idleTimeout = shared.settings.idleTimeoutMs
         let websocket = req.websocket
+        let nodeAddress = node.addressString
+        let http = nodeAddress.hasPrefix("http://") && !websocket
+        backendIsHTTP = http
+        backendFromPool = false
+        backendKeepAlive = false
+        if http {
+            var target = String(nodeAddress.dropFirst("http://".count))
+            if let slash = target.firstIndex(of: "/") { target = String(target[..<slash]) }
+            backendAddress = target
+            if let pooled = shared.pool.take(address: target, on: context.eventLoop),
+               let writer = try? pooled.pipeline.syncOperations.handler(type: BackendHandler.self) {
+                writer.attach(loopBound)
+                backend = pooled
+                backendWriter = writer
+                backendFromPool = true
+                sendHTTPRequest(context, node: node)
+                return
+            }
+        }
         let clientChannel = context.channel
         let bootstrap = ClientBootstrap(group: context.eventLoop)
             .connectTimeout(.milliseconds(shared.settings.connectTimeoutMs))
@@ -208,6 +240,13 @@ final class RouterHandler: ChannelInboundHandler, RemovableChannelHandler {
                     // head ← RequestPartSink ← HTTP response decoder ← BackendHandler. The decoder
                     // must see the request head (to frame HEAD responses); the sink swallows it,
                     // and the raw uwsgi bytes are written from the sink's context, below both.
+                    if http {
+                        try channel.pipeline.syncOperations.addHandler(IdleStateHandler(readTimeout: .milliseconds(idleTimeout)))
+                        try channel.pipeline.syncOperations.addHandler(HTTPRequestEncoder())
+                        try channel.pipeline.syncOperations.addHandler(ByteToMessageHandler(HTTPResponseDecoder(leftOverBytesStrategy: .dropBytes)))
+                        try channel.pipeline.syncOperations.addHandler(BackendHandler(router: loopBound, http: true))
+                        return
+                    }
                     let sink = RequestPartSink()
                     try channel.pipeline.syncOperations.addHandler(IdleStateHandler(readTimeout: .milliseconds(idleTimeout)))
                     try channel.pipeline.syncOperations.addHandler(sink)
@@ -217,7 +256,7 @@ final class RouterHandler: ChannelInboundHandler, RemovableChannelHandler {
                     backend.rawWriter = try channel.pipeline.syncOperations.context(handler: sink)
                 }
             }
-        let address = node.addressString
+        let address = http ? backendAddress : node.addressString
         connectBackend(bootstrap, address: address, on: context.eventLoop).whenComplete { result in
             let handler = loopBound.value
             guard let ctx = handler.context, handler.request != nil else {
@@ -232,7 +271,11 @@ final class RouterHandler: ChannelInboundHandler, RemovableChannelHandler {
                     return
                 }
                 handler.backendWriter = try? channel.pipeline.syncOperations.handler(type: BackendHandler.self)
-                handler.sendRequest(ctx, to: channel, node: node)
+                if http {
+                    handler.sendHTTPRequest(ctx, node: node)
+                } else {
+                    handler.sendRequest(ctx, to: channel, node: node)
+                }
             case .failure(let error):
                 handler.shared.store.release(node)
                 handler.shared.store.eject(node, nowMs: SystemClock.wallMillis())
@@ -325,10 +368,39 @@ final class RouterHandler: ChannelInboundHandler, RemovableChannelHandler {
         pendingBody = []
     }
 
+    /// HTTP/1.1 backend: the client's request with hop-by-hop headers dropped and X-Forwarded-* added.
+    private func sendHTTPRequest(_ context: ChannelHandlerContext, node: SubscriptionTable.Node) {
+        guard let req = request, let backendWriter else { return }
+        var headers = HTTPHeaders()
+        var forwardedFor: String?
+        let hopByHop: Set<String> = ["connection", "keep-alive", "proxy-connection", "te", "trailer", "upgrade", "transfer-encoding",
+                                     "x-forwarded-proto"]
+        var dropped = Set(req.head.headers[canonicalForm: "connection"].map { $0.lowercased() })
+        dropped.formUnion(hopByHop)
+        for (name, value) in req.head.headers {
+            let lower = name.lowercased()
+            if lower == "x-forwarded-for" { forwardedFor = value; continue }
+            if dropped.contains(lower) { continue }
+            headers.add(name: name, value: value)
+        }
+        let remoteIP = context.channel.remoteAddress?.ipAddress ?? "127.0.0.1"
+        headers.add(name: "X-Forwarded-For", value: forwardedFor.map { "\($0), \(remoteIP)" } ?? remoteIP)
+        headers.add(name: "X-Forwarded-Proto", value: shared.https ? "https" : "http")
+        if req.bufferedBytes == 0, !req.head.headers.contains(name: "content-length"),
+           [.POST, .PUT, .PATCH].contains(req.head.method) {
+            headers.add(name: "Content-Length", value: "0")
+        }
+        backendWriter.beginHTTP(HTTPRequestHead(version: .http1_1, method: req.head.method, uri: req.head.uri, headers: headers))
+        if !pendingBody.isEmpty { backendWriter.send(pendingBody) }
+        pendingBody = []
+        if requestBodyEnded { backendWriter.finishHTTP() }
+    }
+
     // MARK: events from the backend
 
     func backendHead(_ head: HTTPResponseHead) {
         guard let context, var req = request else { return }
+        backendKeepAlive = backendIsHTTP && head.isKeepAlive
         req.responseStarted = true
         request = req
         var headers = head.headers
@@ -355,7 +427,15 @@ final class RouterHandler: ChannelInboundHandler, RemovableChannelHandler {
     func backendEnd() {
         guard let context, let req = request else { return }
         let keepAlive = req.head.isKeepAlive && !req.closeAfterResponse
-        finishRequest(closeBackend: true)
+        if backendIsHTTP, backendKeepAlive, requestBodyEnded, let channel = backend, let writer = backendWriter {
+            // The exchange is complete on both sides: the connection goes back to the pool.
+            writer.detach()
+            let address = backendAddress
+            finishRequest(closeBackend: false)
+            shared.pool.put(channel, address: address)
+        } else {
+            finishRequest(closeBackend: true)
+        }
         armHeaderTimer(context)
         let done = context.writeAndFlush(wrapOutboundOut(.end(nil)))
         if !keepAlive {
@@ -376,7 +456,35 @@ final class RouterHandler: ChannelInboundHandler, RemovableChannelHandler {
     }
 
     func backendClosed(error: Error?) {
-        guard let context, let req = request else { return }
+        guard let context, var req = request else { return }
+        if !req.responseStarted, backendFromPool, req.bufferedBytes == 0 {
+            // A pooled keep-alive connection the backend had already closed: try a fresh one (not an ejection).
+            backend = nil
+            backendWriter = nil
+            backendFromPool = false
+            if let node = req.node { shared.store.release(node) }
+            req.node = nil
+            req.attempts = max(0, req.attempts - 1)
+            request = req
+            connect(context)
+            return
+        }
+        if !req.responseStarted, req.bufferedBytes == 0, [.GET, .HEAD, .OPTIONS].contains(req.head.method),
+           req.attempts < shared.settings.maxRetries, let node = req.node {
+            // Closed before answering (e.g. the backend died after accepting): like nginx's proxy_next_upstream
+            // for idempotent requests, eject the node and try another.
+            shared.store.release(node)
+            shared.store.eject(node, nowMs: SystemClock.wallMillis())
+            shared.logger.warning("backend closed without answering; trying another", metadata: ["key": "\(node.keyString)", "address": "\(node.addressString)"])
+            backend?.close(promise: nil)
+            backend = nil
+            backendWriter = nil
+            req.node = nil
+            req.excluded.insert(node.address)
+            request = req
+            connect(context)
+            return
+        }
         if !req.responseStarted {
             finishRequest(closeBackend: true)
             respond(context, status: .badGateway, message: "backend closed the connection without a valid response" + (error.map { " (\($0))" } ?? ""), close: false)
@@ -460,20 +568,56 @@ final class BackendHandler: ChannelInboundHandler {
         context.write(wrapOutboundOut(.end(nil)), promise: nil)
     }
 
-    let router: NIOLoopBound<RouterHandler>
+    /// The router handler this connection serves now (nil while it waits in the keep-alive pool).
+    private var router: NIOLoopBound<RouterHandler>?
+    /// HTTP/1.1 backend (request parts go through the encoder) rather than uwsgi (raw packet).
+    let http: Bool
     private var ended = false
     /// The HTTP decoder's context: writes from it skip the decoder.
     var rawWriter: ChannelHandlerContext?
 
     func send(_ buffers: [ByteBuffer]) {
+        if http {
+            guard let context else { return }
+            for buffer in buffers { context.write(wrapOutboundOut(.body(.byteBuffer(buffer))), promise: nil) }
+            context.flush()
+            return
+        }
         guard let rawWriter else { return }
         for buffer in buffers { rawWriter.write(NIOAny(buffer), promise: nil) }
         rawWriter.flush()
     }
 
-    init(router: NIOLoopBound<RouterHandler>) { self.router = router }
+    /// HTTP backends: the request head (the response decoder learns the method from it).
+    func beginHTTP(_ head: HTTPRequestHead) {
+        ended = false
+        context?.write(wrapOutboundOut(.head(head)), promise: nil)
+    }
+
+    func finishHTTP() {
+        context?.writeAndFlush(wrapOutboundOut(.end(nil)), promise: nil)
+    }
+
+    /// Back in the pool: events no longer reach a router handler.
+    func detach() { router = nil }
+
+    /// Taken from the pool for a new request.
+    func attach(_ router: NIOLoopBound<RouterHandler>) {
+        self.router = router
+        ended = false
+    }
+
+    init(router: NIOLoopBound<RouterHandler>, http: Bool = false) {
+        self.router = router
+        self.http = http
+    }
 
     func channelRead(context: ChannelHandlerContext, data: NIOAny) {
+        guard let router else {
+            // Bytes on an idle pooled connection: the backend broke the protocol; drop the connection.
+            context.close(promise: nil)
+            return
+        }
         switch unwrapInboundIn(data) {
         case .head(let head):
             if head.status.code < 200 { return }  // 1xx: ignore (100-continue)
@@ -486,21 +630,27 @@ final class BackendHandler: ChannelInboundHandler {
     }
 
     func channelInactive(context: ChannelHandlerContext) {
-        if !ended { router.value.backendClosed(error: nil) }
+        if !ended { router?.value.backendClosed(error: nil) }
         context.fireChannelInactive()
     }
 
     func channelWritabilityChanged(context: ChannelHandlerContext) {
-        router.value.backendWritabilityChanged(context.channel.isWritable)
+        router?.value.backendWritabilityChanged(context.channel.isWritable)
         context.fireChannelWritabilityChanged()
     }
 
     func userInboundEventTriggered(context: ChannelHandlerContext, event: Any) {
-        if let idle = event as? IdleStateHandler.IdleStateEvent, idle == .read, !ended {
-            ended = true
-            router.value.backendTimedOut()
-            context.close(promise: nil)
-            return
+        if let idle = event as? IdleStateHandler.IdleStateEvent, idle == .read {
+            if router == nil {
+                context.close(promise: nil)  // idle in the pool for idleTimeoutMs
+                return
+            }
+            if !ended {
+                ended = true
+                router?.value.backendTimedOut()
+                context.close(promise: nil)
+                return
+            }
         }
         context.fireUserInboundEventTriggered(event)
     }
@@ -508,9 +658,42 @@ final class BackendHandler: ChannelInboundHandler {
     func errorCaught(context: ChannelHandlerContext, error: Error) {
         if !ended {
             ended = true
-            router.value.backendClosed(error: error)
+            router?.value.backendClosed(error: error)
         }
         context.close(promise: nil)
+    }
+}
+
+/// Idle HTTP/1.1 backend connections, per event loop and address (a connection is only reused on its own loop).
+final class BackendPool: Sendable {
+    private let idle = Mutex<[String: [Channel]]>([:])
+    let maxIdlePerAddress: Int
+
+    init(maxIdlePerAddress: Int = 64) { self.maxIdlePerAddress = maxIdlePerAddress }
+
+    private static func key(_ address: String, _ loop: EventLoop) -> String { "\(ObjectIdentifier(loop).hashValue)|\(address)" }
+
+    func take(address: String, on loop: EventLoop) -> Channel? {
+        idle.withLock { table in
+            let key = Self.key(address, loop)
+            while var list = table[key], let channel = list.popLast() {
+                table[key] = list
+                if channel.isActive { return channel }
+            }
+            return nil
+        }
+    }
+
+    func put(_ channel: Channel, address: String) {
+        let kept = idle.withLock { table -> Bool in
+            let key = Self.key(address, channel.eventLoop)
+            var list = (table[key] ?? []).filter(\.isActive)
+            guard list.count < maxIdlePerAddress else { return false }
+            list.append(channel)
+            table[key] = list
+            return true
+        }
+        if !kept { channel.close(promise: nil) }
     }
 }
 
