@@ -14,7 +14,8 @@ struct LegionCommand: AsyncParsableCommand {
         Run one node of a real cluster:
           legion node --config /etc/legion/node.toml
         """,
-        subcommands: [NodeCommand.self, ClusterCommand.self, StoreCommand.self, AdminCommand.self, ConfigCommand.self, SimulateCommand.self,
+        subcommands: [NodeCommand.self, ClusterCommand.self, StoreCommand.self, AdminCommand.self, DrillCommand.self, ConfigCommand.self, SimulateCommand.self,
+                      DrillProbeCommand.self,
                       VIPFenceCommand.self]
     )
 }

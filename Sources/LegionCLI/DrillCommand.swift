@@ -1,0 +1,422 @@
+import ArgumentParser
+import Foundation
+import Node
+import Store
+#if canImport(Glibc)
+import Glibc
+#endif
+
+/// `legion drill SCENARIO`: a failover drill in the network-namespace lab, measured the way users feel it.
+struct DrillCommand: ParsableCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "drill",
+        abstract: "Run a failover drill in the namespace lab and report what clients saw (needs root).",
+        discussion: """
+        Brings up scripts/netlab with one namespace per node config, starts every node inside its namespace,
+        waits for a Lord on the VIP, then a client in the client namespace asks the VIP every 10 ms, writes an
+        idempotent row to the store every 50 ms and probes ARP for the VIP, while the drill injects the fault:
+
+          lord-kill          SIGKILL of the Lord (restarted after --fault-seconds)
+          lord-pause         SIGSTOP of the Lord for --fault-seconds, then SIGCONT (uWSGI shows two Lords here)
+          partition-lord     the Lord (with a minority) cut off from the others
+          one-way            the Lord can send but receives nothing (uWSGI has no Lord at all here)
+          node-restart       SIGTERM of a non-Lord node, restarted after --fault-seconds
+          store-leader-kill  SIGKILL of the node whose dqlite node leads the store
+          lossy-network      20 % packet loss on every server for --fault-seconds
+
+        Reported: client gap, failed requests, time to detect, to a new Lord, VIP move time, the most VIP holders
+        at once (sampled in every namespace, from ARP answers, and from the audit logs), acknowledged writes lost.
+        Output: a summary, --json, and --timeline FILE.html (a self-contained picture of the drill).
+        """
+    )
+
+    static let scenarios = ["lord-kill", "lord-pause", "partition-lord", "one-way", "node-restart", "store-leader-kill", "lossy-network"]
+
+    @Argument(help: "One of: \(scenarios.joined(separator: ", ")).")
+    var scenario: String
+
+    @Option(help: "Folder of node configs for the lab (default: cluster-configs/lab-3).")
+    var configDir: String?
+
+    @Option(help: "How long the fault lasts, seconds.")
+    var faultSeconds: Double = 3
+
+    @Option(help: "How long to keep observing after the fault is healed, seconds.")
+    var observeSeconds: Double = 4
+
+    @Flag(help: "Print the figures as JSON: {\"scenario\", \"gap_ms\", \"new_lord_ms\", \"failed_requests\", \"max_vip_holders\", \"lost_writes\", …}.")
+    var json = false
+
+    @Option(help: "Write a timeline picture (self-contained HTML with SVG) to this file.")
+    var timeline: String?
+
+    @Option(help: "Keep the nodes' data, logs and the probe's raw samples here (default: a temporary directory, removed).")
+    var workDir: String?
+
+    func validate() throws {
+        guard Self.scenarios.contains(scenario) else {
+            throw ValidationError("unknown scenario '\(scenario)'; use one of \(Self.scenarios.joined(separator: ", "))")
+        }
+        guard faultSeconds > 0, faultSeconds <= 120, observeSeconds >= 1, observeSeconds <= 120 else {
+            throw ValidationError("--fault-seconds must be in (0, 120] and --observe-seconds in [1, 120]")
+        }
+    }
+
+    func run() throws {
+        guard getuid() == 0 else {
+            throw UserFacingError("legion drill needs root to build the namespace lab (or run it inside `scripts/netlab sandbox`)")
+        }
+        let lab = try DrillLab(configDir: configDir, workDir: workDir)
+        defer { lab.teardown(keepWork: workDir != nil) }
+        let report = try lab.run(scenario: scenario, faultSeconds: faultSeconds, observeSeconds: observeSeconds, log: { line in
+            if !json { print(line) }
+        })
+        if let timeline {
+            do {
+                try report.timelineHTML.write(toFile: timeline, atomically: true, encoding: .utf8)
+            } catch {
+                throw UserFacingError("cannot write the timeline to \(timeline): \(error.localizedDescription)")
+            }
+        }
+        if json {
+            print(report.json.serialized)
+        } else {
+            print(report.summary)
+            if let timeline { print("timeline: \(timeline)") }
+        }
+    }
+}
+
+/// The lab around one drill: namespaces, nodes, the client probe, samplers.
+final class DrillLab {
+    let configs: [(name: String, path: String, config: NodeConfig)]
+    let netlab: String
+    let work: String
+    let binary: String
+    let vip: String
+    let vipPort: Int
+    var nodes: [String: Process] = [:]
+    var probe: Process?
+
+    init(configDir: String?, workDir: String?) throws {
+        let executable = (try? FileManager.default.destinationOfSymbolicLink(atPath: "/proc/self/exe")) ?? CommandLine.arguments[0]
+        binary = executable
+        let dir = try LocalCluster.findConfigDir(configDir ?? "cluster-configs/lab-3", executable: executable)
+        let files = try FileManager.default.contentsOfDirectory(atPath: dir).filter { $0.hasSuffix(".toml") }.sorted()
+        var configs: [(String, String, NodeConfig)] = []
+        for file in files {
+            do {
+                let config = try NodeConfig.load(path: "\(dir)/\(file)")
+                configs.append((config.name, "\(dir)/\(file)", config))
+            } catch {
+                throw UserFacingError("\(dir)/\(file): \(error)")
+            }
+        }
+        guard (2...9).contains(configs.count), configs.allSatisfy({ $0.0.hasPrefix("n") }) else {
+            throw UserFacingError("\(dir) must hold 2-9 lab node configs named n1 … nN (see cluster-configs/lab-3)")
+        }
+        self.configs = configs
+        guard let vipConfig = configs.first(where: { $0.2.vip.driver == .iproute2 })?.2.vip else {
+            throw UserFacingError("no node in \(dir) has [vip] driver = \"iproute2\"; drills need the real VIP")
+        }
+        vip = vipConfig.address
+        vipPort = vipConfig.httpPort
+        let repo = URL(fileURLWithPath: dir).deletingLastPathComponent().deletingLastPathComponent().path
+        netlab = "\(repo)/scripts/netlab"
+        guard FileManager.default.isExecutableFile(atPath: netlab) else { throw UserFacingError("\(netlab) is missing") }
+        if let workDir {
+            work = workDir
+        } else {
+            work = NSTemporaryDirectory() + "legion-drill-\(getpid())"
+        }
+        try? FileManager.default.removeItem(atPath: work + "/probe.jsonl")
+        try? FileManager.default.removeItem(atPath: work + "/acked.txt")
+        try FileManager.default.createDirectory(atPath: work, withIntermediateDirectories: true)
+    }
+
+    // MARK: processes
+
+    @discardableResult
+    func sh(_ args: [String], timeout: Double = 20) -> (status: Int32, out: String) {
+        let p = Process()
+        p.executableURL = URL(fileURLWithPath: "/usr/bin/env")
+        p.arguments = args
+        let pipe = Pipe()
+        p.standardOutput = pipe
+        p.standardError = pipe
+        do { try p.run() } catch { return (127, "\(error)") }
+        let deadline = Date().addingTimeInterval(timeout)
+        while p.isRunning, Date() < deadline { usleep(5000) }
+        if p.isRunning { p.terminate() }
+        let data = pipe.fileHandleForReading.readDataToEndOfFile()
+        p.waitUntilExit()
+        return (p.terminationStatus, String(decoding: data, as: UTF8.self))
+    }
+
+    func startNode(_ name: String) throws {
+        guard let entry = configs.first(where: { $0.name == name }) else { return }
+        let dir = "\(work)/\(name)"
+        try FileManager.default.createDirectory(atPath: dir, withIntermediateDirectories: true)
+        let p = Process()
+        p.executableURL = URL(fileURLWithPath: "/usr/bin/env")
+        p.arguments = ["ip", "netns", "exec", "lg-\(name)", binary, "node", "--config", entry.path, "--data-dir", dir]
+        FileManager.default.createFile(atPath: dir + "/node.log", contents: nil)
+        let log = FileHandle(forWritingAtPath: dir + "/node.log")
+        log?.seekToEndOfFile()
+        p.standardOutput = log
+        p.standardError = log
+        p.standardInput = FileHandle.nullDevice
+        try p.run()
+        nodes[name] = p
+    }
+
+    /// The legion process's pid (`env` execs `ip`, which execs legion: the same pid).
+    func pid(_ name: String) -> Int32? { nodes[name].map { $0.processIdentifier } }
+
+    func stopNode(_ name: String, signal sig: Int32) {
+        guard let p = nodes[name] else { return }
+        kill(p.processIdentifier, SIGCONT)
+        kill(p.processIdentifier, sig)
+        let deadline = Date().addingTimeInterval(5)
+        while p.isRunning, Date() < deadline { usleep(10_000) }
+        if p.isRunning { kill(p.processIdentifier, SIGKILL); p.waitUntilExit() }
+        nodes[name] = nil
+    }
+
+    var storeAddresses: String { configs.compactMap { $0.config.store?.bind.description }.joined(separator: ",") }
+
+    func teardown(keepWork: Bool) {
+        if let probe, probe.isRunning { probe.terminate() }
+        for name in nodes.keys { stopNode(name, signal: SIGTERM) }
+        sh([netlab, "down"])
+        if !keepWork { try? FileManager.default.removeItem(atPath: work) }
+    }
+
+    // MARK: the drill
+
+    func run(scenario: String, faultSeconds: Double, observeSeconds: Double, log: (String) -> Void) throws -> DrillReport {
+        sh([netlab, "down"])
+        let up = sh([netlab, "up", String(configs.count)])
+        guard up.status == 0 else { throw UserFacingError("scripts/netlab up failed: \(up.out)") }
+        log("lab: \(configs.count) servers, VIP \(vip):\(vipPort); work dir \(work)")
+        for entry in configs { try startNode(entry.name) }
+        let sampler = VIPSampler(nodes: configs.map(\.name), vip: vip)
+        sampler.start()
+        defer { sampler.stop() }
+
+        // The client: VIP every 10 ms, a store write every 50 ms, ARP every second.
+        let probeOut = "\(work)/probe.jsonl", acked = "\(work)/acked.txt", stopFile = "\(work)/stop-probe"
+        try? FileManager.default.removeItem(atPath: stopFile)
+        let p = Process()
+        p.executableURL = URL(fileURLWithPath: "/usr/bin/env")
+        p.arguments = ["ip", "netns", "exec", "lg-c", binary, "drill-probe", "--vip", "\(vip):\(vipPort)", "--store", storeAddresses,
+                       "--out", probeOut, "--acked-file", acked, "--stop-file", stopFile]
+        let probeLog = FileHandle(forWritingAtPath: { FileManager.default.createFile(atPath: "\(work)/probe.log", contents: nil); return "\(work)/probe.log" }())
+        p.standardOutput = probeLog
+        p.standardError = probeLog
+        try p.run()
+        probe = p
+
+        // Ready: a Lord answers on the VIP and writes are acknowledged.
+        let readyDeadline = Date().addingTimeInterval(45)
+        var lord: String?
+        while Date() < readyDeadline {
+            let samples = DrillProbeFile.read(probeOut)
+            lord = samples.probes.last(where: \.ok)?.servedBy
+            let writes = (try? String(contentsOfFile: acked, encoding: .utf8))?.split(separator: "\n").count ?? 0
+            if lord != nil, writes >= 3 { break }
+            usleep(100_000)
+        }
+        guard let oldLord = lord else {
+            throw UserFacingError("no Lord answered on \(vip):\(vipPort) within 45 s; node logs are in \(work)/n*/node.log")
+        }
+        log("ready: \(oldLord) is Lord; injecting \(scenario) in 2 s")
+        Thread.sleep(forTimeInterval: 2)
+
+        var target: String? = oldLord
+        var stoppedMs: Int64?
+        let others = configs.map(\.name).filter { $0 != oldLord }
+        let faultStart = Self.nowMs()
+        switch scenario {
+        case "lord-kill":
+            if let pid = pid(oldLord) { kill(pid, SIGKILL); stoppedMs = Self.nowMs() }
+            nodes[oldLord]?.waitUntilExit()
+            nodes[oldLord] = nil
+            Thread.sleep(forTimeInterval: faultSeconds)
+        case "lord-pause":
+            if let pid = pid(oldLord) { kill(pid, SIGSTOP); stoppedMs = Self.nowMs() }
+            Thread.sleep(forTimeInterval: faultSeconds)
+        case "partition-lord":
+            // The Lord keeps a minority: in a 5-node lab one other node stays with it.
+            let minority = [oldLord] + others.prefix(max(0, (configs.count - 1) / 2 - 1))
+            let majority = configs.map(\.name).filter { !minority.contains($0) }
+            sh([netlab, "partition", minority.joined(separator: ","), majority.joined(separator: ",")])
+            Thread.sleep(forTimeInterval: faultSeconds)
+        case "one-way":
+            sh([netlab, "one-way", oldLord])
+            Thread.sleep(forTimeInterval: faultSeconds)
+        case "node-restart":
+            target = others.first
+            if let t = target { stopNode(t, signal: SIGTERM) }
+            Thread.sleep(forTimeInterval: faultSeconds)
+        case "store-leader-kill":
+            let status = sh(["ip", "netns", "exec", "lg-c", binary, "store", "status", "--json", "--store", storeAddresses])
+            let leaderAddress = (try? JSONSerialization.jsonObject(with: Data(status.out.utf8)) as? [String: Any])
+                .flatMap { ($0["leader"] as? [String: Any])?["address"] as? String }
+            target = configs.first(where: { $0.config.store?.bind.description == leaderAddress })?.name
+            if let t = target, let pid = pid(t) {
+                kill(pid, SIGKILL)
+                stoppedMs = Self.nowMs()
+                nodes[t]?.waitUntilExit()
+                nodes[t] = nil
+            }
+            Thread.sleep(forTimeInterval: faultSeconds)
+        case "lossy-network":
+            target = nil
+            for name in configs.map(\.name) { sh([netlab, "loss", name, "20"]) }
+            Thread.sleep(forTimeInterval: faultSeconds)
+        default:
+            throw UserFacingError("unknown scenario \(scenario)")
+        }
+        // Heal.
+        let faultEnd = Self.nowMs()
+        switch scenario {
+        case "lord-kill": try startNode(oldLord)
+        case "lord-pause": if let pid = pid(oldLord) { kill(pid, SIGCONT) }
+        case "partition-lord", "one-way", "lossy-network": sh([netlab, "heal"])
+        case "node-restart", "store-leader-kill": if let t = target { try startNode(t) }
+        default: break
+        }
+        log("fault healed after \(faultEnd - faultStart) ms; observing \(Int(observeSeconds)) s")
+        Thread.sleep(forTimeInterval: observeSeconds)
+        let end = Self.nowMs()
+        FileManager.default.createFile(atPath: stopFile, contents: nil)
+        let stopDeadline = Date().addingTimeInterval(15)
+        while p.isRunning, Date() < stopDeadline { usleep(20_000) }
+        if p.isRunning { p.terminate() }
+        sampler.stop()
+
+        // Every acknowledged write must be in the store exactly once.
+        var observations = DrillObservations(scenario: scenario, nodes: configs.map(\.name), oldLord: oldLord, target: target,
+                                             faultStartMs: faultStart, faultEndMs: faultEnd, endMs: end)
+        observations.targetStoppedMs = stoppedMs
+        let samples = DrillProbeFile.read(probeOut)
+        observations.probes = samples.probes
+        observations.arp = samples.arp
+        observations.holders = sampler.samples
+        var verified = false
+        for _ in 0..<20 where !verified {
+            let v = sh(["ip", "netns", "exec", "lg-c", binary, "store", "verify", "--store", storeAddresses, "--acked-file", acked,
+                        "--table", "drill_writes"], timeout: 30)
+            if let object = v.out.split(separator: "\n").last.flatMap({ try? JSONSerialization.jsonObject(with: Data($0.utf8)) as? [String: Any] }),
+               let ack = object["acknowledged"] as? Int {
+                observations.acknowledgedWrites = ack
+                observations.lostWrites = object["lost"] as? Int ?? 0
+                observations.duplicatedWrites = object["duplicated"] as? Int ?? 0
+                verified = true
+            } else {
+                Thread.sleep(forTimeInterval: 0.5)
+            }
+        }
+        if !verified { log("warning: the store could not be read to check the writes") }
+        for entry in configs {
+            observations.audit += DrillProbeFile.audit("\(work)/\(entry.name)/audit.jsonl")
+        }
+        return DrillReport(observations)
+    }
+
+    static func nowMs() -> Int64 { Int64(SystemClock.wallMillis()) }
+}
+
+/// Samples, every 10 ms, which server namespaces carry the VIP (setns on a dedicated thread + getifaddrs).
+final class VIPSampler: @unchecked Sendable {
+    // @unchecked: `samples` and `running` are only touched under `lock`.
+    private let lock = NSLock()
+    private var _samples: [DrillObservations.HolderSample] = []
+    private var running = false
+    private var thread: Thread?
+    let nodes: [String]
+    let vip: String
+
+    init(nodes: [String], vip: String) {
+        self.nodes = nodes
+        self.vip = vip
+    }
+
+    var samples: [DrillObservations.HolderSample] { lock.withLock { _samples } }
+
+    func start() {
+        lock.withLock { running = true }
+        let t = Thread { [self] in loop() }
+        t.start()
+        thread = t
+    }
+
+    func stop() { lock.withLock { running = false } }
+
+    /// glibc's setns(2), looked up at run time (Swift's Glibc module hides the _GNU_SOURCE declarations).
+    static let setns: (@convention(c) (Int32, Int32) -> Int32)? = {
+        guard let symbol = dlsym(nil /* RTLD_DEFAULT */, "setns") else { return nil }
+        return unsafeBitCast(symbol, to: (@convention(c) (Int32, Int32) -> Int32).self)
+    }()
+
+    private func loop() {
+        var fds: [(String, Int32)] = []
+        for node in nodes {
+            let fd = open("/run/netns/lg-\(node)", O_RDONLY)
+            if fd >= 0 { fds.append((node, fd)) }
+        }
+        defer { for (_, fd) in fds { close(fd) } }
+        var target = in_addr()
+        inet_pton(AF_INET, vip, &target)
+        while lock.withLock({ running }) {
+            var holders: [String] = []
+            for (node, fd) in fds {
+                guard let setns = Self.setns, setns(fd, 0x4000_0000 /* CLONE_NEWNET */) == 0 else { continue }
+                var list: UnsafeMutablePointer<ifaddrs>?
+                guard getifaddrs(&list) == 0 else { continue }
+                var cursor = list
+                while let entry = cursor {
+                    if let addr = entry.pointee.ifa_addr, addr.pointee.sa_family == sa_family_t(AF_INET) {
+                        let sin = UnsafeRawPointer(addr).assumingMemoryBound(to: sockaddr_in.self).pointee
+                        if sin.sin_addr.s_addr == target.s_addr { holders.append(node); break }
+                    }
+                    cursor = entry.pointee.ifa_next
+                }
+                freeifaddrs(list)
+            }
+            let sample = DrillObservations.HolderSample(tMs: DrillLab.nowMs(), holders: holders)
+            lock.withLock { _samples.append(sample) }
+            usleep(10_000)
+        }
+    }
+}
+
+/// Reading the probe's JSON lines and the nodes' audit logs.
+enum DrillProbeFile {
+    static func lines(_ path: String) -> [[String: Any]] {
+        guard let text = try? String(contentsOfFile: path, encoding: .utf8) else { return [] }
+        return text.split(separator: "\n").compactMap { try? JSONSerialization.jsonObject(with: Data($0.utf8)) as? [String: Any] }
+    }
+
+    static func read(_ path: String) -> (probes: [DrillObservations.Probe], arp: [DrillObservations.ARPRun]) {
+        var probes: [DrillObservations.Probe] = []
+        var arp: [DrillObservations.ARPRun] = []
+        for line in lines(path) {
+            guard let t = (line["t"] as? NSNumber)?.int64Value else { continue }
+            if let macs = line["arp_macs"] as? Int {
+                arp.append(.init(tMs: t, macs: macs))
+            } else if let ok = line["ok"] as? Bool {
+                probes.append(.init(tMs: t, ok: ok, servedBy: line["by"] as? String))
+            }
+        }
+        return (probes, arp)
+    }
+
+    static func audit(_ path: String) -> [DrillObservations.AuditEvent] {
+        lines(path).compactMap { line in
+            guard let t = (line["time_ms"] as? NSNumber)?.int64Value, let node = line["node"] as? String, let event = line["event"] as? String else { return nil }
+            return .init(tMs: t, node: node, event: event, leaseMs: (line["lease_ms"] as? NSNumber)?.int64Value, member: line["member"] as? String)
+        }
+    }
+}
