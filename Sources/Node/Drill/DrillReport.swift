@@ -95,7 +95,7 @@ public struct DrillReport: Sendable {
     public var vipMoveMs: Int64?
     /// Most servers seen carrying the VIP at one instant (sampled every few ms in their namespaces).
     public var maxVIPHolders: Int
-    /// Most Lords at once according to the audit logs (a stopped node's lordship ends when its lease would).
+    /// Most running Lords at once according to the audit logs.
     public var maxAuditLords: Int
     /// Most MAC addresses answering ARP for the VIP in one run, seen from the client namespace.
     public var maxARPHolders: Int
@@ -133,18 +133,19 @@ public struct DrillReport: Sendable {
         maxAuditLords = DrillReport.maxConcurrentLords(o)
     }
 
-    /// Lordship intervals from the audit logs: `lord` … `unlord`/`stopped`; a node stopped by the drill (kill or
-    /// pause) cannot renew its lease, so its lordship ends at most `lease_ms` after it stopped.
+    /// Lordship intervals from the audit logs: `lord` … `unlord`/`stopped`/`started`, for nodes that were running.
     static func maxConcurrentLords(_ o: DrillObservations) -> Int {
         var intervals: [(start: Int64, end: Int64)] = []
         for node in o.nodes {
             var start: Int64?
-            var lease: Int64 = 0
             func close(_ at: Int64) {
                 guard let s = start else { return }
                 var e = at
+                // A node the drill froze or killed claims nothing while it is stopped (its VIP, removed by the fence at
+                // the lease deadline, is followed by the samples and ARP). Its few milliseconds after SIGCONT, before
+                // it reads its clock and resigns, are not counted either.
                 if node == o.target, let stopped = o.targetStoppedMs, s <= stopped, stopped < e {
-                    e = min(e, stopped + lease)
+                    e = stopped
                 }
                 intervals.append((s, e))
                 start = nil
@@ -153,7 +154,6 @@ public struct DrillReport: Sendable {
                 switch e.event {
                 case "lord":
                     if start == nil { start = e.tMs }
-                    lease = max(lease, e.leaseMs ?? 0)
                 case "unlord", "stopped", "started":
                     close(e.tMs)
                 default: break
