@@ -53,9 +53,16 @@ struct DrillCommand: ParsableCommand {
     @Option(help: "Keep the nodes' data, logs and the probe's raw samples here (default: a temporary directory, removed).")
     var workDir: String?
 
+    @Option(help: "Drill a peer instead of legion, same lab and measurements: keepalived (a VRRP pair with Debian's default timers; lord-kill and lord-pause only).")
+    var peer: String?
+
     func validate() throws {
         guard Self.scenarios.contains(scenario) else {
             throw ValidationError("unknown scenario '\(scenario)'; use one of \(Self.scenarios.joined(separator: ", "))")
+        }
+        if let peer {
+            guard peer == "keepalived" else { throw ValidationError("--peer supports keepalived") }
+            guard ["lord-kill", "lord-pause"].contains(scenario) else { throw ValidationError("--peer keepalived runs lord-kill and lord-pause") }
         }
         guard faultSeconds > 0, faultSeconds <= 120, observeSeconds >= 1, observeSeconds <= 120 else {
             throw ValidationError("--fault-seconds must be in (0, 120] and --observe-seconds in [1, 120]")
@@ -66,7 +73,7 @@ struct DrillCommand: ParsableCommand {
         guard getuid() == 0 else {
             throw UserFacingError("legion drill needs root to build the namespace lab (or run it inside `scripts/netlab sandbox`)")
         }
-        let lab = try DrillLab(configDir: configDir, workDir: workDir)
+        let lab = try DrillLab(configDir: configDir, workDir: workDir, peer: peer)
         defer { lab.teardown(keepWork: workDir != nil) }
         let report = try lab.run(scenario: scenario, faultSeconds: faultSeconds, observeSeconds: observeSeconds, log: { line in
             if !json { print(line) }
@@ -97,8 +104,13 @@ final class DrillLab {
     let vipPort: Int
     var nodes: [String: Process] = [:]
     var probe: Process?
+    /// keepalived instead of legion (the side-by-side comparison); nil = legion.
+    let peer: String?
+    /// Helper processes of a peer (the web servers answering on the VIP).
+    var extras: [Process] = []
 
-    init(configDir: String?, workDir: String?) throws {
+    init(configDir: String?, workDir: String?, peer: String? = nil) throws {
+        self.peer = peer
         let executable = (try? FileManager.default.destinationOfSymbolicLink(atPath: "/proc/self/exe")) ?? CommandLine.arguments[0]
         binary = executable
         let dir = try LocalCluster.findConfigDir(configDir ?? "cluster-configs/lab-3", executable: executable)
@@ -112,6 +124,7 @@ final class DrillLab {
                 throw UserFacingError("\(dir)/\(file): \(error)")
             }
         }
+        if peer != nil { configs = Array(configs.prefix(2)) }  // a VRRP pair
         guard (2...9).contains(configs.count), configs.allSatisfy({ $0.0.hasPrefix("n") }) else {
             throw UserFacingError("\(dir) must hold 2-9 lab node configs named n1 … nN (see cluster-configs/lab-3)")
         }
@@ -157,6 +170,10 @@ final class DrillLab {
         guard let entry = configs.first(where: { $0.name == name }) else { return }
         let dir = "\(work)/\(name)"
         try FileManager.default.createDirectory(atPath: dir, withIntermediateDirectories: true)
+        if peer == "keepalived" {
+            try startKeepalived(name, index: configs.firstIndex(where: { $0.name == name }) ?? 0, dir: dir)
+            return
+        }
         let p = Process()
         p.executableURL = URL(fileURLWithPath: "/usr/bin/env")
         p.arguments = ["ip", "netns", "exec", "lg-\(name)", binary, "node", "--config", entry.path, "--data-dir", dir]
@@ -170,8 +187,56 @@ final class DrillLab {
         nodes[name] = p
     }
 
-    /// The legion process's pid (`env` execs `ip`, which execs legion: the same pid).
-    func pid(_ name: String) -> Int32? { nodes[name].map { $0.processIdentifier } }
+    /// keepalived with Debian's defaults (advert_int 1 s, preemption on), n1 MASTER, and a web server that
+    /// answers on the VIP with its name (what the client probe asks for).
+    func startKeepalived(_ name: String, index: Int, dir: String) throws {
+        let conf = """
+        global_defs {
+          router_id \(name)
+        }
+        vrrp_instance legion_drill {
+          state \(index == 0 ? "MASTER" : "BACKUP")
+          interface eth0
+          virtual_router_id 51
+          priority \(index == 0 ? 150 : 100)
+          advert_int 1
+          virtual_ipaddress {
+            \(vip)/24 dev eth0
+          }
+        }
+        """
+        try conf.write(toFile: dir + "/keepalived.conf", atomically: true, encoding: .utf8)
+        if !extras.contains(where: { $0.arguments?.contains("lg-\(name)") == true }) {
+            let web = Process()
+            web.executableURL = URL(fileURLWithPath: "/usr/bin/env")
+            let server = "import http.server,json\nclass H(http.server.BaseHTTPRequestHandler):\n def do_GET(s):\n  b=json.dumps({'answered_by':'\(name)'}).encode();s.send_response(200);s.send_header('Content-Length',str(len(b)));s.end_headers();s.wfile.write(b)\n def log_message(s,*a):pass\nhttp.server.ThreadingHTTPServer(('0.0.0.0',\(vipPort)),H).serve_forever()"
+            web.arguments = ["ip", "netns", "exec", "lg-\(name)", "python3", "-c", server]
+            web.standardOutput = FileHandle.nullDevice
+            web.standardError = FileHandle.nullDevice
+            try web.run()
+            extras.append(web)
+        }
+        let p = Process()
+        p.executableURL = URL(fileURLWithPath: "/usr/bin/env")
+        p.arguments = ["ip", "netns", "exec", "lg-\(name)", "keepalived", "--dont-fork", "--log-console", "--vrrp", "--use-file", dir + "/keepalived.conf",
+                       "--pid", dir + "/keepalived.pid", "--vrrp_pid", dir + "/vrrp.pid", "--checkers_pid", dir + "/checkers.pid"]
+        FileManager.default.createFile(atPath: dir + "/node.log", contents: nil)
+        let log = FileHandle(forWritingAtPath: dir + "/node.log")
+        p.standardOutput = log
+        p.standardError = log
+        try p.run()
+        nodes[name] = p
+    }
+
+    /// The legion process's pid (`env` execs `ip`, which execs legion: the same pid). For keepalived, the VRRP
+    /// child (the process that advertises and holds the VIP; its parent restarts it when it dies).
+    func pid(_ name: String) -> Int32? {
+        if peer != nil {
+            let text = (try? String(contentsOfFile: "\(work)/\(name)/vrrp.pid", encoding: .utf8)) ?? ""
+            return Int32(text.trimmingCharacters(in: .whitespacesAndNewlines))
+        }
+        return nodes[name].map { $0.processIdentifier }
+    }
 
     func stopNode(_ name: String, signal sig: Int32) {
         guard let p = nodes[name] else { return }
@@ -183,10 +248,13 @@ final class DrillLab {
         nodes[name] = nil
     }
 
-    var storeAddresses: String { configs.compactMap { $0.config.store?.bind.description }.joined(separator: ",") }
+    var storeAddresses: String {
+        peer != nil ? "" : configs.compactMap { $0.config.store?.bind.description }.joined(separator: ",")
+    }
 
     func teardown(keepWork: Bool) {
         if let probe, probe.isRunning { probe.terminate() }
+        for e in extras where e.isRunning { e.terminate() }
         for name in nodes.keys { stopNode(name, signal: SIGTERM) }
         sh([netlab, "down"])
         if !keepWork { try? FileManager.default.removeItem(atPath: work) }
@@ -198,7 +266,7 @@ final class DrillLab {
         sh([netlab, "down"])
         let up = sh([netlab, "up", String(configs.count)])
         guard up.status == 0 else { throw UserFacingError("scripts/netlab up failed: \(up.out)") }
-        log("lab: \(configs.count) servers, VIP \(vip):\(vipPort); work dir \(work)")
+        log("lab: \(configs.count) servers running \(peer ?? "legion"), VIP \(vip):\(vipPort); work dir \(work)")
         for entry in configs { try startNode(entry.name) }
         let sampler = VIPSampler(nodes: configs.map(\.name), vip: vip)
         sampler.start()
@@ -224,7 +292,7 @@ final class DrillLab {
             let samples = DrillProbeFile.read(probeOut)
             lord = samples.probes.last(where: \.ok)?.servedBy
             let writes = (try? String(contentsOfFile: acked, encoding: .utf8))?.split(separator: "\n").count ?? 0
-            if lord != nil, writes >= 3 { break }
+            if lord != nil, writes >= 3 || peer != nil { break }
             usleep(100_000)
         }
         guard let oldLord = lord else {
@@ -240,8 +308,10 @@ final class DrillLab {
         switch scenario {
         case "lord-kill":
             if let pid = pid(oldLord) { kill(pid, SIGKILL); stoppedMs = Self.nowMs() }
-            nodes[oldLord]?.waitUntilExit()
-            nodes[oldLord] = nil
+            if peer == nil {
+                nodes[oldLord]?.waitUntilExit()
+                nodes[oldLord] = nil
+            }
             Thread.sleep(forTimeInterval: faultSeconds)
         case "lord-pause":
             if let pid = pid(oldLord) { kill(pid, SIGSTOP); stoppedMs = Self.nowMs() }
@@ -281,7 +351,7 @@ final class DrillLab {
         // Heal.
         let faultEnd = Self.nowMs()
         switch scenario {
-        case "lord-kill": try startNode(oldLord)
+        case "lord-kill": if peer == nil { try startNode(oldLord) }  // keepalived's parent restarts its VRRP child itself
         case "lord-pause": if let pid = pid(oldLord) { kill(pid, SIGCONT) }
         case "partition-lord", "one-way", "lossy-network": sh([netlab, "heal"])
         case "node-restart", "store-leader-kill": if let t = target { try startNode(t) }
@@ -304,7 +374,8 @@ final class DrillLab {
         observations.probes = samples.probes
         observations.arp = samples.arp
         observations.holders = sampler.samples
-        var verified = false
+        var verified = peer != nil
+        observations.writesMeasured = peer == nil
         for _ in 0..<20 where !verified {
             let v = sh(["ip", "netns", "exec", "lg-c", binary, "store", "verify", "--store", storeAddresses, "--acked-file", acked,
                         "--table", "drill_writes"], timeout: 30)

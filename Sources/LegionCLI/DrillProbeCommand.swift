@@ -51,7 +51,7 @@ struct DrillProbeCommand: AsyncParsableCommand {
         let deadline = Date().addingTimeInterval(TimeInterval(maxSeconds))
         @Sendable func stopping() -> Bool { FileManager.default.fileExists(atPath: stopFile) || Date() > deadline }
         let interval = intervalMs
-        let addresses = store.split(separator: ",").map(String.init)
+        let addresses = store.split(separator: ",").map(String.init).filter { !$0.isEmpty }
 
         // VIP requests on their own thread (blocking sockets, fresh connection each time).
         let http = Thread {
@@ -91,7 +91,8 @@ struct DrillProbeCommand: AsyncParsableCommand {
             }
         }
         arp.start()
-        // Idempotent writes: retried with the same id until acknowledged.
+        // Idempotent writes: retried with the same id until acknowledged (none when the system has no store).
+        while addresses.isEmpty, !stopping() { try? await Task.sleep(for: .milliseconds(50)) }
         var options = StoreClient.Options(nodes: addresses)
         options.budget = .seconds(3)
         let client = StoreClient(options: options)

@@ -65,6 +65,8 @@ public struct DrillObservations: Sendable {
     public var holders: [HolderSample] = []
     public var arp: [ARPRun] = []
     public var audit: [AuditEvent] = []
+    /// False for a peer without a store (the keepalived comparison).
+    public var writesMeasured = true
     public var acknowledgedWrites = 0
     public var lostWrites = 0
     public var duplicatedWrites = 0
@@ -187,7 +189,8 @@ public struct DrillReport: Sendable {
             ("max_vip_holders", .int(Int64(max(maxVIPHolders, maxARPHolders)))),
             ("max_vip_holders_sampled", .int(Int64(maxVIPHolders))), ("max_vip_holders_arp", .int(Int64(maxARPHolders))),
             ("max_lords_audit", .int(Int64(maxAuditLords))),
-            ("acknowledged_writes", .int(Int64(o.acknowledgedWrites))), ("lost_writes", .int(Int64(o.lostWrites))),
+            ("acknowledged_writes", .int(Int64(o.acknowledgedWrites))),
+            ("lost_writes", o.writesMeasured ? .int(Int64(o.lostWrites)) : .null),
             ("duplicated_writes", .int(Int64(o.duplicatedWrites))),
             ("fault_ms", .int(o.faultEndMs - o.faultStartMs)),
         ])
@@ -203,7 +206,7 @@ public struct DrillReport: Sendable {
           new Lord after      \(ms(newLordMs))
           VIP moved after     \(ms(vipMoveMs))
           VIP holders at once \(maxVIPHolders) sampled, \(maxARPHolders) by ARP, \(maxAuditLords) Lords in the audit logs
-          writes              \(o.acknowledgedWrites) acknowledged, \(o.lostWrites) lost, \(o.duplicatedWrites) duplicated
+          writes              \(o.writesMeasured ? "\(o.acknowledgedWrites) acknowledged, \(o.lostWrites) lost, \(o.duplicatedWrites) duplicated" : "not measured (no store)")
         """
     }
 
