@@ -12,21 +12,24 @@ struct DrillCommand: ParsableCommand {
         commandName: "drill",
         abstract: "Run a failover drill in the namespace lab and report what clients saw (needs root).",
         discussion: """
-        Brings up scripts/netlab with one namespace per node config, starts every node inside its namespace,
-        waits for a Lord on the VIP, then a client in the client namespace asks the VIP every 10 ms, writes an
-        idempotent row to the store every 50 ms and probes ARP for the VIP, while the drill injects the fault:
+        Brings up scripts/netlab with one namespace per node config and starts
+        every node inside its namespace. Once a Lord answers on the VIP, a client
+        in the client namespace asks the VIP every 10 ms, writes an idempotent row
+        to the store every 50 ms and probes ARP, while the drill injects the fault:
 
-          lord-kill          SIGKILL of the Lord (restarted after --fault-seconds)
-          lord-pause         SIGSTOP of the Lord for --fault-seconds, then SIGCONT (uWSGI shows two Lords here)
-          partition-lord     the Lord (with a minority) cut off from the others
-          one-way            the Lord can send but receives nothing (uWSGI has no Lord at all here)
-          node-restart       SIGTERM of a non-Lord node, restarted after --fault-seconds
+          lord-kill          SIGKILL of the Lord (restarted after the fault)
+          lord-pause         SIGSTOP of the Lord, then SIGCONT (uWSGI: two Lords)
+          partition-lord     the Lord, with a minority, cut off from the others
+          one-way            the Lord sends but receives nothing (uWSGI: no Lord)
+          node-restart       SIGTERM of a non-Lord node, restarted after the fault
           store-leader-kill  SIGKILL of the node whose dqlite node leads the store
-          lossy-network      20 % packet loss on every server for --fault-seconds
+          lossy-network      20 % packet loss on every server
 
-        Reported: client gap, failed requests, time to detect, to a new Lord, VIP move time, the most VIP holders
-        at once (sampled in every namespace, from ARP answers, and from the audit logs), acknowledged writes lost.
-        Output: a summary, --json, and --timeline FILE.html (a self-contained picture of the drill).
+        Reported: client gap, failed requests, time to detect, to a new Lord,
+        VIP move time, the most VIP holders at once (sampled in every namespace,
+        ARP answers, audit logs) and acknowledged writes lost: a summary, --json,
+        and --timeline FILE.html (a self-contained picture of the drill).
+
         """
     )
 

@@ -149,17 +149,23 @@ public actor StoreClient {
 
     /// Runs a read on the leader (reads are retried freely).
     public func query(_ sql: String, _ parameters: [DqliteValue] = []) async throws(StoreError) -> DqliteRows {
+        let timeout = options.requestTimeout
+        return try await onLeader("the read") { try await $0.query(sql, parameters, timeout: timeout) }
+    }
+
+    /// Runs a request that is safe to repeat on the leader, reconnecting across leader changes within the budget.
+    private func onLeader<T: Sendable>(_ what: String, _ body: (DqliteConnection) async throws -> T) async throws(StoreError) -> T {
         let deadline = ContinuousClock.now + options.budget
         while true {
             do {
                 let conn = try await leaderConnection(deadline: deadline)
-                return try await conn.query(sql, parameters, timeout: options.requestTimeout)
+                return try await body(conn)
             } catch {
                 if let error = error as? StoreError { throw error }
                 guard Self.isRetriable(error) else { throw Self.storeError(error) }
                 drop()
-                if ContinuousClock.now > deadline { throw .noQuorum("the read kept failing: \(error)") }
-                logger.debug("read retried", metadata: ["error": "\(error)"])
+                if ContinuousClock.now > deadline { throw .noQuorum("\(what) kept failing: \(error)") }
+                logger.debug("retried", metadata: ["what": "\(what)", "error": "\(error)"])
             }
         }
     }
@@ -323,18 +329,8 @@ public actor StoreClient {
     // MARK: - Membership (sent to the leader)
 
     public func members() async throws(StoreError) -> [DqliteMember] {
-        let deadline = ContinuousClock.now + options.budget
-        while true {
-            do {
-                let conn = try await leaderConnection(deadline: deadline)
-                return try await conn.cluster(timeout: options.requestTimeout)
-            } catch {
-                if let error = error as? StoreError { throw error }
-                guard Self.isRetriable(error) else { throw Self.storeError(error) }
-                drop()
-                if ContinuousClock.now > deadline { throw .noQuorum("CLUSTER kept failing: \(error)") }
-            }
-        }
+        let timeout = options.requestTimeout
+        return try await onLeader("CLUSTER") { try await $0.cluster(timeout: timeout) }
     }
 
     /// The leader's id and address as the leader itself reports it.

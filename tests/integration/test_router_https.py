@@ -62,34 +62,49 @@ def https_get(port: int, host: str) -> dict:
     return json.loads(body)
 
 
-def test_sni_certificates_from_subscriptions_and_https_vars(legion_bin, tmp_path: Path):
-    uwsgi = ul.ensure_uwsgi_python3()
-    default_crt, default_key = make_cert(tmp_path, "default.test")
-    site_crt, site_key = make_cert(tmp_path, "secure.example.com")
-    http_port, https_port, sub_port, legion_port, app_port = free_port(), free_port(), free_port(udp=True), free_port(udp=True), free_port()
+def https_router(legion_bin, tmp_path: Path, name: str, default: tuple[Path, Path], procs: list) -> tuple[int, int]:
+    """Starts one `legion node` with an HTTP(S) router (default certificate `default`); returns (https, subscription)."""
+    http_port, https_port, sub_port, legion_port = free_port(), free_port(), free_port(udp=True), free_port(udp=True)
     cfg = tmp_path / "node.toml"
     cfg.write_text(f"""
 [node]
-name = "tls"
+name = "{name}"
 data_dir = "{tmp_path / 'data'}"
 [legion]
-name = "tls"
+name = "{name}"
 bind = "127.0.0.1:{legion_port}"
 valor = 1
 secret = "aes-256-cbc:x"
 [router]
 http = "127.0.0.1:{http_port}"
 https = "127.0.0.1:{https_port}"
-https_certificate = "{default_crt}"
-https_key = "{default_key}"
+https_certificate = "{default[0]}"
+https_key = "{default[1]}"
 subscription = "127.0.0.1:{sub_port}"
 """)
+    procs.append(subprocess.Popen([str(legion_bin), "node", "--config", str(cfg)], stdout=open(tmp_path / "node.log", "w"),
+                                  stderr=subprocess.STDOUT, start_new_session=True))
+    time.sleep(0.5)
+    return https_port, sub_port
+
+
+def kill_all(procs: list) -> None:
+    for p in procs:
+        try:
+            os.killpg(p.pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+
+
+def test_sni_certificates_from_subscriptions_and_https_vars(legion_bin, tmp_path: Path):
+    uwsgi = ul.ensure_uwsgi_python3()
+    default_crt, default_key = make_cert(tmp_path, "default.test")
+    site_crt, site_key = make_cert(tmp_path, "secure.example.com")
+    app_port = free_port()
     (tmp_path / "app.py").write_text(APP)
-    procs = []
+    procs: list = []
     try:
-        procs.append(subprocess.Popen([str(legion_bin), "node", "--config", str(cfg)], stdout=open(tmp_path / "node.log", "w"),
-                                      stderr=subprocess.STDOUT, start_new_session=True))
-        time.sleep(0.5)
+        https_port, sub_port = https_router(legion_bin, tmp_path, "tls", (default_crt, default_key), procs)
         procs.append(subprocess.Popen(
             [uwsgi, "--plugin", "python3", "--master", "--processes", "1", "--socket", f"127.0.0.1:{app_port}",
              "--wsgi-file", str(tmp_path / "app.py"), "--die-on-term",
@@ -112,11 +127,7 @@ subscription = "127.0.0.1:{sub_port}"
         env = https_get(https_port, "secure.example.com")
         assert env == {"https": "on", "proto": "https", "port": str(https_port)}, env
     finally:
-        for p in procs:
-            try:
-                os.killpg(p.pid, signal.SIGKILL)
-            except ProcessLookupError:
-                pass
+        kill_all(procs)
 
 
 def make_ca(directory: Path, name: str) -> tuple[Path, Path]:
@@ -172,30 +183,10 @@ def test_client_certificates_per_domain_required_and_optional(legion_bin, tmp_pa
     other_ca = make_ca(tmp_path, "Other CA")
     alice = make_client_cert(tmp_path, ca, "alice")
     mallory = make_client_cert(tmp_path, other_ca, "mallory")
-    http_port, https_port, sub_port, legion_port = free_port(), free_port(), free_port(udp=True), free_port(udp=True)
-    cfg = tmp_path / "node.toml"
-    cfg.write_text(f"""
-[node]
-name = "mtls"
-data_dir = "{tmp_path / 'data'}"
-[legion]
-name = "mtls"
-bind = "127.0.0.1:{legion_port}"
-valor = 1
-secret = "aes-256-cbc:x"
-[router]
-http = "127.0.0.1:{http_port}"
-https = "127.0.0.1:{https_port}"
-https_certificate = "{default_crt}"
-https_key = "{default_key}"
-subscription = "127.0.0.1:{sub_port}"
-""")
     (tmp_path / "app.py").write_text(CERT_APP)
-    procs = []
+    procs: list = []
     try:
-        procs.append(subprocess.Popen([str(legion_bin), "node", "--config", str(cfg)], stdout=open(tmp_path / "node.log", "w"),
-                                      stderr=subprocess.STDOUT, start_new_session=True))
-        time.sleep(0.5)
+        https_port, sub_port = https_router(legion_bin, tmp_path, "mtls", (default_crt, default_key), procs)
         for name, crt, key, ca_value in (("strict.example.com", strict_crt, strict_key, f"!{ca[0]}"),
                                          ("loose.example.com", loose_crt, loose_key, str(ca[0]))):
             procs.append(subprocess.Popen(
@@ -231,8 +222,4 @@ subscription = "127.0.0.1:{sub_port}"
         assert served_common_name(https_port, "other.example.org") == "default.test"
         assert procs[0].poll() is None, "the router died"
     finally:
-        for p in procs:
-            try:
-                os.killpg(p.pid, signal.SIGKILL)
-            except ProcessLookupError:
-                pass
+        kill_all(procs)
