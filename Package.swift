@@ -58,9 +58,12 @@ let package = Package(
                 .product(name: "_CryptoExtras", package: "swift-crypto"),
             ]
         ),
+        // epoll/eventfd/socket wrappers for the router's fast path (Linux).
+        .target(name: "CRouterIO"),
         .target(
             name: "Node",
             dependencies: [
+                "CRouterIO",
                 "Legion",
                 "Subscriptions",
                 "UwsgiWire",

@@ -250,6 +250,7 @@ public struct NodeConfig: Sendable {
             }
             if let t = try table.int("tolerance_s", range: 1...3600) { settings.toleranceMs = UInt64(t) * 1000 }
             if let n = try table.int("threads", range: 1...256) { settings.threads = n }
+            if let fast = try table.bool("fast_path") { settings.fastPath = fast }
             func path(_ text: String) -> String { text.hasPrefix("/") ? text : URL(fileURLWithPath: baseDir).appendingPathComponent(text).path }
             if let text = try table.string("https") {
                 settings.https = try Endpoint(parsing: text, key: "router.https")

@@ -24,6 +24,9 @@ public struct RouterSettings: Sendable {
     public var toleranceMs: UInt64 = 17_000
     /// Event-loop threads of the router (`[router] threads`, default: one per core).
     public var threads = System.coreCount
+    /// Serve plain HTTP/1.x requests to uwsgi backends on the fast path (`[router] fast_path`,
+    /// Linux; everything else goes to the general SwiftNIO router either way).
+    public var fastPath = true
     /// Cluster domains: the internal router (uwsgi protocol, reached by other nodes), the address
     /// other nodes use for it, and the UDP socket local vassals subscribe cluster domains to.
     public var internalRouter: NodeConfig.Endpoint?
@@ -62,12 +65,27 @@ public final class HTTPRouter: Service {
     public func run() async throws {
         let shared = RouterShared(settings: settings, store: store, logger: logger)
         var channels: [Channel] = []
+        #if os(Linux)
+        var fast: FastRouter?
+        #endif
         do {
+            #if os(Linux)
+            if settings.fastPath {
+                let router = try FastRouter(shared: shared, host: settings.http.host, port: settings.http.port, threads: settings.threads,
+                                            handOff: { fd, bytes in HTTPRouter.adopt(fd: fd, replay: bytes, shared: shared) })
+                router.start()
+                fast = router
+            } else {
+                channels.append(try await HTTPRouter.bootstrap(shared: shared, host: settings.http.host, port: settings.http.port))
+            }
+            #else
             channels.append(try await HTTPRouter.bootstrap(shared: shared, host: settings.http.host, port: settings.http.port))
+            #endif
         } catch {
             throw NodeConfigError.invalid(key: "router.http", problem: "cannot listen on \(settings.http): \(error)")
         }
-        logger.notice("HTTP router listening", metadata: ["bind": "\(settings.http)", "algorithm": "\(settings.algorithm.rawValue)"])
+        logger.notice("HTTP router listening", metadata: ["bind": "\(settings.http)", "algorithm": "\(settings.algorithm.rawValue)",
+                                                          "fast_path": "\(settings.fastPath)"])
         if let https = settings.https, let certificates {
             let secure = RouterShared(settings: settings, store: store, logger: logger, https: true, certificates: certificates)
             do {
@@ -79,6 +97,9 @@ public final class HTTPRouter: Service {
             logger.notice("HTTPS router listening (SNI)", metadata: ["bind": "\(https)"])
         }
         try? await gracefulShutdown()
+        #if os(Linux)
+        if let fast { await Task.detached { fast.stop() }.value }
+        #endif
         for channel in channels { try? await channel.close().get() }
     }
 
@@ -100,37 +121,83 @@ public final class HTTPRouter: Service {
                 .childChannelOption(.maxMessagesPerRead, value: 16)
                 .childChannelInitializer { child in
                     child.eventLoop.makeCompletedFuture {
-                        let guardHandler = ConnectionGuard()
-                        if let tls {
-                            // The ClientHello's server name picks the TLS context: a name with client-certificate
-                            // authentication gets its own (verification is per context in swift-nio-ssl), every
-                            // other name the default context, which picks certificates per SNI itself.
-                            let certificates = shared.certificates
-                            let sni = SNIHandler { result in
-                                var context = tls
-                                if case .hostname(let name) = result, let auth = certificates?.clientAuthContext(for: name) {
-                                    context = auth
-                                }
-                                return child.eventLoop.makeCompletedFuture {
-                                    try child.pipeline.syncOperations.addHandler(NIOSSLServerHandler(context: context),
-                                                                                 position: .before(guardHandler))
-                                }
-                            }
-                            try child.pipeline.syncOperations.addHandler(ByteToMessageHandler(sni))
-                        }
-                        try child.pipeline.syncOperations.addHandler(guardHandler)
-                        // The HTTP server pipeline, with names so a WebSocket connection can take it out, and a
-                        // decoder that hands on the bytes after an upgrade request instead of dropping them.
-                        let sync = child.pipeline.syncOperations
-                        try sync.addHandler(HTTPResponseEncoder(), name: "http-encoder")
-                        try sync.addHandler(ByteToMessageHandler(HTTPRequestDecoder(leftOverBytesStrategy: .forwardBytes)), name: "http-decoder")
-                        try sync.addHandler(HTTPServerPipelineHandler(), name: "http-pipelining")
-                        try sync.addHandler(HTTPServerProtocolErrorHandler(), name: "http-errors")
-                        try child.pipeline.syncOperations.addHandler(RouterHandler(shared: shared, guardHandler: guardHandler))
+                        try configureClient(child, shared: shared, tls: tls)
                     }
                 }
                 .bind(host: host, port: port)
                 .get()
+    }
+}
+
+extension HTTPRouter {
+    /// The general router's pipeline for one client connection: TLS (SNI) if `tls`, the HTTP server
+    /// codec, `RouterHandler`. Used for accepted connections and for those the fast path hands over.
+    static func configureClient(_ child: Channel, shared: RouterShared, tls: NIOSSLContext?) throws {
+        let guardHandler = ConnectionGuard()
+        if let tls {
+            // The ClientHello's server name picks the TLS context: a name with client-certificate
+            // authentication gets its own (verification is per context in swift-nio-ssl), every
+            // other name the default context, which picks certificates per SNI itself.
+            let certificates = shared.certificates
+            let sni = SNIHandler { result in
+                var context = tls
+                if case .hostname(let name) = result, let auth = certificates?.clientAuthContext(for: name) {
+                    context = auth
+                }
+                return child.eventLoop.makeCompletedFuture {
+                    try child.pipeline.syncOperations.addHandler(NIOSSLServerHandler(context: context),
+                                                                 position: .before(guardHandler))
+                }
+            }
+            try child.pipeline.syncOperations.addHandler(ByteToMessageHandler(sni))
+        }
+        try child.pipeline.syncOperations.addHandler(guardHandler)
+        // The HTTP server pipeline, with names so a WebSocket connection can take it out, and a
+        // decoder that hands on the bytes after an upgrade request instead of dropping them.
+        let sync = child.pipeline.syncOperations
+        try sync.addHandler(HTTPResponseEncoder(), name: "http-encoder")
+        try sync.addHandler(ByteToMessageHandler(HTTPRequestDecoder(leftOverBytesStrategy: .forwardBytes)), name: "http-decoder")
+        try sync.addHandler(HTTPServerPipelineHandler(), name: "http-pipelining")
+        try sync.addHandler(HTTPServerProtocolErrorHandler(), name: "http-errors")
+        try sync.addHandler(RouterHandler(shared: shared, guardHandler: guardHandler))
+    }
+
+    /// Adopts a client socket from the fast path (with the bytes it already read) into the general router.
+    static func adopt(fd: Int32, replay: [UInt8], shared: RouterShared) {
+        let group = RouterLoops.group(threads: shared.settings.threads)
+        ClientBootstrap(group: group)
+            .channelOption(.maxMessagesPerRead, value: 16)
+            .channelInitializer { channel in
+                channel.eventLoop.makeCompletedFuture {
+                    try channel.pipeline.syncOperations.addHandler(ReplayHandler(replay))
+                    try configureClient(channel, shared: shared, tls: nil)
+                }
+            }
+            .withConnectedSocket(fd)
+            .whenFailure { error in
+                shared.logger.warning("router: could not hand a connection to the general path", metadata: ["error": "\(error)"])
+            }
+    }
+}
+
+/// First handler of a connection adopted from the fast path: replays the bytes the fast path
+/// read before anything new is read from the socket, then leaves.
+final class ReplayHandler: ChannelInboundHandler, RemovableChannelHandler {
+    typealias InboundIn = ByteBuffer
+    typealias InboundOut = ByteBuffer
+    private var bytes: [UInt8]
+
+    init(_ bytes: [UInt8]) { self.bytes = bytes }
+
+    func channelActive(context: ChannelHandlerContext) {
+        context.fireChannelActive()
+        if !bytes.isEmpty {
+            let buffer = context.channel.allocator.buffer(bytes: bytes)
+            bytes = []
+            context.fireChannelRead(NIOAny(buffer))
+            context.fireChannelReadComplete()
+        }
+        context.pipeline.syncOperations.removeHandler(context: context, promise: nil)
     }
 }
 

@@ -1,0 +1,236 @@
+#if os(Linux)
+import CRouterIO
+import Foundation
+import Logging
+import Synchronization
+
+/// The HTTP router's fast path (Linux): one epoll loop per thread over one shared listening
+/// socket, serving plain HTTP/1.x requests to uwsgi backends with the fewest system calls the
+/// job needs — one `epoll_ctl` per backend connection (edge-triggered, removed by `close`),
+/// the request written right after `connect` (no wait for writability on loopback), responses
+/// relayed as they arrive with only the head parsed.
+///
+/// Everything the fast path does not serve itself (see `HTTPHeadScanner`: WebSockets, chunked
+/// uploads, large bodies, HTTP/1.1 backends, malformed heads…) is handed, with the bytes read
+/// so far, to the general SwiftNIO router (`RouterHandler`) on the same socket.
+final class FastRouter: @unchecked Sendable {
+    let shared: RouterShared
+    let listenFD: Int32
+    let port: Int
+    /// Takes over a client socket and the bytes already read from it.
+    let handOff: @Sendable (Int32, [UInt8]) -> Void
+    private let stopping = Atomic<Bool>(false)
+    private var loops: [FastLoop] = []
+    private let finished = DispatchGroup()
+
+    /// Binds `host:port` (throws with the system's reason).
+    init(shared: RouterShared, host: String, port: Int, threads: Int, handOff: @escaping @Sendable (Int32, [UInt8]) -> Void) throws {
+        let fd = crio_listen_tcp(host, Int32(port), 1024)
+        guard fd >= 0 else {
+            throw FastRouterError.listen("\(host):\(port): \(String(cString: strerror(crio_errno())))")
+        }
+        self.listenFD = fd
+        self.port = Int(crio_local_port(fd))
+        self.shared = shared
+        self.handOff = handOff
+        for index in 0..<max(threads, 1) {
+            loops.append(try FastLoop(router: self, index: index))
+        }
+    }
+
+    var isStopping: Bool { stopping.load(ordering: .relaxed) }
+
+    func start() {
+        for loop in loops {
+            finished.enter()
+            let thread = Thread { [finished] in
+                loop.run()
+                finished.leave()
+            }
+            thread.name = "legion-router-\(loop.index)"
+            thread.start()
+        }
+    }
+
+    /// Stops accepting, closes every connection, waits for the threads.
+    func stop() {
+        guard !stopping.exchange(true, ordering: .relaxed) else { return }
+        for loop in loops { loop.wake() }
+        finished.wait()
+        _ = crio_close(listenFD)
+    }
+}
+
+enum FastRouterError: Error, CustomStringConvertible {
+    case listen(String)
+    case epoll(String)
+
+    var description: String {
+        switch self {
+        case .listen(let s): return "cannot listen on \(s)"
+        case .epoll(let s): return "cannot set up epoll: \(s)"
+        }
+    }
+}
+
+/// One event-loop thread of the fast path: an epoll set with the shared listener, a wake-up
+/// eventfd, and the connections it accepted (slots addressed by epoll tokens).
+/// Sendable because it is handed to its thread once and then used only there (`wake()`, an
+/// eventfd write, is the one call made from other threads).
+final class FastLoop: @unchecked Sendable {
+    enum Kind: UInt64 { case listener = 0, wake = 1, client = 2, backend = 3 }
+
+    unowned let router: FastRouter
+    let index: Int
+    let epfd: Int32
+    let wakeFD: Int32
+    let shared: RouterShared
+    private(set) var slots: [FastConnection?] = []
+    private var freeSlots: [Int] = []
+    private var generation: UInt64 = 0
+    /// Reused by every connection of this loop: backend reads, header lists, response heads.
+    let readBuffer = IOBuffer(capacity: 64 * 1024)
+    let headScratch = IOBuffer(capacity: 4096)
+    var headers: [HTTPHeadScanner.Header] = []
+    /// Parsed backend addresses (nil: not an IP literal or UNIX path; the general path resolves names).
+    private var addresses: [[UInt8]: BackendAddress?] = [:]
+    var now: UInt64 = 0
+    let serverName: [UInt8]
+    let serverPort: [UInt8]
+
+    struct BackendAddress {
+        var host: [CChar]
+        var port: Int32
+    }
+
+    init(router: FastRouter, index: Int) throws {
+        self.router = router
+        self.index = index
+        self.shared = router.shared
+        epfd = crio_epoll_create()
+        wakeFD = crio_eventfd()
+        guard epfd >= 0, wakeFD >= 0 else { throw FastRouterError.epoll(String(cString: strerror(crio_errno()))) }
+        guard crio_epoll_add(epfd, router.listenFD, Kind.listener.rawValue, 0, 0, 1) == 0,
+              crio_epoll_add(epfd, wakeFD, Kind.wake.rawValue, 0, 0, 0) == 0 else {
+            throw FastRouterError.epoll(String(cString: strerror(crio_errno())))
+        }
+        headers.reserveCapacity(64)
+        serverName = Array(shared.settings.serverName.utf8)
+        serverPort = Array(String(router.port).utf8)
+    }
+
+    deinit {
+        _ = crio_close(epfd)
+        _ = crio_close(wakeFD)
+    }
+
+    func wake() { _ = crio_eventfd_signal(wakeFD) }
+
+    static func token(_ kind: Kind, slot: Int, generation: UInt64) -> UInt64 {
+        kind.rawValue | UInt64(slot) << 2 | generation << 34
+    }
+
+    func nextGeneration() -> UInt64 {
+        generation = (generation + 1) & 0x3FFF_FFFF
+        return generation
+    }
+
+    func run() {
+        let tokens = UnsafeMutablePointer<UInt64>.allocate(capacity: 256)
+        let events = UnsafeMutablePointer<UInt32>.allocate(capacity: 256)
+        defer {
+            tokens.deallocate()
+            events.deallocate()
+        }
+        var nextScan: UInt64 = 0
+        while !router.isStopping {
+            let n = crio_epoll_wait(epfd, tokens, events, 256, 100)
+            now = SystemClock.monotonicNanos()
+            if n < 0 {
+                shared.logger.error("router fast path: epoll_wait failed", metadata: ["errno": "\(crio_errno())"])
+                break
+            }
+            for i in 0..<Int(n) {
+                let token = tokens[i]
+                let ev = events[i]
+                switch token & 3 {
+                case Kind.listener.rawValue: accept()
+                case Kind.wake.rawValue: crio_eventfd_drain(wakeFD)
+                default:
+                    let slot = Int((token >> 2) & 0xFFFF_FFFF)
+                    let gen = token >> 34
+                    guard slot < slots.count, let connection = slots[slot] else { continue }
+                    if token & 3 == Kind.client.rawValue {
+                        if connection.generation == gen { connection.clientEvent(ev, self) }
+                    } else if connection.backendGeneration == gen {
+                        connection.backendEvent(ev, self)
+                    }
+                }
+            }
+            if now >= nextScan {
+                nextScan = now + 100_000_000
+                for connection in slots { connection?.checkDeadline(self) }
+            }
+        }
+        for connection in slots { connection?.abort(self) }
+    }
+
+    private func accept() {
+        var host = [CChar](repeating: 0, count: 64)
+        for _ in 0..<64 {
+            var port: Int32 = 0
+            let fd = crio_accept(router.listenFD, &host, 64, &port)
+            if fd < 0 {
+                let err = crio_errno()
+                if err != EAGAIN && err != EWOULDBLOCK && err != EINTR && err != ECONNABORTED {
+                    shared.logger.warning("router: accept failed", metadata: ["error": "\(String(cString: strerror(err)))"])
+                }
+                return
+            }
+            _ = crio_nodelay(fd)
+            let slot: Int
+            if let free = freeSlots.popLast() { slot = free } else { slot = slots.count; slots.append(nil) }
+            let remote = host.withUnsafeBufferPointer { buf -> [UInt8] in
+                guard let base = buf.baseAddress else { return [] }
+                return UnsafeRawBufferPointer(start: base, count: strnlen(base, 64)).map { $0 }
+            }
+            let connection = FastConnection(fd: fd, slot: slot, generation: nextGeneration(), remoteAddress: remote,
+                                            remotePort: Int(port), loop: self)
+            slots[slot] = connection
+            if crio_epoll_add(epfd, fd, FastLoop.token(.client, slot: slot, generation: connection.generation), 1, 1, 0) != 0 {
+                slots[slot] = nil
+                freeSlots.append(slot)
+                _ = crio_close(fd)
+            }
+        }
+    }
+
+    /// Forgets a connection (its sockets are closed or handed off already).
+    func release(slot: Int) {
+        slots[slot] = nil
+        freeSlots.append(slot)
+    }
+
+    func address(for raw: [UInt8]) -> BackendAddress? {
+        if let cached = addresses[raw] { return cached }
+        let parsed = FastLoop.parseAddress(raw)
+        if addresses.count > 10_000 { addresses.removeAll() }
+        addresses[raw] = parsed
+        return parsed
+    }
+
+    /// `/path` (UNIX socket), `host:port`, `:port` (127.0.0.1), `[v6]:port`; nil for names.
+    static func parseAddress(_ raw: [UInt8]) -> BackendAddress? {
+        if raw.first == 0x2F { return BackendAddress(host: raw.map { CChar(bitPattern: $0) } + [0], port: -1) }
+        guard let colon = raw.lastIndex(of: 0x3A), let port = Int32(String(decoding: raw[(colon + 1)...], as: UTF8.self)),
+              port > 0, port < 65536 else { return nil }
+        var host = Array(raw[..<colon])
+        if host.first == 0x5B, host.last == 0x5D { host = Array(host.dropFirst().dropLast()) }
+        if host.isEmpty { host = Array("127.0.0.1".utf8) }
+        // Only literals: anything with a letter other than hex digits and ':' (IPv6) is a name.
+        let literal = host.allSatisfy { ($0 >= 0x30 && $0 <= 0x39) || $0 == 0x2E || $0 == 0x3A || ($0 >= 0x61 && $0 <= 0x66) || ($0 >= 0x41 && $0 <= 0x46) }
+        guard literal, host.contains(0x2E) || host.contains(0x3A) else { return nil }
+        return BackendAddress(host: host.map { CChar(bitPattern: $0) } + [0], port: port)
+    }
+}
+#endif

@@ -1,0 +1,207 @@
+"""The router's fast path (Sources/Node/Router/Fast) and its hand-off to the general router, with real uWSGI vassals.
+
+Plain HTTP/1.x requests to uwsgi backends are served by the fast path (epoll loops, responses relayed with only
+the head parsed); anything else on the same connection is handed, with the bytes already read, to the general
+SwiftNIO router. Checked here, beyond test_router_interop.py (which runs against the same default):
+
+* a slow reader gets a 20 MB response intact (backpressure: the router stops reading the backend, does not
+  buffer it all), while other clients are served meanwhile;
+* a request head trickled byte by byte is served; pipelined plain + chunked (general path) + plain requests in
+  one write are all answered in order (the hand-off replays the unread bytes);
+* unframed backend responses: chunked for HTTP/1.1 clients, close-delimited for HTTP/1.0; HEAD has no body;
+* uploads over the fast path's 1 MiB limit are streamed by the general path and arrive intact;
+* hand-made backends: garbage instead of HTTP -> 502 with a reason; a response cut short -> the client sees
+  the connection close (no hang); the router keeps serving;
+* ``fast_path = false`` runs everything on the general router (same answers).
+
+Run:  python3 -m pytest -v tests/integration/test_router_fast_path.py        (~20 s)
+"""
+from __future__ import annotations
+
+import hashlib
+import socket
+import struct
+import threading
+import time
+from pathlib import Path
+
+import pytest
+
+from conftest import free_port, ul
+from test_router_interop import (HOST, KEY, Router, Setup, Vassals, alternates, raw_exchange, request, start_setup,
+                                 status_of, uwsgi_py3)  # noqa: F401  (uwsgi_py3 is a fixture)
+
+
+@pytest.fixture(scope="module")
+def fast(tmp_path_factory, legion_bin, uwsgi_py3, module_procs):
+    base = tmp_path_factory.mktemp("fastpath")
+    try:
+        yield start_setup(base, legion_bin, uwsgi_py3, module_procs, name="fp")
+    finally:
+        module_procs.kill_all()
+
+
+def dechunk(body: bytes) -> bytes:
+    out, pos = b"", 0
+    while True:
+        end = body.index(b"\r\n", pos)
+        size = int(body[pos:end], 16)
+        pos = end + 2
+        if size == 0:
+            return out
+        out += body[pos:pos + size]
+        assert body[pos + size:pos + size + 2] == b"\r\n", "chunk not followed by CRLF"
+        pos += size + 2
+
+
+def subscribe(router: Router, key: str, address: str) -> None:
+    """A plain uWSGI subscription packet (modifier1 224) for key -> address, as `--subscribe-to` sends."""
+    payload = b""
+    for k, v in (("key", key), ("address", address)):
+        payload += struct.pack("<H", len(k)) + k.encode() + struct.pack("<H", len(v)) + v.encode()
+    packet = struct.pack("<BHB", 224, len(payload), 0) + payload
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+        s.sendto(packet, (HOST, router.sub_port))
+
+
+class FakeBackend:
+    """A TCP backend that reads the uwsgi request and answers with `reply` bytes (then closes)."""
+
+    def __init__(self, reply: bytes):
+        self.reply = reply
+        self.sock = socket.socket()
+        self.sock.bind((HOST, 0))
+        self.sock.listen(16)
+        self.port = self.sock.getsockname()[1]
+        self.served = 0
+        threading.Thread(target=self._serve, daemon=True).start()
+
+    def _serve(self) -> None:
+        while True:
+            try:
+                conn, _ = self.sock.accept()
+            except OSError:
+                return
+            with conn:
+                conn.settimeout(2)
+                try:
+                    head = conn.recv(4)
+                    size = struct.unpack("<H", head[1:3])[0]
+                    got = len(head) - 4
+                    while got < size:
+                        got += len(conn.recv(size - got))
+                    conn.sendall(self.reply)
+                    self.served += 1
+                except OSError:
+                    pass
+
+    def close(self) -> None:
+        self.sock.close()
+
+
+def test_slow_reader_gets_a_large_response_intact_while_others_are_served(fast: Setup):
+    port = fast.router.http_port
+    # Its own vassal: a single-process uWSGI blocked writing to a slow reader serves nobody else meanwhile.
+    big = fast.vassals.start("big", "--subscribe-to", f"{fast.router.sub_server}:big.test")
+    fast.router.wait_subscribed([("big.test", big.address)], fast.vassals)
+    size = 20_000_000
+    s = socket.socket()
+    s.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 16384)
+    s.connect((HOST, port))
+    s.sendall(f"GET /stream/{size} HTTP/1.1\r\nHost: big.test\r\nConnection: close\r\n\r\n".encode())
+    time.sleep(1.0)  # not reading: the router must hold back, not fail or buffer 20 MB
+    others = [request(port, path=f"/other{i}").status for i in range(20)]
+    assert others == [200] * 20, others
+    parts = []
+    s.settimeout(20)
+    while True:
+        chunk = s.recv(1 << 20)
+        if not chunk:
+            break
+        parts.append(chunk)
+    s.close()
+    data = b"".join(parts)
+    head, _, body = data.partition(b"\r\n\r\n")
+    assert status_of(data) == 200, head[:300]
+    assert b"transfer-encoding: chunked" in head.lower(), f"an unframed response to HTTP/1.1 is chunked: {head!r}"
+    payload = dechunk(body)
+    assert len(payload) == size and payload == b"x" * size, f"got {len(payload)} of {size} bytes"
+
+
+def test_trickled_head_and_pipelined_hand_off(fast: Setup):
+    port = fast.router.http_port
+    s = socket.create_connection((HOST, port), timeout=5)
+    for b in f"GET /trickle HTTP/1.1\r\nHost: {KEY}\r\n\r\n".encode():
+        s.send(bytes([b]))
+        time.sleep(0.005)
+    got = b""
+    while b'"/trickle"' not in got:
+        chunk = s.recv(65536)
+        assert chunk, f"closed early: {got!r}"
+        got += chunk
+    assert status_of(got) == 200
+    s.close()
+
+    three = (f"GET /p1 HTTP/1.1\r\nHost: {KEY}\r\n\r\n"
+             f"POST /p2 HTTP/1.1\r\nHost: {KEY}\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nhello\r\n0\r\n\r\n"
+             f"GET /p3 HTTP/1.1\r\nHost: {KEY}\r\nConnection: close\r\n\r\n").encode()
+    out, closed = raw_exchange(port, three, wait=5.0)
+    assert out.count(b"HTTP/1.1 200 ") == 3, out.decode("latin-1")
+    p1, p2, p3 = out.index(b'"/p1"'), out.index(b'"/p2"'), out.index(b'"/p3"')
+    assert p1 < p2 < p3, "responses out of order"
+    assert b'"body": "hello"' in out, "the chunked body (general path) reached the backend"
+    assert closed, "Connection: close on the last request closes the connection"
+
+
+def test_unframed_and_bodiless_responses(fast: Setup):
+    port = fast.router.http_port
+    out, closed = raw_exchange(port, f"GET /stream/100000 HTTP/1.0\r\nHost: {KEY}\r\nConnection: keep-alive\r\n\r\n".encode())
+    head, _, body = out.partition(b"\r\n\r\n")
+    assert status_of(out) == 200 and closed and body == b"x" * 100000, (head, len(body), closed)
+    assert b"connection: close" in head.lower()
+    out, _ = raw_exchange(port, f"HEAD /h HTTP/1.1\r\nHost: {KEY}\r\n\r\nGET /after HTTP/1.1\r\nHost: {KEY}\r\nConnection: close\r\n\r\n".encode())
+    first, _, rest = out.partition(b"\r\n\r\n")
+    assert status_of(first) == 200 and rest.startswith(b"HTTP/1.1 200 "), f"HEAD must have no body: {out[:400]!r}"
+    assert b'"/after"' in rest
+
+
+def test_uploads_over_the_fast_limit_are_streamed(fast: Setup):
+    blob = bytes(range(256)) * (3 * 4096)  # 3 MiB
+    r = request(fast.router.http_port, "POST", "/echo", body=blob, timeout=20)
+    assert r.status == 200 and hashlib.sha256(r.body).digest() == hashlib.sha256(blob).digest(), (r.status, len(r.body))
+
+
+def test_bad_backends_get_clear_answers_and_the_router_keeps_serving(fast: Setup):
+    port = fast.router.http_port
+    garbage = FakeBackend(b"this is not HTTP\r\n\r\n")
+    cut = FakeBackend(b"HTTP/1.1 200 OK\r\nContent-Length: 100\r\n\r\nonly ten b")
+    try:
+        subscribe(fast.router, "garbage.test", f"{HOST}:{garbage.port}")
+        subscribe(fast.router, "cut.test", f"{HOST}:{cut.port}")
+        deadline = time.monotonic() + 5
+        while time.monotonic() < deadline and not (fast.router.subscribed("garbage.test", f"{HOST}:{garbage.port}")
+                                                   and fast.router.subscribed("cut.test", f"{HOST}:{cut.port}")):
+            time.sleep(0.05)
+        r = request(port, host="garbage.test")
+        assert r.status == 502 and b"invalid response" in r.body, r
+        out, closed = raw_exchange(port, b"GET / HTTP/1.1\r\nHost: cut.test\r\n\r\n", wait=5.0)
+        assert closed and status_of(out) == 200 and out.endswith(b"only ten b"), (out, closed)
+        assert request(port, path="/still").status == 200
+    finally:
+        garbage.close()
+        cut.close()
+
+
+def test_general_router_only(tmp_path: Path, legion_bin, uwsgi_py3, procs):
+    r = Router(tmp_path, legion_bin, procs, "gen", extra="fast_path = false\n")
+    r.wait_listening()
+    listening = [ln for ln in r.log_text().splitlines() if "HTTP router listening" in ln]
+    assert listening and "fast_path=false" in listening[0], listening
+    vs = Vassals(tmp_path, uwsgi_py3, procs)
+    a = vs.start("a", "--subscribe-to", f"{r.sub_server}:{KEY}")
+    b = vs.start("b", "--subscribe-to", f"{r.sub_server}:{KEY}")
+    r.wait_subscribed([(KEY, a.address), (KEY, b.address)], vs)
+    names = [request(r.http_port, path=f"/g{i}").vassal for i in range(6)]
+    assert alternates(names), names
+    out, _ = raw_exchange(r.http_port, f"GET /stream/1000 HTTP/1.1\r\nHost: {KEY}\r\nConnection: close\r\n\r\n".encode())
+    assert dechunk(out.partition(b"\r\n\r\n")[2]) == b"x" * 1000
