@@ -175,4 +175,10 @@ long crio_recv(int fd, void *buf, size_t len) { return read(fd, buf, len); }
 
 int crio_close(int fd) { return close(fd); }
 
+int crio_close_reset(int fd) {
+    struct linger lg = {1, 0};
+    setsockopt(fd, SOL_SOCKET, SO_LINGER, &lg, sizeof lg);
+    return close(fd);
+}
+
 int crio_errno(void) { return errno; }

@@ -52,6 +52,9 @@ long crio_send(int fd, const void *buf, size_t len);
 long crio_send2(int fd, const void *a, size_t alen, const void *b, size_t blen);
 long crio_recv(int fd, void *buf, size_t len);
 int crio_close(int fd);
+/// close() with SO_LINGER 0: an abortive close (RST, no TIME_WAIT), for a backend connection whose
+/// response has been received in full.
+int crio_close_reset(int fd);
 int crio_errno(void);
 
 #ifdef __cplusplus

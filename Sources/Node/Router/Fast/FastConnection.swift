@@ -203,13 +203,6 @@ final class FastConnection {
         backendFD = bfd
         backendGeneration = loop.nextGeneration()
         backendConnected = false
-        if crio_epoll_add(loop.epfd, bfd, FastLoop.token(.backend, slot: slot, generation: backendGeneration), 1, 1, 0) != 0 {
-            let err = crio_errno()
-            closeBackend()
-            node = nil
-            connectFailed(loop, node: picked, reason: String(cString: strerror(err)), timedOut: false)
-            return
-        }
         if !packet.isEmpty {
             packet.patch(byte: picked.modifier1 == 123 ? 0 : picked.modifier1, at: packet.readIndex)
             packet.patch(byte: picked.modifier2, at: packet.readIndex + 3)
@@ -233,7 +226,17 @@ final class FastConnection {
         }
         packetSent = 0
         setDeadline(.connect, after: loop.shared.settings.connectTimeoutMs, loop)
+        // Write first, register after: on loopback the handshake is usually done by now, the packet goes
+        // out at once and the socket only needs read events (no wake-up for its writability).
+        let generationNow = backendGeneration
         writeBackend(loop)
+        // Failed and retried (or answered) inside writeBackend: that attempt registered its own socket.
+        guard backendFD == bfd, backendGeneration == generationNow else { return }
+        let wantsOut: Int32 = packetSent < packet.count ? 1 : 0
+        if crio_epoll_add(loop.epfd, bfd, FastLoop.token(.backend, slot: slot, generation: backendGeneration), wantsOut, 1, 0) != 0 {
+            let err = crio_errno()
+            backendRefused(loop, reason: String(cString: strerror(err)), timedOut: false)
+        }
     }
 
     /// Sends the rest of the uwsgi packet; right after connect this usually succeeds at once on
@@ -422,7 +425,7 @@ final class FastConnection {
         }
         if phase != .proxying { return }
         switch mode {
-        case .none: responseComplete(loop)
+        case .none: responseComplete(loop, received: false)  // HEAD, 204, 304: the backend may still send a body
         case .length(let length):
             mode = .length(length - bodyPart.count)
             if length - bodyPart.count == 0 { responseComplete(loop) }
@@ -503,9 +506,12 @@ final class FastConnection {
         }
     }
 
-    private func closeBackend() {
+    /// `reset`: the whole response has been received, so the connection is dropped without the FIN
+    /// exchange and TIME_WAIT (SO_LINGER 0) — nothing is in flight either way, and it spares the
+    /// kernel a third of its work per backend connection. Otherwise a normal close.
+    private func closeBackend(reset: Bool = false) {
         if backendFD >= 0 {
-            _ = crio_close(backendFD)  // also leaves the epoll set
+            _ = reset ? crio_close_reset(backendFD) : crio_close(backendFD)  // also leaves the epoll set
             backendFD = -1
         }
         backendGeneration = 0
@@ -516,8 +522,8 @@ final class FastConnection {
     }
 
     /// The response is complete: the backend is closed, the client kept (keep-alive) or closed.
-    private func responseComplete(_ loop: FastLoop) {
-        closeBackend()
+    private func responseComplete(_ loop: FastLoop, received: Bool = true) {
+        closeBackend(reset: received)
         finishRequest(loop)
     }
 

@@ -20,7 +20,7 @@ final class FastRouter: @unchecked Sendable {
     /// Takes over a client socket and the bytes already read from it.
     let handOff: @Sendable (Int32, [UInt8]) -> Void
     private let stopping = Atomic<Bool>(false)
-    private var loops: [FastLoop] = []
+    private(set) var loops: [FastLoop] = []
     private let finished = DispatchGroup()
 
     /// Binds `host:port` (throws with the system's reason).
@@ -39,6 +39,14 @@ final class FastRouter: @unchecked Sendable {
     }
 
     var isStopping: Bool { stopping.load(ordering: .relaxed) }
+
+    private let dealt = Atomic<Int>(0)
+
+    /// The loop that gets the next accepted connection (round robin).
+    func nextLoop() -> FastLoop {
+        let n = dealt.wrappingAdd(1, ordering: .relaxed).oldValue
+        return loops[n % loops.count]
+    }
 
     func start() {
         for loop in loops {
@@ -155,7 +163,9 @@ final class FastLoop: @unchecked Sendable {
                 let ev = events[i]
                 switch token & 3 {
                 case Kind.listener.rawValue: accept()
-                case Kind.wake.rawValue: crio_eventfd_drain(wakeFD)
+                case Kind.wake.rawValue:
+                    crio_eventfd_drain(wakeFD)
+                    drainInbox()
                 default:
                     let slot = Int((token >> 2) & 0xFFFF_FFFF)
                     let gen = token >> 34
@@ -173,8 +183,20 @@ final class FastLoop: @unchecked Sendable {
             }
         }
         for connection in slots { connection?.abort(self) }
+        for accepted in inbox.withLock({ list -> [Accepted] in defer { list.removeAll() }; return list }) { _ = crio_close(accepted.fd) }
     }
 
+    /// A connection accepted by another loop for this one.
+    struct Accepted {
+        var fd: Int32
+        var host: [UInt8]
+        var port: Int
+    }
+
+    private let inbox = Mutex<[Accepted]>([])
+
+    /// Accepts what is pending and deals the connections out to the loops in turn (an awake loop would
+    /// otherwise take a whole burst of new connections and leave the other loops idle).
     private func accept() {
         var host = [CChar](repeating: 0, count: 64)
         for _ in 0..<64 {
@@ -188,20 +210,39 @@ final class FastLoop: @unchecked Sendable {
                 return
             }
             _ = crio_nodelay(fd)
-            let slot: Int
-            if let free = freeSlots.popLast() { slot = free } else { slot = slots.count; slots.append(nil) }
             let remote = host.withUnsafeBufferPointer { buf -> [UInt8] in
                 guard let base = buf.baseAddress else { return [] }
                 return UnsafeRawBufferPointer(start: base, count: strnlen(base, 64)).map { $0 }
             }
-            let connection = FastConnection(fd: fd, slot: slot, generation: nextGeneration(), remoteAddress: remote,
-                                            remotePort: Int(port), loop: self)
-            slots[slot] = connection
-            if crio_epoll_add(epfd, fd, FastLoop.token(.client, slot: slot, generation: connection.generation), 1, 1, 0) != 0 {
-                slots[slot] = nil
-                freeSlots.append(slot)
-                _ = crio_close(fd)
+            let target = router.nextLoop()
+            if target === self {
+                adopt(Accepted(fd: fd, host: remote, port: Int(port)))
+            } else {
+                target.inbox.withLock { $0.append(Accepted(fd: fd, host: remote, port: Int(port))) }
+                target.wake()
             }
+        }
+    }
+
+    /// Takes the connections other loops accepted for this one.
+    func drainInbox() {
+        let pending = inbox.withLock { list -> [Accepted] in
+            defer { list.removeAll() }
+            return list
+        }
+        for accepted in pending { adopt(accepted) }
+    }
+
+    private func adopt(_ accepted: Accepted) {
+        let slot: Int
+        if let free = freeSlots.popLast() { slot = free } else { slot = slots.count; slots.append(nil) }
+        let connection = FastConnection(fd: accepted.fd, slot: slot, generation: nextGeneration(), remoteAddress: accepted.host,
+                                        remotePort: accepted.port, loop: self)
+        slots[slot] = connection
+        if crio_epoll_add(epfd, accepted.fd, FastLoop.token(.client, slot: slot, generation: connection.generation), 1, 1, 0) != 0 {
+            slots[slot] = nil
+            freeSlots.append(slot)
+            _ = crio_close(accepted.fd)
         }
     }
 
