@@ -5,8 +5,10 @@ and keeps being reached after the Lord is SIGKILLed.
 """
 from __future__ import annotations
 
+import base64
 import os
 import signal
+import socket
 import subprocess
 import time
 import urllib.request
@@ -15,11 +17,21 @@ from pathlib import Path
 import pytest
 
 from conftest import ul
+from test_router_interop import _ws_frame, _ws_read_frame
 
 VIP = "127.0.0.100:18480"
 APP = """
 import os
 def application(env, start_response):
+    if env.get("PATH_INFO", "").startswith("/ws"):
+        import uwsgi
+        uwsgi.websocket_handshake(env["HTTP_SEC_WEBSOCKET_KEY"], env.get("HTTP_ORIGIN", ""))
+        while True:
+            try:
+                msg = uwsgi.websocket_recv()
+            except IOError:
+                return []
+            uwsgi.websocket_send(os.environ["DEMO_NAME"].encode() + b":" + msg)
     body = os.environ["DEMO_NAME"].encode()
     start_response("200 OK", [("Content-Type", "text/plain"), ("Content-Length", str(len(body)))])
     return [body]
@@ -79,6 +91,27 @@ def test_cluster_domain_is_balanced_across_nodes_and_survives_the_lord(cluster: 
     assert len(seen) >= 6, f"the demo app was not reachable through the VIP: {seen}"
     assert set(seen) == {"node2", "node3"}, f"expected both nodes to serve: {seen}"
     assert all(a != b for a, b in zip(seen, seen[1:])), f"not round-robin across nodes: {seen}"
+
+    # A WebSocket on the cluster domain: tunnelled through both hops (Lord's router -> internal router -> vassal).
+    host, port = VIP.rsplit(":", 1)
+    s = socket.create_connection((host, int(port)), timeout=5)
+    try:
+        key = base64.b64encode(os.urandom(16)).decode()
+        s.sendall((f"GET /ws HTTP/1.1\r\nHost: demo.example.com\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
+                   f"Sec-WebSocket-Key: {key}\r\nSec-WebSocket-Version: 13\r\n\r\n").encode())
+        buf = b""
+        while b"\r\n\r\n" not in buf:
+            chunk = s.recv(65536)
+            assert chunk, f"closed before the handshake answer: {buf!r}"
+            buf += chunk
+        head, buf = buf.split(b"\r\n\r\n", 1)
+        assert head.startswith(b"HTTP/1.1 101"), head
+        s.sendall(_ws_frame(b"ping"))
+        _, payload, buf = _ws_read_frame(s, buf)
+        assert payload in (b"node2:ping", b"node3:ping"), payload
+    finally:
+        s.close()
+    time.sleep(0.3)  # the vassal that held the WebSocket is free again
 
     lord_pid = int((cluster / "node1" / "node.pid").read_text())
     os.kill(lord_pid, signal.SIGKILL)

@@ -109,6 +109,14 @@ public final class HTTPRouter: Service {
                                    lordBody: @escaping @Sendable () -> String) -> VIPListenerFactory {
         { host, port in
             let shared = RouterShared(settings: settings, store: store, logger: logger, lordBody: lordBody)
+            #if os(Linux)
+            if settings.fastPath {
+                let router = try FastRouter(shared: shared, host: host, port: port, threads: settings.threads,
+                                            handOff: { fd, bytes in HTTPRouter.adopt(fd: fd, replay: bytes, shared: shared) })
+                router.start()
+                return FastRouterListener(router: router)
+            }
+            #endif
             return RouterListener(channel: try await bootstrap(shared: shared, host: host, port: port))
         }
     }
@@ -214,6 +222,13 @@ enum RouterLoops {
         }
     }
 }
+
+#if os(Linux)
+struct FastRouterListener: VIPListener {
+    let router: FastRouter
+    func stop() async { await Task.detached { [router] in router.stop() }.value }
+}
+#endif
 
 struct RouterListener: VIPListener {
     let channel: Channel

@@ -150,9 +150,8 @@ final class FastConnection {
         requestBytes = req.headLength + req.contentLength
         host = Array(UnsafeRawBufferPointer(rebasing: p[req.host]))
         method = req.method
-        isHEAD = HTTPHeadScanner.equalsLower(p, req.method, "head") && p[req.method.lowerBound] == 0x48
-        idempotent = req.contentLength == 0 && (isHEAD || (req.method.count == 3 && p[0] == 0x47 && p[1] == 0x45 && p[2] == 0x54)
-            || (req.method.count == 7 && HTTPHeadScanner.equalsLower(p, req.method, "options")))
+        isHEAD = HTTPHeadScanner.equals(p, req.method, "HEAD")
+        idempotent = req.contentLength == 0 && (isHEAD || HTTPHeadScanner.equals(p, req.method, "GET") || HTTPHeadScanner.equals(p, req.method, "OPTIONS"))
         attempts = 0
         excluded.removeAll(keepingCapacity: true)
         node = nil
@@ -163,6 +162,12 @@ final class FastConnection {
         mode = .head
         phase = .proxying
         deadlineKind = .none
+        if let lordBody = loop.shared.lordBody, HTTPHeadScanner.equals(p, req.method, "GET"), HTTPHeadScanner.equals(p, req.uri, "/.legion/lord") {
+            // The failover IP's listener: who is Lord (the general router's answer, byte for byte).
+            respond(loop, status: "200 OK", contentType: "application/json", body: lordBody() + "\n", extraHeaders: "Cache-Control: no-store\r\n",
+                    close: false)
+            return
+        }
         if host.count > 255 {
             respond(loop, status: "400 Bad Request", message: "Host header longer than 255 bytes", close: true)
             return
@@ -565,19 +570,21 @@ final class FastConnection {
 
     /// A short plain-text answer from the router itself (same text as the general router's).
     private func respond(_ loop: FastLoop, status: String, message: String, close: Bool) {
+        respond(loop, status: status, contentType: "text/plain; charset=utf-8", body: "\(status.prefix(3)) \(status.dropFirst(4)): \(message)\n",
+                extraHeaders: "Server: legion\r\n", close: close)
+    }
+
+    private func respond(_ loop: FastLoop, status: String, contentType: String, body: String, extraHeaders: String, close: Bool) {
         closeBackend()
         guard let req = request else { return }
         if close { closeAfterResponse = true }
         let keepAlive = !closeAfterResponse
-        let code = status.prefix(3)
-        let body = "\(code) \(status.dropFirst(4)): \(message)\n"
-        var text = "HTTP/1.\(req.minor) \(status)\r\nContent-Type: text/plain; charset=utf-8\r\nContent-Length: \(body.utf8.count)\r\nServer: legion\r\n"
+        var text = "HTTP/1.\(req.minor) \(status)\r\nContent-Type: \(contentType)\r\nContent-Length: \(body.utf8.count)\r\n\(extraHeaders)"
         if !keepAlive { text += "Connection: close\r\n" } else if req.minor == 0 { text += "Connection: keep-alive\r\n" }
         text += "\r\n"
         if !isHEAD { text += body }
         responseStarted = true
-        var bytes = text
-        bytes.withUTF8 { sendClient(UnsafeRawBufferPointer($0), loop) }
+        text.withUTF8 { sendClient(UnsafeRawBufferPointer($0), loop) }
         if phase == .proxying { finishRequest(loop) }
     }
 

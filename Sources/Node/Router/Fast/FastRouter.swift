@@ -33,8 +33,14 @@ final class FastRouter: @unchecked Sendable {
         self.port = Int(crio_local_port(fd))
         self.shared = shared
         self.handOff = handOff
-        for index in 0..<max(threads, 1) {
-            loops.append(try FastLoop(router: self, index: index))
+        do {
+            for index in 0..<max(threads, 1) {
+                loops.append(try FastLoop(router: self, index: index))
+            }
+        } catch {
+            loops.removeAll()
+            _ = crio_close(fd)
+            throw error
         }
     }
 

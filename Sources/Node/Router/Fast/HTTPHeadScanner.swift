@@ -88,6 +88,12 @@ enum HTTPHeadScanner {
         return true
     }
 
+    /// Byte-exact comparison with a literal.
+    @inline(__always) static func equals(_ p: UnsafeRawBufferPointer, _ r: Range<Int>, _ literal: StaticString) -> Bool {
+        guard r.count == literal.utf8CodeUnitCount, let base = p.baseAddress else { return false }
+        return memcmp(base + r.lowerBound, literal.utf8Start, r.count) == 0
+    }
+
     /// Same CGI variable name (`X-A` and `x_a` are both `HTTP_X_A`).
     static func sameCGIName(_ p: UnsafeRawBufferPointer, _ a: Range<Int>, _ b: Range<Int>) -> Bool {
         guard a.count == b.count else { return false }
