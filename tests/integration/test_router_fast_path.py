@@ -12,6 +12,8 @@ SwiftNIO router. Checked here, beyond test_router_interop.py (which runs against
 * uploads over the fast path's 1 MiB limit are streamed by the general path and arrive intact;
 * hand-made backends: garbage instead of HTTP -> 502 with a reason; a response cut short -> the client sees
   the connection close (no hang); the router keeps serving;
+* out of file descriptors (a low ``ulimit -n``, more clients than it allows): the router says so, pauses accepting
+  instead of spinning, and serves again once clients leave;
 * ``fast_path = false`` runs everything on the general router (same answers).
 
 Run:  python3 -m pytest -v tests/integration/test_router_fast_path.py        (~20 s)
@@ -205,3 +207,41 @@ def test_general_router_only(tmp_path: Path, legion_bin, uwsgi_py3, procs):
     assert alternates(names), names
     out, _ = raw_exchange(r.http_port, f"GET /stream/1000 HTTP/1.1\r\nHost: {KEY}\r\nConnection: close\r\n\r\n".encode())
     assert dechunk(out.partition(b"\r\n\r\n")[2]) == b"x" * 1000
+
+
+def test_out_of_file_descriptors_pauses_accept_and_recovers(tmp_path: Path, legion_bin, uwsgi_py3, procs):
+    wrapper = tmp_path / "legion-lowfd"
+    wrapper.write_text(f"#!/bin/sh\nulimit -n 120\nexec {legion_bin} \"$@\"\n")
+    wrapper.chmod(0o755)
+    r = Router(tmp_path, wrapper, procs, "lowfd")
+    r.wait_listening()
+    vs = Vassals(tmp_path, uwsgi_py3, procs)
+    a = vs.start("a", "--subscribe-to", f"{r.sub_server}:{KEY}")
+    r.wait_subscribed([(KEY, a.address)], vs)
+    assert request(r.http_port).status == 200
+    clients = []
+    try:
+        for _ in range(200):
+            clients.append(socket.create_connection((HOST, r.http_port), timeout=2))
+        deadline = time.monotonic() + 5
+        while "cannot accept connections" not in r.log_text() and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert "cannot accept connections" in r.log_text(), "no warning when out of file descriptors"
+        warnings = r.log_text().count("cannot accept connections")
+        time.sleep(1.0)
+        assert r.log_text().count("cannot accept connections") <= warnings + 2, "the warning must be rate-limited"
+    finally:
+        for c in clients:
+            c.close()
+    r.require_alive()
+    deadline = time.monotonic() + 15
+    status = 0
+    while time.monotonic() < deadline:
+        try:
+            status = request(r.http_port, path="/again", timeout=2).status
+            if status == 200:
+                break
+        except OSError:
+            pass
+        time.sleep(0.2)
+    assert status == 200, "the router did not serve again after the clients left"

@@ -657,8 +657,10 @@ final class FastConnection {
         guard deadlineKind != .none, loop.now >= deadline, phase != .closed else { return }
         switch deadlineKind {
         case .header:
-            guard phase == .waiting, output.isEmpty else { return }
-            if input.isEmpty {
+            guard phase == .waiting else { return }
+            if !output.isEmpty {
+                abort(loop)  // the client has not taken its last response for the whole header timeout
+            } else if input.isEmpty {
                 close(loop)  // an idle keep-alive connection
             } else {
                 // A request head still incomplete (slowloris): 408, as the general router answers.
@@ -666,7 +668,7 @@ final class FastConnection {
                 let text = "HTTP/1.1 408 Request Timeout\r\nContent-Type: text/plain; charset=utf-8\r\nContent-Length: \(body.utf8.count)\r\nConnection: close\r\nServer: legion\r\n\r\n\(body)"
                 var bytes = text
                 bytes.withUTF8 { sendClient(UnsafeRawBufferPointer($0), loop) }
-                if output.isEmpty { close(loop) } else { closeAfterFlush = true; deadlineKind = .none }
+                if output.isEmpty { close(loop) } else { closeAfterFlush = true; setDeadline(.header, after: loop.shared.settings.headersTimeoutMs, loop) }
             }
         case .connect:
             backendRefused(loop, reason: "connectTimeout", timedOut: true)

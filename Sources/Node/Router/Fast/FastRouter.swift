@@ -109,6 +109,8 @@ final class FastLoop: @unchecked Sendable {
     /// Parsed backend addresses (nil: not an IP literal or UNIX path; the general path resolves names).
     private var addresses: [[UInt8]: BackendAddress?] = [:]
     var now: UInt64 = 0
+    private var acceptPausedUntil: UInt64 = 0
+    private var nextAcceptWarning: UInt64 = 0
     let serverName: [UInt8]
     let serverPort: [UInt8]
 
@@ -183,6 +185,10 @@ final class FastLoop: @unchecked Sendable {
                     }
                 }
             }
+            if acceptPausedUntil != 0, now >= acceptPausedUntil {
+                acceptPausedUntil = 0
+                _ = crio_epoll_add(epfd, router.listenFD, Kind.listener.rawValue, 0, 0, 1)
+            }
             if now >= nextScan {
                 nextScan = now + 100_000_000
                 for connection in slots { connection?.checkDeadline(self) }
@@ -210,7 +216,16 @@ final class FastLoop: @unchecked Sendable {
             let fd = crio_accept(router.listenFD, &host, 64, &port)
             if fd < 0 {
                 let err = crio_errno()
-                if err != EAGAIN && err != EWOULDBLOCK && err != EINTR && err != ECONNABORTED {
+                if err == EMFILE || err == ENFILE || err == ENOBUFS || err == ENOMEM {
+                    // Out of descriptors or memory: stop listening for a moment instead of spinning on a
+                    // listener that stays readable; established connections keep being served.
+                    if now >= nextAcceptWarning {
+                        nextAcceptWarning = now + 1_000_000_000
+                        shared.logger.warning("router: cannot accept connections; pausing accept for 100 ms (raise the open files limit, `ulimit -n`)",
+                                              metadata: ["error": "\(String(cString: strerror(err)))", "connections": "\(slots.count - freeSlots.count)"])
+                    }
+                    if crio_epoll_del(epfd, router.listenFD) == 0 { acceptPausedUntil = now + 100_000_000 }
+                } else if err != EAGAIN && err != EWOULDBLOCK && err != EINTR && err != ECONNABORTED {
                     shared.logger.warning("router: accept failed", metadata: ["error": "\(String(cString: strerror(err)))"])
                 }
                 return
