@@ -5,7 +5,6 @@ and keeps being reached after the Lord is SIGKILLed.
 """
 from __future__ import annotations
 
-import base64
 import os
 import signal
 import socket
@@ -17,7 +16,7 @@ from pathlib import Path
 import pytest
 
 from conftest import ul
-from test_router_interop import _ws_frame, _ws_read_frame
+from test_router_interop import _ws_frame, _ws_read_frame, ws_handshake
 
 VIP = "127.0.0.100:18480"
 APP = """
@@ -96,16 +95,7 @@ def test_cluster_domain_is_balanced_across_nodes_and_survives_the_lord(cluster: 
     host, port = VIP.rsplit(":", 1)
     s = socket.create_connection((host, int(port)), timeout=5)
     try:
-        key = base64.b64encode(os.urandom(16)).decode()
-        s.sendall((f"GET /ws HTTP/1.1\r\nHost: demo.example.com\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
-                   f"Sec-WebSocket-Key: {key}\r\nSec-WebSocket-Version: 13\r\n\r\n").encode())
-        buf = b""
-        while b"\r\n\r\n" not in buf:
-            chunk = s.recv(65536)
-            assert chunk, f"closed before the handshake answer: {buf!r}"
-            buf += chunk
-        head, buf = buf.split(b"\r\n\r\n", 1)
-        assert head.startswith(b"HTTP/1.1 101"), head
+        _, _, buf = ws_handshake(s, "demo.example.com")
         s.sendall(_ws_frame(b"ping"))
         _, payload, buf = _ws_read_frame(s, buf)
         assert payload in (b"node2:ping", b"node3:ping"), payload

@@ -688,23 +688,31 @@ def _ws_read_frame(s: socket.socket, buf: bytes) -> tuple[int, bytes, bytes]:
         buf += chunk
 
 
+def ws_handshake(s: socket.socket, host: str, path: str = "/ws", connection: str = "Upgrade",
+                 first: bytes = b"") -> tuple[str, bytes, bytes]:
+    """Sends a WebSocket upgrade request (plus `first` bytes in the same write) and reads the 101 answer:
+    (key, response head, bytes after the head)."""
+    key = base64.b64encode(os.urandom(16)).decode()
+    s.sendall((f"GET {path} HTTP/1.1\r\nHost: {host}\r\nUpgrade: websocket\r\nConnection: {connection}\r\n"
+               f"Sec-WebSocket-Key: {key}\r\nSec-WebSocket-Version: 13\r\n\r\n").encode() + first)
+    buf = b""
+    while b"\r\n\r\n" not in buf:
+        chunk = s.recv(65536)
+        assert chunk, f"closed before the handshake answer: {buf!r}"
+        buf += chunk
+    head, buf = buf.split(b"\r\n\r\n", 1)
+    assert head.startswith(b"HTTP/1.1 101"), head
+    return key, head, buf
+
+
 def test_websocket_tunnel_to_a_real_uwsgi_backend(main: Setup):
     """Upgrade: websocket is tunnelled: uWSGI's own handshake (uwsgi.websocket_handshake) and frames pass both
     ways through our router; plain requests keep working beside it."""
     port = main.router.http_port
-    key = base64.b64encode(os.urandom(16)).decode()
     s = socket.create_connection((HOST, port), timeout=5)
     try:
         # The first frame travels in the same write as the handshake (uWSGI's router would drop it).
-        s.sendall((f"GET /ws HTTP/1.1\r\nHost: {KEY}\r\nUpgrade: websocket\r\nConnection: keep-alive, Upgrade\r\n"
-                   f"Sec-WebSocket-Key: {key}\r\nSec-WebSocket-Version: 13\r\n\r\n").encode() + _ws_frame(b"first"))
-        buf = b""
-        while b"\r\n\r\n" not in buf:
-            chunk = s.recv(65536)
-            assert chunk, f"closed before the handshake answer: {buf!r}"
-            buf += chunk
-        head, buf = buf.split(b"\r\n\r\n", 1)
-        assert head.startswith(b"HTTP/1.1 101"), head
+        key, head, buf = ws_handshake(s, KEY, connection="keep-alive, Upgrade", first=_ws_frame(b"first"))
         accept = base64.b64encode(hashlib.sha1((key + "258EAFA5-E914-47DA-95CA-C5AB0DC85B11").encode()).digest())
         assert b"Sec-WebSocket-Accept: " + accept in head, head
         got = []
