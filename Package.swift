@@ -110,7 +110,9 @@ let package = Package(
                                                        .product(name: "NIOPosix", package: "swift-nio")]),
         .testTarget(name: "NodeTests", dependencies: ["Node", "Legion", "Api",
                                                       .product(name: "NIOCore", package: "swift-nio"),
-                                                      .product(name: "NIOPosix", package: "swift-nio")]),
+                                                      .product(name: "NIOPosix", package: "swift-nio"),
+                                                      .product(name: "NIOHTTP1", package: "swift-nio"),
+                                                      .product(name: "NIOEmbedded", package: "swift-nio")]),
     ],
     swiftLanguageModes: [.v6]
 )

@@ -65,6 +65,10 @@ import UwsgiWire
             "GET / HTTP/1.1\r\nHost: h\r\nX-A: 1\r\nx_a: 2\r\n\r\n",  // same CGI name: merged by the general router
             "GET / HTTP/1.1\r\nHost: h\r\nX-Bad: a\u{1}b\r\n\r\n",
             "GET /\u{7f} HTTP/1.1\r\nHost: h\r\n\r\n",
+            "get / HTTP/1.1\r\nHost: h\r\n\r\n",  // methods are case-sensitive; the general router refuses this one
+            "PROPFIND / HTTP/1.1\r\nHost: h\r\n\r\n",  // rarer methods: the general path
+            "GET http://h/ HTTP/1.1\r\nHost: h\r\n\r\n",  // absolute-form target
+            "OPTIONS * HTTP/1.1\r\nHost: h\r\n\r\n",
             "GET / HTTP/1.1\r\nHost: h\r\n" + (0..<HTTPHeadScanner.maxHeaders).map { "X-\($0): v\r\n" }.joined() + "\r\n",
         ]
         for text in general {

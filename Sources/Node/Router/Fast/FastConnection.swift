@@ -95,7 +95,10 @@ final class FastConnection {
                 break
             }
             if input.writableCount < 2048 {
-                guard input.count < limit else { break }
+                guard input.count < limit else {
+                    clientReadPending = true  // resumed once the request in the buffer is done
+                    break
+                }
                 input.reserve(input.count < 16 * 1024 ? 16 * 1024 : input.count)
             }
             let room = input.writableCount

@@ -134,8 +134,14 @@ enum HTTPHeadScanner {
         while i < lineStop, isToken(p[i]) { i += 1 }
         guard i > 0, i < lineStop, p[i] == 0x20 else { return .general("bad method") }
         let method = 0..<i
+        // Common methods only (the general router's parser refuses unknown ones; it takes the rarer known ones).
+        guard equals(p, method, "GET") || equals(p, method, "POST") || equals(p, method, "HEAD") || equals(p, method, "PUT")
+              || equals(p, method, "DELETE") || equals(p, method, "OPTIONS") || equals(p, method, "PATCH") else {
+            return .general("method")
+        }
         i += 1
         let uriStart = i
+        guard i < lineStop, p[i] == 0x2F else { return .general("not an origin-form target") }
         while i < lineStop, p[i] > 0x20, p[i] < 0x7F { i += 1 }
         guard i > uriStart, i < lineStop, p[i] == 0x20 else { return .general("bad request target") }
         let uri = uriStart..<i
