@@ -81,7 +81,7 @@ struct NodeCommand: AsyncParsableCommand {
                 let clusterRelay = ClusterRelay(origin: nodeConfig.name, internalAddress: router.advertise ?? internalBind.description,
                                                 store: store, localStore: local, logger: logger)
                 services.append(.init(service: SubscriptionServer(bind: clusterBind, store: local, logger: logger, relay: clusterRelay)))
-                services.append(.init(service: InternalRouter(bind: internalBind, store: local, logger: logger)))
+                services.append(.init(service: InternalRouter(bind: internalBind, store: local, logger: logger, settings: router)))
                 relay = clusterRelay
             }
             let lordState = state

@@ -1,3 +1,6 @@
+#if os(Linux)
+import CRouterIO
+#endif
 import Logging
 import NIOCore
 import NIOPosix
@@ -12,16 +15,36 @@ public final class InternalRouter: Service {
     let bind: NodeConfig.Endpoint
     let store: SubscriptionStore
     let logger: Logger
+    let settings: RouterSettings?
 
-    public init(bind: NodeConfig.Endpoint, store: SubscriptionStore, logger: Logger) {
+    /// `settings`: the node's router settings (timeouts, threads, `fast_path`); nil runs the SwiftNIO relay.
+    public init(bind: NodeConfig.Endpoint, store: SubscriptionStore, logger: Logger, settings: RouterSettings? = nil) {
         self.bind = bind
         self.store = store
         self.logger = logger
+        self.settings = settings
     }
 
     public func run() async throws {
         let store = self.store
         let logger = self.logger
+        #if os(Linux)
+        if let settings, settings.fastPath {
+            let shared = RouterShared(settings: settings, store: store, logger: logger)
+            let relay: FastRouter
+            do {
+                relay = try FastRouter(shared: shared, host: bind.host, port: bind.port, threads: settings.threads, kind: .relay,
+                                       handOff: { fd, _ in _ = crio_close(fd) })
+            } catch {
+                throw NodeConfigError.invalid(key: "router.internal", problem: "cannot listen on \(bind): \(error)")
+            }
+            relay.start()
+            logger.notice("internal router listening", metadata: ["bind": "\(bind)", "fast_path": "true"])
+            try? await gracefulShutdown()
+            await Task.detached { relay.stop() }.value
+            return
+        }
+        #endif
         let channel: Channel
         do {
             channel = try await ServerBootstrap(group: MultiThreadedEventLoopGroup.singleton)

@@ -23,8 +23,15 @@ final class FastRouter: @unchecked Sendable {
     private(set) var loops: [FastLoop] = []
     private let finished = DispatchGroup()
 
+    /// What the accepted connections are: HTTP clients (the router) or other nodes' routers sending
+    /// uwsgi requests for local vassals (the internal router).
+    enum Kind: Sendable { case http, relay }
+    let kind: Kind
+
     /// Binds `host:port` (throws with the system's reason).
-    init(shared: RouterShared, host: String, port: Int, threads: Int, handOff: @escaping @Sendable (Int32, [UInt8]) -> Void) throws {
+    init(shared: RouterShared, host: String, port: Int, threads: Int, kind: Kind = .http,
+         handOff: @escaping @Sendable (Int32, [UInt8]) -> Void) throws {
+        self.kind = kind
         let fd = crio_listen_tcp(host, Int32(port), 1024)
         guard fd >= 0 else {
             throw FastRouterError.listen("\(host):\(port): \(String(cString: strerror(crio_errno())))")
@@ -99,7 +106,7 @@ final class FastLoop: @unchecked Sendable {
     let epfd: Int32
     let wakeFD: Int32
     let shared: RouterShared
-    private(set) var slots: [FastConnection?] = []
+    private(set) var slots: [FastSocketOwner?] = []
     private var freeSlots: [Int] = []
     private var generation: UInt64 = 0
     /// Reused by every connection of this loop: backend reads, header lists, response heads.
@@ -257,8 +264,14 @@ final class FastLoop: @unchecked Sendable {
     private func adopt(_ accepted: Accepted) {
         let slot: Int
         if let free = freeSlots.popLast() { slot = free } else { slot = slots.count; slots.append(nil) }
-        let connection = FastConnection(fd: accepted.fd, slot: slot, generation: nextGeneration(), remoteAddress: accepted.host,
+        let connection: FastSocketOwner
+        switch router.kind {
+        case .http:
+            connection = FastConnection(fd: accepted.fd, slot: slot, generation: nextGeneration(), remoteAddress: accepted.host,
                                         remotePort: accepted.port, loop: self)
+        case .relay:
+            connection = FastRelayConnection(fd: accepted.fd, slot: slot, generation: nextGeneration(), loop: self)
+        }
         slots[slot] = connection
         if crio_epoll_add(epfd, accepted.fd, FastLoop.token(.client, slot: slot, generation: connection.generation), 1, 1, 0) != 0 {
             slots[slot] = nil
