@@ -14,7 +14,10 @@ SwiftNIO router. Checked here, beyond test_router_interop.py (which runs against
   the connection close (no hang); the router keeps serving;
 * out of file descriptors (a low ``ulimit -n``, more clients than it allows): the router says so, pauses accepting
   instead of spinning, and serves again once clients leave;
-* ``fast_path = false`` runs everything on the general router (same answers).
+* ``fast_path = false`` runs everything on the general router (same answers);
+* the internal router (cluster domains' second hop), spoken to in uwsgi as another node's router does: both
+  local vassals answer, a 5 MB response is relayed whole, unknown host / no HTTP_HOST -> 502 with the reason,
+  a SIGKILLed vassal is skipped.
 
 Run:  python3 -m pytest -v tests/integration/test_router_fast_path.py        (~20 s)
 """
@@ -245,3 +248,45 @@ def test_out_of_file_descriptors_pauses_accept_and_recovers(tmp_path: Path, legi
             pass
         time.sleep(0.2)
     assert status == 200, "the router did not serve again after the clients left"
+
+
+def uwsgi_request(port: int, host: str, path: str = "/", wait: float = 5.0, extra_vars: dict | None = None) -> tuple[bytes, bool]:
+    """What another node's router sends the internal router: a uwsgi request packet; returns (response, closed)."""
+    env = {"REQUEST_METHOD": "GET", "REQUEST_URI": path, "PATH_INFO": path, "QUERY_STRING": "", "SERVER_PROTOCOL": "HTTP/1.1",
+           "SERVER_NAME": "peer", "SERVER_PORT": "80", "REMOTE_ADDR": "10.0.0.9", "REMOTE_PORT": "40000", **(extra_vars or {})}
+    if host:
+        env["HTTP_HOST"] = host
+    payload = b"".join(struct.pack("<H", len(k)) + k.encode() + struct.pack("<H", len(v)) + v.encode() for k, v in env.items())
+    return raw_exchange(port, struct.pack("<BHB", 0, len(payload), 0) + payload, wait=wait)
+
+
+def test_internal_router_relays_retries_and_answers_clearly(tmp_path: Path, legion_bin, uwsgi_py3, procs):
+    """The internal router (cluster domains' second hop) on the fast loops, spoken to as another node's router would."""
+    internal, cluster_sub = free_port(), free_port(udp=True)
+    r = Router(tmp_path, legion_bin, procs, "inner",
+               extra=f'internal = "{HOST}:{internal}"\ncluster_subscription = "{HOST}:{cluster_sub}"\n')
+    r.wait_listening()
+    vs = Vassals(tmp_path, uwsgi_py3, procs)
+    a = vs.start("a", "--subscribe-to", f"{HOST}:{cluster_sub}:{KEY}")
+    b = vs.start("b", "--subscribe-to", f"{HOST}:{cluster_sub}:{KEY}")
+    deadline = time.monotonic() + 10
+    seen: set[str] = set()
+    while time.monotonic() < deadline and len(seen) < 2:
+        out, _ = uwsgi_request(internal, KEY, "/hello")
+        if status_of(out) == 200:
+            seen.add(out.split(b'"vassal": "', 1)[1].split(b'"', 1)[0].decode())
+        else:
+            time.sleep(0.1)
+    assert seen == {"a", "b"}, f"both local vassals should answer through the internal router: {seen}"
+    out, closed = uwsgi_request(internal, KEY, "/stream/5000000", wait=10)
+    head, _, body = out.partition(b"\r\n\r\n")
+    assert status_of(out) == 200 and closed and body == b"x" * 5_000_000, (head, len(body))
+    out, closed = uwsgi_request(internal, "nobody.test")
+    assert status_of(out) == 502 and b"no local backend for nobody.test" in out and closed, out
+    out, closed = uwsgi_request(internal, "")
+    assert status_of(out) == 502 and b"no HTTP_HOST" in out and closed, out
+    vs.kill("a")
+    got = [status_of(uwsgi_request(internal, KEY, f"/after-kill/{i}")[0]) for i in range(6)]
+    assert got == [200] * 6, f"a dead local vassal must be skipped (retry before any byte is sent): {got}"
+    assert "internal router: backend refused; trying another" in r.log_text()
+    r.require_alive()
