@@ -24,6 +24,7 @@ Run:  python3 -m pytest -v tests/integration/test_router_fast_path.py        (~2
 from __future__ import annotations
 
 import hashlib
+import signal
 import socket
 import struct
 import threading
@@ -290,3 +291,38 @@ def test_internal_router_relays_retries_and_answers_clearly(tmp_path: Path, legi
     assert got == [200] * 6, f"a dead local vassal must be skipped (retry before any byte is sent): {got}"
     assert "internal router: backend refused; trying another" in r.log_text()
     r.require_alive()
+
+
+def test_sigterm_lets_requests_in_flight_finish(tmp_path: Path, legion_bin, uwsgi_py3, procs):
+    """SIGTERM: the router stops accepting, closes idle keep-alive connections, and lets a request in flight
+    (here 1 s long) finish with `Connection: close` before the node exits (drain up to 3 s)."""
+    r = Router(tmp_path, legion_bin, procs, "drain")
+    r.wait_listening()
+    vs = Vassals(tmp_path, uwsgi_py3, procs)
+    a = vs.start("a", "--subscribe-to", f"{r.sub_server}:{KEY}")
+    r.wait_subscribed([(KEY, a.address)], vs)
+    idle = socket.create_connection((HOST, r.http_port), timeout=5)
+    idle.sendall(f"GET /idle HTTP/1.1\r\nHost: {KEY}\r\n\r\n".encode())
+    assert status_of(idle.recv(65536)) == 200
+    busy = socket.create_connection((HOST, r.http_port), timeout=5)
+    busy.sendall(f"GET /sleep/1000 HTTP/1.1\r\nHost: {KEY}\r\n\r\n".encode())
+    time.sleep(0.3)
+    t0 = time.monotonic()
+    r.proc.send_signal(signal.SIGTERM)
+    idle.settimeout(2)
+    assert idle.recv(65536) == b"", "an idle keep-alive connection is closed at once"
+    busy.settimeout(5)
+    got = b""
+    while True:
+        chunk = busy.recv(65536)
+        if not chunk:
+            break
+        got += chunk
+    head = got.partition(b"\r\n\r\n")[0].lower()
+    assert status_of(got) == 200 and b'"/sleep/1000"' in got, f"the request in flight must finish: {got[:300]!r}"
+    assert b"connection: close" in head, head
+    r.proc.wait(timeout=10)
+    assert time.monotonic() - t0 < 8
+    assert "router drained" in r.log_text(), r.log_text()[-2000:]
+    idle.close()
+    busy.close()

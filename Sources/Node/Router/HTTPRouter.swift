@@ -98,7 +98,7 @@ public final class HTTPRouter: Service {
         }
         try? await gracefulShutdown()
         #if os(Linux)
-        if let fast { await Task.detached { fast.stop() }.value }
+        if let fast { await Task.detached { fast.stop(drainMs: 3000) }.value }
         #endif
         for channel in channels { try? await channel.close().get() }
     }

@@ -558,7 +558,7 @@ final class FastConnection {
         if packet.capacity > 256 * 1024 { packet.shrink(to: 1024) }
         phase = .waiting
         setDeadline(.header, after: loop.shared.settings.headersTimeoutMs, loop)
-        if closeAfterResponse || clientEOF {
+        if closeAfterResponse || clientEOF || loop.router.isDraining {
             if output.isEmpty { close(loop) } else { closeAfterFlush = true }
             return
         }
@@ -713,5 +713,17 @@ final class FastConnection {
 
     /// Closes both sides now (errors, shutdown).
     func abort(_ loop: FastLoop) { close(loop) }
+
+    func drain(_ loop: FastLoop) {
+        switch phase {
+        case .waiting:
+            if output.isEmpty { close(loop) } else { closeAfterFlush = true }
+        case .proxying:
+            // The response in flight still goes out, announcing `Connection: close` if it has not started.
+            if !responseStarted { closeAfterResponse = true }
+        case .closed:
+            break
+        }
+    }
 }
 #endif

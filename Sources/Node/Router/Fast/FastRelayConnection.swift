@@ -13,6 +13,8 @@ protocol FastSocketOwner: AnyObject {
     func backendEvent(_ events: UInt32, _ loop: FastLoop)
     func checkDeadline(_ loop: FastLoop)
     func abort(_ loop: FastLoop)
+    /// The router is stopping: close now if idle, else once the exchange in flight is done.
+    func drain(_ loop: FastLoop)
 }
 
 extension FastConnection: FastSocketOwner {}
@@ -342,5 +344,9 @@ final class FastRelayConnection: FastSocketOwner {
     }
 
     func abort(_ loop: FastLoop) { close(loop) }
+
+    func drain(_ loop: FastLoop) {
+        if phase == .head && fromClient.isEmpty { close(loop) }  // relays in flight end when their response does
+    }
 }
 #endif

@@ -73,8 +73,21 @@ final class FastRouter: @unchecked Sendable {
         }
     }
 
-    /// Stops accepting, closes every connection, waits for the threads.
-    func stop() {
+    private let draining = Atomic<Bool>(false)
+    var isDraining: Bool { draining.load(ordering: .relaxed) }
+
+    /// Stops accepting, lets requests in flight finish for up to `drainMs` (idle keep-alive
+    /// connections close at once, busy ones after their response), closes the rest, waits for the threads.
+    func stop(drainMs: Int = 0) {
+        if drainMs > 0, !draining.exchange(true, ordering: .relaxed) {
+            for loop in loops { loop.wake() }
+            if finished.wait(timeout: .now() + .milliseconds(drainMs)) == .success {
+                shared.logger.notice("router drained", metadata: ["bind_port": "\(port)"])
+            } else {
+                shared.logger.warning("router: requests still in flight after the drain period; closing them",
+                                      metadata: ["drain_ms": "\(drainMs)"])
+            }
+        }
         guard !stopping.exchange(true, ordering: .relaxed) else { return }
         for loop in loops { loop.wake() }
         finished.wait()
@@ -166,7 +179,18 @@ final class FastLoop: @unchecked Sendable {
             events.deallocate()
         }
         var nextScan: UInt64 = 0
+        var drainStarted = false
         while !router.isStopping {
+            if router.isDraining {
+                if !drainStarted {
+                    // Drain: no new connections here; idle ones close now, busy ones after their response.
+                    drainStarted = true
+                    _ = crio_epoll_del(epfd, router.listenFD)
+                    acceptPausedUntil = 0
+                    for connection in slots { connection?.drain(self) }
+                }
+                if slots.count == freeSlots.count { break }
+            }
             let n = crio_epoll_wait(epfd, tokens, events, 256, 100)
             now = SystemClock.monotonicNanos()
             if n < 0 {
@@ -192,7 +216,7 @@ final class FastLoop: @unchecked Sendable {
                     }
                 }
             }
-            if acceptPausedUntil != 0, now >= acceptPausedUntil {
+            if acceptPausedUntil != 0, now >= acceptPausedUntil, !drainStarted {
                 acceptPausedUntil = 0
                 _ = crio_epoll_add(epfd, router.listenFD, Kind.listener.rawValue, 0, 0, 1)
             }
