@@ -193,9 +193,14 @@ final class FastConnection {
             return
         }
         guard let address = picked.address.first == 0x68 ? nil : loop.address(for: picked.address) else {
-            // An HTTP/1.1 backend (`http://…`) or a host name: the general router serves it.
-            store.release(picked)
-            if attempts == 0 { handOff(loop) } else { connectFailed(loop, node: picked, reason: "not a literal address", timedOut: false) }
+            // An HTTP/1.1 backend (`http://…`) or a host name: the general router serves it (before any attempt;
+            // on a retry it counts as one more failed node).
+            if attempts == 0 {
+                store.release(picked)
+                handOff(loop)
+            } else {
+                connectFailed(loop, node: picked, reason: "not an IP literal or UNIX socket address", timedOut: false)
+            }
             return
         }
         node = picked
