@@ -5,7 +5,8 @@ import Node
 /// The node's HTTP API (status only for now): `GET /status`, `GET /.legion/lord`, `GET /metrics`,
 /// `GET /healthz`. Runs as a `Service` next to the Legion service.
 public enum NodeAPI {
-    public static func router(state: NodeState) -> Router<BasicRequestContext> {
+    /// `subscriptions`: the HTTP router's table, for its per-domain counters in `/metrics`.
+    public static func router(state: NodeState, subscriptions: SubscriptionStore? = nil) -> Router<BasicRequestContext> {
         let router = Router()
         router.get("/healthz") { _, _ in "ok\n" }
         router.get("/status") { _, _ in
@@ -33,6 +34,22 @@ public enum NodeAPI {
                    s.drops.sorted { $0.key < $1.key }.map { ("{reason=\"\($0.key)\"}", String($0.value)) })
             metric("legion_clock_skew_max_ms", "largest clock skew seen with a member", "gauge", [("", String(s.maxClockSkewMs))])
             metric("legion_lease_remaining_ms", "lease left (Lord, native mode)", "gauge", [("", String(s.legion?.leaseRemainingMs ?? 0))])
+            if let subscriptions {
+                let (nodes, stats) = subscriptions.snapshot
+                var backends: [String: Int] = [:]
+                for node in nodes { backends[node.keyString, default: 0] += 1 }
+                metric("legion_router_backends", "subscribed backends per domain", "gauge",
+                       backends.sorted { $0.key < $1.key }.map { ("{domain=\"\(label($0.key))\"}", String($0.value)) })
+                metric("legion_router_requests_total", "requests finished per domain (\"-\": routed to no domain, e.g. 404)", "counter",
+                       stats.hits.sorted { $0.key < $1.key }.map { ("{domain=\"\(label($0.key))\"}", String($0.value)) })
+                metric("legion_router_response_bytes_total", "response bytes sent per domain", "counter",
+                       stats.bytes.sorted { $0.key < $1.key }.map { ("{domain=\"\(label($0.key))\"}", String($0.value)) })
+                metric("legion_router_handoffs_total", "connections the fast path handed to the general router", "counter",
+                       [("", String(stats.handOffs))])
+                metric("legion_subscriptions_accepted_total", "subscription packets applied", "counter", [("", String(stats.accepted))])
+                metric("legion_subscriptions_rejected_total", "subscription packets refused, by reason", "counter",
+                       stats.rejected.sorted { $0.key < $1.key }.map { ("{reason=\"\(label($0.key))\"}", String($0.value)) })
+            }
             var response = Response(status: .ok, headers: [.contentType: "text/plain; version=0.0.4"],
                                     body: .init(byteBuffer: ByteBuffer(string: lines.joined(separator: "\n") + "\n")))
             response.headers[.cacheControl] = "no-store"
@@ -41,10 +58,25 @@ public enum NodeAPI {
         return router
     }
 
-    public static func application(state: NodeState, host: String, port: Int, logger: Logger) -> some ApplicationProtocol {
-        Application(router: router(state: state),
+    public static func application(state: NodeState, subscriptions: SubscriptionStore? = nil, host: String, port: Int,
+                                   logger: Logger) -> some ApplicationProtocol {
+        Application(router: router(state: state, subscriptions: subscriptions),
                     configuration: .init(address: .hostname(host, port: port), serverName: "legion"),
                     logger: logger)
+    }
+
+    /// A Prometheus label value: backslash, double quote and newline escaped.
+    static func label(_ value: String) -> String {
+        var out = ""
+        for ch in value {
+            switch ch {
+            case "\\": out += "\\\\"
+            case "\"": out += "\\\""
+            case "\n": out += "\\n"
+            default: out.append(ch)
+            }
+        }
+        return out
     }
 
     static func json(_ body: String, status: HTTPResponse.Status = .ok) -> Response {

@@ -57,6 +57,7 @@ struct NodeCommand: AsyncParsableCommand {
         var relay: ClusterRelay?
         var vipListener: VIPListenerFactory?
         var subscriptionVerifier: SubscriptionVerifier?
+        var routerTable: SubscriptionStore?
         if let router = nodeConfig.router {
             var policy = SubscriptionTable.Policy()
             policy.toleranceMs = router.toleranceMs
@@ -64,6 +65,7 @@ struct NodeCommand: AsyncParsableCommand {
             subscriptionVerifier = verifier
             policy.requireSignature = verifier != nil
             let store = SubscriptionStore(policy: policy, algorithm: router.algorithm, verifier: verifier)
+            routerTable = store
             var certificates: CertificateStore?
             if router.https != nil, let cert = router.httpsCertificate, let key = router.httpsKey {
                 do {
@@ -102,7 +104,7 @@ struct NodeCommand: AsyncParsableCommand {
             })))
         }
         if let api = nodeConfig.api {
-            let app = NodeAPI.application(state: state, host: api.host, port: api.port, logger: logger)
+            let app = NodeAPI.application(state: state, subscriptions: routerTable, host: api.host, port: api.port, logger: logger)
             services.append(.init(service: app))
         }
         let group = ServiceGroup(configuration: .init(services: services, gracefulShutdownSignals: [.sigterm, .sigint],

@@ -326,3 +326,34 @@ def test_sigterm_lets_requests_in_flight_finish(tmp_path: Path, legion_bin, uwsg
     assert "router drained" in r.log_text(), r.log_text()[-2000:]
     idle.close()
     busy.close()
+
+
+def test_per_domain_counters_in_metrics(tmp_path: Path, legion_bin, uwsgi_py3, procs):
+    """Per-domain counters (requests, response bytes), backends per domain, hand-offs and subscription counts
+    are in the node API's /metrics; unknown hosts are counted under "-" (no label per attacker-chosen Host)."""
+    api = free_port()
+    r = Router(tmp_path, legion_bin, procs, "metrics", extra=f'\n[api]\nbind = "{HOST}:{api}"\n')
+    r.wait_listening()
+    vs = Vassals(tmp_path, uwsgi_py3, procs)
+    a = vs.start("a", "--subscribe-to", f"{r.sub_server}:{KEY}")
+    b = vs.start("b", "--subscribe-to", f"{r.sub_server}:{KEY}")
+    r.wait_subscribed([(KEY, a.address), (KEY, b.address)], vs)
+    bodies = sum(len(request(r.http_port, path=f"/m{i}").body) for i in range(5))
+    assert request(r.http_port, host='evil"\\host').status == 404
+    out, _ = raw_exchange(r.http_port, f"POST /c HTTP/1.1\r\nHost: {KEY}\r\nTransfer-Encoding: chunked\r\nConnection: close\r\n\r\n"
+                                       f"2\r\nhi\r\n0\r\n\r\n".encode())
+    assert status_of(out) == 200
+    import urllib.request
+    text = urllib.request.urlopen(f"http://{HOST}:{api}/metrics", timeout=5).read().decode()
+    values = {}
+    for line in text.splitlines():
+        if line and not line.startswith("#"):
+            name, _, value = line.rpartition(" ")
+            values[name] = float(value)
+    assert values.get(f'legion_router_backends{{domain="{KEY}"}}') == 2, text
+    assert values.get(f'legion_router_requests_total{{domain="{KEY}"}}', 0) >= 6, text
+    assert values.get(f'legion_router_response_bytes_total{{domain="{KEY}"}}', 0) >= bodies, text
+    assert values.get('legion_router_requests_total{domain="-"}', 0) >= 1, text
+    assert not any("evil" in k for k in values), "an unknown Host must not become a label"
+    assert values.get("legion_router_handoffs_total", 0) >= 1, text
+    assert values.get("legion_subscriptions_accepted_total", 0) >= 2, text

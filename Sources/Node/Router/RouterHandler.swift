@@ -498,7 +498,7 @@ final class RouterHandler: ChannelInboundHandler, RemovableChannelHandler {
     private func finishRequest(closeBackend: Bool) {
         if let req = request {
             if let node = req.node { shared.store.release(node) }
-            shared.store.count(host: req.host, bytes: req.bytesOut)
+            shared.store.count(key: req.node?.keyString, bytes: req.bytesOut)
             shared.access.debug("request", metadata: [
                 "host": "\(req.host)", "method": "\(req.head.method.rawValue)", "uri": "\(req.head.uri)",
                 "backend": "\(req.node?.addressString ?? "-")", "bytes": "\(req.bytesOut)",

@@ -8,8 +8,11 @@ public final class SubscriptionStore: Sendable {
     public struct Stats: Sendable {
         public var accepted = 0
         public var rejected: [String: Int] = [:]
+        /// Requests and response bytes per subscribed key ("-": requests no key took, e.g. 404s).
         public var hits: [String: Int] = [:]
         public var bytes: [String: Int] = [:]
+        /// Connections the fast path handed to the general router.
+        public var handOffs = 0
     }
 
     public let algorithm: SubscriptionTable.Algorithm
@@ -79,13 +82,19 @@ public final class SubscriptionStore: Sendable {
         ejected.withLock { $0[node.addressString] = nowMs + ejectMs }
     }
 
-    public func count(host: String, bytes: Int) {
+    /// Counts a finished request under the key that served it (`nil`: no key, counted under "-").
+    public func count(key: String?, bytes: Int) {
+        let name = key ?? "-"
         stats.withLock { s in
-            if s.hits.count < 10_000 || s.hits[host] != nil {
-                s.hits[host, default: 0] += 1
-                s.bytes[host, default: 0] += bytes
+            if s.hits.count < 10_000 || s.hits[name] != nil {
+                s.hits[name, default: 0] += 1
+                s.bytes[name, default: 0] += bytes
             }
         }
+    }
+
+    public func countHandOff() {
+        stats.withLock { $0.handOffs += 1 }
     }
 
     public var snapshot: (nodes: [SubscriptionTable.Node], stats: Stats) {

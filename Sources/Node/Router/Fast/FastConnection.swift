@@ -544,8 +544,8 @@ final class FastConnection {
         guard phase == .proxying else { return }  // already closed (the client went away)
         let store = loop.shared.store
         if let node { store.release(node) }
+        store.count(key: node?.keyString, bytes: bytesOut)
         let hostName = String(decoding: host, as: UTF8.self)
-        store.count(host: hostName, bytes: bytesOut)
         if loop.shared.access.logLevel <= .debug {
             let p = input.readable
             let methodText = String(decoding: UnsafeRawBufferPointer(rebasing: p[method]), as: UTF8.self)
@@ -700,6 +700,7 @@ final class FastConnection {
         if let node { loop.shared.store.release(node) }
         node = nil
         _ = crio_epoll_del(loop.epfd, fd)
+        loop.shared.store.countHandOff()
         let bytes = Array(input.readable)
         phase = .closed
         loop.release(slot: slot)
