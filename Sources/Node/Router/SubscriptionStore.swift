@@ -19,6 +19,8 @@ public final class SubscriptionStore: Sendable {
     public let verifier: SubscriptionVerifier?
     private let table: Mutex<SubscriptionTable>
     private let ejected = Mutex<[String: UInt64]>([:])
+    /// How many entries `ejected` holds, read without its lock on every pick (usually 0).
+    private let ejectedCount = Atomic<Int>(0)
     private let stats = Mutex(Stats())
     /// How long a backend that refused a connection is skipped.
     public let ejectMs: UInt64
@@ -56,7 +58,10 @@ public final class SubscriptionStore: Sendable {
     }
 
     public func expire(nowMs: UInt64) -> [SubscriptionTable.Node] {
-        ejected.withLock { $0 = $0.filter { $0.value > nowMs } }
+        ejected.withLock {
+            $0 = $0.filter { $0.value > nowMs }
+            ejectedCount.store($0.count, ordering: .relaxed)
+        }
         return table.withLock { $0.expire(nowMs: nowMs) }
     }
 
@@ -66,7 +71,7 @@ public final class SubscriptionStore: Sendable {
     public func hasExactKey(_ key: [UInt8]) -> Bool { table.withLock { !$0.nodes(forKey: String(decoding: key, as: UTF8.self)).isEmpty } }
 
     public func pick(host: [UInt8], nowMs: UInt64, excluding: Set<[UInt8]>) -> SubscriptionTable.Node? {
-        let skip = ejected.withLock { e -> Set<[UInt8]> in
+        let skip = ejectedCount.load(ordering: .relaxed) == 0 ? [] : ejected.withLock { e -> Set<[UInt8]> in
             e.isEmpty ? [] : Set(e.filter { $0.value > nowMs }.keys.map { Array($0.utf8) })
         }
         let exclude = skip.isEmpty ? excluding : excluding.union(skip)
@@ -79,7 +84,10 @@ public final class SubscriptionStore: Sendable {
 
     /// A backend refused or timed out: skip it for `ejectMs` (its next subscribe does not revive it early).
     public func eject(_ node: SubscriptionTable.Node, nowMs: UInt64) {
-        ejected.withLock { $0[node.addressString] = nowMs + ejectMs }
+        ejected.withLock {
+            $0[node.addressString] = nowMs + ejectMs
+            ejectedCount.store($0.count, ordering: .relaxed)
+        }
     }
 
     /// Counts a finished request under the key that served it (`nil`: no key, counted under "-").
@@ -89,6 +97,17 @@ public final class SubscriptionStore: Sendable {
             if s.hits.count < 10_000 || s.hits[name] != nil {
                 s.hits[name, default: 0] += 1
                 s.bytes[name, default: 0] += bytes
+            }
+        }
+    }
+
+    /// Adds counts gathered elsewhere (the fast path's loops batch theirs).
+    public func count(batch: [String: (hits: Int, bytes: Int)]) {
+        guard !batch.isEmpty else { return }
+        stats.withLock { s in
+            for (name, c) in batch where s.hits.count < 10_000 || s.hits[name] != nil {
+                s.hits[name, default: 0] += c.hits
+                s.bytes[name, default: 0] += c.bytes
             }
         }
     }

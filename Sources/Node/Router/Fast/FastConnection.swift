@@ -544,7 +544,7 @@ final class FastConnection {
         guard phase == .proxying else { return }  // already closed (the client went away)
         let store = loop.shared.store
         if let node { store.release(node) }
-        store.count(key: node?.keyString, bytes: bytesOut)
+        loop.count(key: node?.key, bytes: bytesOut)
         let hostName = String(decoding: host, as: UTF8.self)
         if loop.shared.access.logLevel <= .debug {
             let p = input.readable
