@@ -88,33 +88,13 @@ final class FastConnection {
     }
 
     private func readClient(_ loop: FastLoop) {
-        let limit = HTTPHeadScanner.maxHead + HTTPHeadScanner.maxFastBody + 4096
-        while true {
-            if phase == .proxying && input.count >= 64 * 1024 {
-                clientReadPending = true  // pipelined requests beyond a buffer's worth wait for this one
-                break
-            }
-            if input.writableCount < 2048 {
-                guard input.count < limit else {
-                    clientReadPending = true  // resumed once the request in the buffer is done
-                    break
-                }
-                input.reserve(input.count < 16 * 1024 ? 16 * 1024 : input.count)
-            }
-            let room = input.writableCount
-            let n = crio_recv(fd, input.writePointer, room)
-            if n > 0 {
-                input.commit(n)
-                if n < room { break }
-                continue
-            }
-            if n == 0 {
-                clientEOF = true
-                break
-            }
-            let err = crio_errno()
-            if err == EAGAIN || err == EWOULDBLOCK { break }
-            if err == EINTR { continue }
+        // While a request is in flight, pipelined ones beyond a buffer's worth wait for it.
+        let limit = phase == .proxying ? 64 * 1024 : HTTPHeadScanner.maxHead + HTTPHeadScanner.maxFastBody + 4096
+        switch SocketIO.read(fd, into: input, limit: limit) {
+        case .drained: break
+        case .limit: clientReadPending = true  // resumed once the request in the buffer is done
+        case .eof: clientEOF = true
+        case .failed:
             abort(loop)
             return
         }
@@ -609,41 +589,16 @@ final class FastConnection {
         if !output.isEmpty {
             output.append(a)
             output.append(b)
-            return
-        }
-        var sent = 0
-        while true {
-            let n = crio_send2(fd, a.baseAddress, a.count, b.baseAddress, b.count)
-            if n >= 0 {
-                sent = n
-                break
-            }
-            let err = crio_errno()
-            if err == EINTR { continue }
-            if err == EAGAIN || err == EWOULDBLOCK { break }
+        } else if !SocketIO.send(a, b, to: fd, overflow: output) {
             abort(loop)  // the client went away
-            return
-        }
-        if sent < total {
-            if sent < a.count {
-                output.append(UnsafeRawBufferPointer(rebasing: a[sent...]))
-                output.append(b)
-            } else {
-                output.append(UnsafeRawBufferPointer(rebasing: b[(sent - a.count)...]))
-            }
         }
     }
 
     private func flushOutput(_ loop: FastLoop) {
-        while !output.isEmpty {
-            let n = crio_send(fd, output.readable.baseAddress, output.count)
-            if n > 0 {
-                output.consume(n)
-                continue
-            }
-            let err = crio_errno()
-            if err == EINTR { continue }
-            if err == EAGAIN || err == EWOULDBLOCK { return }
+        switch SocketIO.flush(output, to: fd) {
+        case .done: break
+        case .blocked: return
+        case .failed:
             abort(loop)
             return
         }

@@ -48,6 +48,9 @@ final class FastRelayConnection: FastSocketOwner {
     private var excluded: Set<[UInt8]> = []
     private var node: SubscriptionTable.Node?
     private var deadline: UInt64 = 0
+    /// The whole request, kept while it may be retried on another vassal; nil otherwise.
+    private var replay: [UInt8]?
+    private var receivedAny = false
     /// Most bytes buffered in one direction before that side is no longer read.
     private static let window = 256 * 1024
 
@@ -74,26 +77,11 @@ final class FastRelayConnection: FastSocketOwner {
 
     private func readClient(_ loop: FastLoop) {
         var eof = false
-        while true {
-            if fromClient.count >= Self.window {
-                clientReadPending = true
-                break
-            }
-            fromClient.reserve(4096)
-            let room = fromClient.writableCount
-            let n = crio_recv(fd, fromClient.writePointer, room)
-            if n > 0 {
-                fromClient.commit(n)
-                if n < room { break }
-                continue
-            }
-            if n == 0 {
-                eof = true
-                break
-            }
-            let err = crio_errno()
-            if err == EAGAIN || err == EWOULDBLOCK { break }
-            if err == EINTR { continue }
+        switch SocketIO.read(fd, into: fromClient, limit: Self.window) {
+        case .drained: break
+        case .limit: clientReadPending = true
+        case .eof: eof = true
+        case .failed:
             abort(loop)
             return
         }
@@ -120,6 +108,13 @@ final class FastRelayConnection: FastSocketOwner {
             return
         }
         host = requestHost
+        // A request that can safely go to another vassal if this one dies before answering (as the HTTP
+        // router's next-upstream retry): GET/HEAD/OPTIONS, no body, no upgrade, nothing after the head.
+        let method = vars["REQUEST_METHOD"].map { String(decoding: $0, as: UTF8.self) } ?? ""
+        let noBody = (vars["CONTENT_LENGTH"].flatMap(UwsgiVars.parseDecimal) ?? 0) == 0
+        if ["GET", "HEAD", "OPTIONS"].contains(method), noBody, vars["HTTP_UPGRADE"] == nil, p.count == 4 + size {
+            replay = Array(p)
+        }
         phase = .relaying
         deadline = 0
         pickAndConnect(loop)
@@ -173,17 +168,16 @@ final class FastRelayConnection: FastSocketOwner {
     }
 
     private func flushToBackend(_ loop: FastLoop) {
-        while !fromClient.isEmpty, backendFD >= 0 {
-            let n = crio_send(backendFD, fromClient.readable.baseAddress, fromClient.count)
-            if n > 0 {
-                fromClient.consume(n)
-                sentAny = true
-                markConnected()
-                continue
-            }
-            let err = crio_errno()
-            if err == EINTR { continue }
-            if err == EAGAIN || err == EWOULDBLOCK || err == ENOTCONN { return }
+        guard backendFD >= 0 else { return }
+        let before = fromClient.count
+        let result = SocketIO.flush(fromClient, to: backendFD)
+        if fromClient.count < before {
+            sentAny = true
+            markConnected()
+        }
+        switch result {
+        case .done, .blocked: break
+        case .failed(let err):
             if !backendConnected && !sentAny {
                 connectFailed(loop, reason: String(cString: strerror(err)))
             } else {
@@ -231,6 +225,8 @@ final class FastRelayConnection: FastSocketOwner {
             let n = crio_recv(backendFD, buffer.writePointer, buffer.writableCount)
             if n > 0 {
                 markConnected()
+                receivedAny = true
+                replay = nil
                 buffer.commit(n)
                 sendClient(buffer.readable, loop)
                 if phase == .closed { return }
@@ -241,6 +237,7 @@ final class FastRelayConnection: FastSocketOwner {
                 continue
             }
             if n == 0 {
+                if retryBeforeAnswer(loop, reason: "closed without answering") { return }
                 // The response is complete (uwsgi ends it by closing): pass the close on once delivered.
                 closeBackend(reset: true)
                 if toClient.isEmpty { close(loop) } else { closeAfterFlush = true }
@@ -251,45 +248,38 @@ final class FastRelayConnection: FastSocketOwner {
             if err == EINTR { continue }
             if !backendConnected && !sentAny {
                 connectFailed(loop, reason: String(cString: strerror(err)))
-            } else {
+            } else if !retryBeforeAnswer(loop, reason: String(cString: strerror(err))) {
                 abort(loop)
             }
             return
         }
     }
 
+    /// The vassal went away after taking the request but before answering (e.g. killed just then): an
+    /// idempotent request goes to another one. False when that is not possible.
+    private func retryBeforeAnswer(_ loop: FastLoop, reason: String) -> Bool {
+        guard !receivedAny, let replay, attempts < 3 else { return false }
+        fromClient.clear()
+        fromClient.append(replay)
+        sentAny = false
+        connectFailed(loop, reason: reason)
+        return true
+    }
+
     private func sendClient(_ data: UnsafeRawBufferPointer, _ loop: FastLoop) {
         guard data.count > 0 else { return }
         if !toClient.isEmpty {
             toClient.append(data)
-            return
-        }
-        var sent = 0
-        while true {
-            let n = crio_send(fd, data.baseAddress, data.count)
-            if n >= 0 {
-                sent = n
-                break
-            }
-            let err = crio_errno()
-            if err == EINTR { continue }
-            if err == EAGAIN || err == EWOULDBLOCK { break }
+        } else if !SocketIO.send(data, UnsafeRawBufferPointer(start: nil, count: 0), to: fd, overflow: toClient) {
             abort(loop)
-            return
         }
-        if sent < data.count { toClient.append(UnsafeRawBufferPointer(rebasing: data[sent...])) }
     }
 
     private func flushToClient(_ loop: FastLoop) {
-        while !toClient.isEmpty {
-            let n = crio_send(fd, toClient.readable.baseAddress, toClient.count)
-            if n > 0 {
-                toClient.consume(n)
-                continue
-            }
-            let err = crio_errno()
-            if err == EINTR { continue }
-            if err == EAGAIN || err == EWOULDBLOCK { return }
+        switch SocketIO.flush(toClient, to: fd) {
+        case .done: break
+        case .blocked: return
+        case .failed:
             abort(loop)
             return
         }
