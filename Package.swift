@@ -108,7 +108,7 @@ let package = Package(
         .testTarget(name: "SubscriptionsTests", dependencies: ["Subscriptions", "UwsgiWire", "TestSupport"], resources: [.copy("Fixtures")]),
         .testTarget(name: "StoreTests", dependencies: ["Store", .product(name: "NIOCore", package: "swift-nio"),
                                                        .product(name: "NIOPosix", package: "swift-nio")]),
-        .testTarget(name: "NodeTests", dependencies: ["Node", "Legion", "Api",
+        .testTarget(name: "NodeTests", dependencies: ["Node", "Legion", "Api", "LegionSimulator",
                                                       .product(name: "NIOCore", package: "swift-nio"),
                                                       .product(name: "NIOPosix", package: "swift-nio"),
                                                       .product(name: "NIOHTTP1", package: "swift-nio"),

@@ -1,6 +1,7 @@
 import NIOCore
 import NIOEmbedded
 import NIOHTTP1
+import LegionSimulator
 import Testing
 @testable import Node
 
@@ -10,16 +11,11 @@ import Testing
 /// Content-Length and keep-alive — the fast path never accepts what the general router would
 /// refuse or read differently (no request smuggling between the two).
 @Suite struct FastPathDifferentialTests {
+    /// The simulator's seeded generator, with the two helpers the generator below needs.
     struct Rng {
-        var state: UInt64
-        mutating func next() -> UInt64 {
-            state &+= 0x9E37_79B9_7F4A_7C15
-            var z = state
-            z = (z ^ (z >> 30)) &* 0xBF58_476D_1CE4_E5B9
-            z = (z ^ (z >> 27)) &* 0x94D0_49BB_1331_11EB
-            return z ^ (z >> 31)
-        }
-        mutating func below(_ n: Int) -> Int { Int(next() % UInt64(n)) }
+        var source: SimRandom
+        init(seed: UInt64) { source = SimRandom(seed: seed) }
+        mutating func below(_ n: Int) -> Int { Int.random(in: 0..<n, using: &source) }
         mutating func pick<T>(_ list: [T]) -> T { list[below(list.count)] }
     }
 
@@ -78,7 +74,7 @@ import Testing
     }
 
     @Test func fastPathAcceptsOnlyWhatNIOReadsTheSameWay() throws {
-        var rng = Rng(state: 2026)
+        var rng = Rng(seed: 2026)
         var complete = 0, general = 0
         for case_ in 0..<40_000 {
             let bytes = generate(&rng)

@@ -198,12 +198,15 @@ enum HTTPHeadScanner {
             case 6 where equalsLower(p, name, "expect"): return .general("Expect")
             case 17 where equalsLower(p, name, "sec-websocket-key"): return .general("WebSocket")
             case 10 where equalsLower(p, name, "connection"):
+                // Comma-separated elements, whitespace trimmed at their ends (as the general router reads them).
                 var t = value.lowerBound
                 while t < value.upperBound {
                     while t < value.upperBound, p[t] == 0x20 || p[t] == 0x09 || p[t] == 0x2C { t += 1 }
                     let tokenStart = t
-                    while t < value.upperBound, p[t] != 0x2C, p[t] != 0x20, p[t] != 0x09 { t += 1 }
-                    let token = tokenStart..<t
+                    while t < value.upperBound, p[t] != 0x2C { t += 1 }
+                    var tokenEnd = t
+                    while tokenEnd > tokenStart, p[tokenEnd - 1] == 0x20 || p[tokenEnd - 1] == 0x09 { tokenEnd -= 1 }
+                    let token = tokenStart..<tokenEnd
                     if equalsLower(p, token, "close") { close = true }
                     else if equalsLower(p, token, "keep-alive") { keepAliveToken = true }
                     else if equalsLower(p, token, "upgrade") { return .general("Connection: upgrade") }
