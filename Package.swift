@@ -58,6 +58,19 @@ let package = Package(
                 .product(name: "_CryptoExtras", package: "swift-crypto"),
             ]
         ),
+        // fork/exec, pidfd and inotify wrappers for the process supervisor and the Emperor (Linux).
+        .target(name: "CProcess"),
+        .target(name: "Supervisor", dependencies: ["CProcess"]),
+        .target(
+            name: "Emperor",
+            dependencies: [
+                "Supervisor",
+                "CProcess",
+                "CRouterIO",
+                .product(name: "Logging", package: "swift-log"),
+                .product(name: "ServiceLifecycle", package: "swift-service-lifecycle"),
+            ]
+        ),
         // epoll/eventfd/socket wrappers for the router's fast path (Linux).
         .target(name: "CRouterIO"),
         .target(
@@ -89,6 +102,8 @@ let package = Package(
         .executableTarget(
             name: "LegionCLI",
             dependencies: [
+                "Emperor",
+                "Supervisor",
                 "Node",
                 "Api",
                 "Legion",

@@ -11,10 +11,13 @@ struct LegionCommand: AsyncParsableCommand {
           legion cluster status      who is Lord, where the VIP answers
           legion cluster down        stop it
 
+        Supervise uWSGI vassals without a cluster (replaces `uwsgi --emperor DIR`):
+          legion emperor /etc/uwsgi/vassals
+
         Run one node of a real cluster:
           legion node --config /etc/legion/node.toml
         """,
-        subcommands: [NodeCommand.self, ClusterCommand.self, StoreCommand.self, AdminCommand.self, DrillCommand.self, ConfigCommand.self, SimulateCommand.self,
+        subcommands: [NodeCommand.self, ClusterCommand.self, EmperorCommand.self, StoreCommand.self, AdminCommand.self, DrillCommand.self, ConfigCommand.self, SimulateCommand.self,
                       DrillProbeCommand.self,
                       VIPFenceCommand.self]
     )
