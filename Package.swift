@@ -13,6 +13,7 @@ let package = Package(
         .library(name: "Legion", targets: ["Legion"]),
         .library(name: "Node", targets: ["Node"]),
         .library(name: "Api", targets: ["Api"]),
+        .library(name: "NodeRuntime", targets: ["NodeRuntime"]),
     ],
     dependencies: [
         .package(url: "https://github.com/apple/swift-nio.git", from: "2.101.2"),
@@ -77,6 +78,8 @@ let package = Package(
             name: "Node",
             dependencies: [
                 "CRouterIO",
+                "Emperor",
+                "Supervisor",
                 "Legion",
                 "Subscriptions",
                 "UwsgiWire",
@@ -99,9 +102,22 @@ let package = Package(
                 .product(name: "Hummingbird", package: "hummingbird"),
             ]
         ),
+        .target(
+            name: "NodeRuntime",
+            dependencies: [
+                "Node",
+                "Api",
+                "Emperor",
+                "Store",
+                "Subscriptions",
+                .product(name: "Logging", package: "swift-log"),
+                .product(name: "ServiceLifecycle", package: "swift-service-lifecycle"),
+            ]
+        ),
         .executableTarget(
             name: "LegionCLI",
             dependencies: [
+                "NodeRuntime",
                 "Emperor",
                 "Supervisor",
                 "Node",

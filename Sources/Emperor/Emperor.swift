@@ -39,6 +39,10 @@ public final class Emperor: @unchecked Sendable {
         /// The log file the Emperor and its vassals write to, rotated (copy + truncate) past `logMaxBytes`.
         public var logFile: String?
         public var logMaxBytes: Int = 200 << 20
+        /// Vassals from somewhere other than files (the store's containers); replaces the monitors' scan.
+        public var source: (@Sendable () -> [EmperorCore.VassalFile])?
+        /// Builds the command for a vassal instead of `binary --ini NAME` (the channel fd and environment are added).
+        public var launcher: (@Sendable (EmperorCore.VassalFile) -> SpawnSpec)?
         public init() {}
     }
 
@@ -59,6 +63,7 @@ public final class Emperor: @unchecked Sendable {
     private let reader: VassalFileReader
     private let commands = Mutex<[Command]>([])
     private let statsText = Mutex<String>("")
+    private let names = Mutex<Set<String>>([])
     private let finished = Mutex<(done: Bool, exitCode: Int32, waiters: [CheckedContinuation<Int32, Never>])>((false, 0, []))
     private let eventFD: Int32
 
@@ -99,6 +104,8 @@ public final class Emperor: @unchecked Sendable {
 
     /// The stats document as of the last loop iteration.
     public var stats: String { statsText.withLock { $0 } }
+    /// The vassals with a running instance, as of the last loop iteration.
+    public var vassalNames: Set<String> { names.withLock { $0 } }
 
     /// Runs until every vassal is gone after a shutdown; cancelling the task shuts down. Returns the exit code
     /// (0, or 1 when this sub-Emperor lost its own Emperor).
@@ -137,7 +144,9 @@ public final class Emperor: @unchecked Sendable {
         inotifyFD = cproc_inotify_init()
         if inotifyFD >= 0 {
             _ = crio_epoll_add(epollFD, inotifyFD, Self.tokenInotify, 0, 0, 0)
-            for monitor in settings.monitors {
+            var watched = settings.monitors
+            if let owned = settings.ownedDomainsFile { watched.append((owned as NSString).deletingLastPathComponent + "/") }
+            for monitor in watched {
                 var isDir: ObjCBool = false
                 let dir = FileManager.default.fileExists(atPath: monitor, isDirectory: &isDir) && isDir.boolValue
                     ? monitor : (monitor as NSString).deletingLastPathComponent
@@ -172,7 +181,7 @@ public final class Emperor: @unchecked Sendable {
     private func loop() {
         logger.info("emperor started", metadata: ["monitors": "\(settings.monitors.joined(separator: ", "))"])
         var now = clock.now()
-        execute(core.scan(reader.scan(), now: now))
+        execute(core.scan(scanVassals(), now: now))
         var nextScan = now.monoMs + settings.rescanMs
         var scanSoon: Int64?
         var tokens = [UInt64](repeating: 0, count: 64)
@@ -231,7 +240,7 @@ public final class Emperor: @unchecked Sendable {
                 nextScan = 0
             }
             if now.monoMs >= nextScan {
-                if !core.shuttingDown { execute(core.scan(reader.scan(), now: now)) }
+                if !core.shuttingDown { execute(core.scan(scanVassals(), now: now)) }
                 nextScan = now.monoMs + settings.rescanMs
                 rotateLogIfNeeded()
             }
@@ -254,6 +263,11 @@ public final class Emperor: @unchecked Sendable {
     }
 
     private var finishedFlag = false
+
+    private func scanVassals() -> [EmperorCore.VassalFile] {
+        if let source = options.source { return source() }
+        return reader.scan()
+    }
 
     private func needsTicks() -> Bool {
         if core.shuttingDown { return true }
@@ -296,10 +310,15 @@ public final class Emperor: @unchecked Sendable {
             execute(core.spawnFailed(file, error: "socketpair: \(String(cString: strerror(errno)))", now: now))
             return
         }
-        var spec = SpawnSpec(executable: file.binary ?? settings.binary)
-        spec.arguments = Self.arguments(for: file, settings: settings)
-        spec.environment = Self.environment(base: currentEnvironment(), extra: settings.environment, fd: 3)
-        spec.workingDirectory = file.name.contains("/") ? nil : file.monitor
+        var spec: SpawnSpec
+        if let launcher = options.launcher {
+            spec = launcher(file)
+        } else {
+            spec = SpawnSpec(executable: file.binary ?? settings.binary)
+            spec.arguments = Self.arguments(for: file, settings: settings)
+            spec.workingDirectory = file.name.contains("/") ? nil : file.monitor
+        }
+        spec.environment = Self.environment(base: spec.environment ?? currentEnvironment(), extra: settings.environment, fd: 3)
         spec.passFDs = [(pair[1], 3)]
         if settings.tyrant {
             spec.user = (file.uid, file.gid)
@@ -389,6 +408,8 @@ public final class Emperor: @unchecked Sendable {
     private func publishStats() {
         let text = EmperorStats.json(core, process: processInfo())
         statsText.withLock { $0 = text }
+        let running = Set(core.instances.keys)
+        names.withLock { $0 = running }
     }
 
     private func processInfo() -> EmperorStats.Process {

@@ -42,6 +42,8 @@ public struct EmperorSettings: Sendable, Equatable {
     public var environment: [String: String] = [:]
     /// Domains vassals may attach with the hosting shortcuts (nil: no check). Checked before start.
     public var ownedDomains: Set<String>?
+    /// A file with one owned domain per line, re-read at every scan (and watched): replaces `ownedDomains`.
+    public var ownedDomainsFile: String?
 
     public init() {}
 

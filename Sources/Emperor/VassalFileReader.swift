@@ -22,6 +22,17 @@ public struct VassalFileReader: Sendable {
     ]
 
     public func scan() -> [EmperorCore.VassalFile] {
+        var reader = self
+        if let path = settings.ownedDomainsFile {
+            // Missing or unreadable: no domain is owned (refuse rather than allow).
+            let text = (try? String(contentsOfFile: path, encoding: .utf8)) ?? ""
+            reader.settings.ownedDomains = Set(text.split(whereSeparator: \.isNewline)
+                .map { $0.trimmingCharacters(in: .whitespaces).lowercased() }.filter { !$0.isEmpty })
+        }
+        return reader.scanMonitors()
+    }
+
+    func scanMonitors() -> [EmperorCore.VassalFile] {
         var out: [EmperorCore.VassalFile] = []
         for monitor in settings.monitors {
             var isDir: ObjCBool = false

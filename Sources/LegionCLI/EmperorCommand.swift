@@ -112,10 +112,10 @@ struct EmperorCommand: AsyncParsableCommand {
         settings.noBlacklist = noBlacklist
         settings.gracefulShutdown = gracefulShutdown
         if let ownedDomains {
-            guard let text = try? String(contentsOfFile: ownedDomains, encoding: .utf8) else {
+            guard FileManager.default.isReadableFile(atPath: ownedDomains) else {
                 throw UserFacingError("cannot read --owned-domains \(ownedDomains)")
             }
-            settings.ownedDomains = Set(text.split(whereSeparator: \.isNewline).map { $0.trimmingCharacters(in: .whitespaces).lowercased() }.filter { !$0.isEmpty })
+            settings.ownedDomainsFile = ownedDomains.hasPrefix("/") ? ownedDomains : FileManager.default.currentDirectoryPath + "/" + ownedDomains
         }
         var options = Emperor.Options()
         options.confineSymlinks = confineSymlinks

@@ -13,6 +13,13 @@ public struct DesiredState: Codable, Sendable, Equatable {
         public var ip: String
         public var lastRebootMs: Int64
         public var sshKeys: String?
+        /// The customer's key pair (PEM): vassals sign their domain subscriptions with it (nil in snapshots
+        /// written before hosting existed).
+        public var rsaKey: String?
+        public var rsaPubkey: String?
+        /// The customer's domains: the only ones this container's vassals may attach.
+        public var customerDomains: [String]?
+        public var customerUUID: String?
     }
 
     public struct Domain: Codable, Sendable, Equatable {
@@ -38,7 +45,8 @@ public struct DesiredState: Codable, Sendable, Equatable {
     /// Reads the state for `server` at change-log position `version`.
     public static func fetch(_ client: StoreClient, server: String, version: Int64) async throws(StoreError) -> DesiredState {
         let containers = try await client.query("""
-            SELECT k.id, k.name, c.username, k.memory, k.storage, d.name, k.last_reboot_ms, k.ssh_keys_raw
+            SELECT k.id, k.name, c.username, k.memory, k.storage, d.name, k.last_reboot_ms, k.ssh_keys_raw,
+                   c.rsa_key, c.rsa_pubkey, c.uuid
             FROM containers k JOIN customers c ON c.id = k.customer_id JOIN servers s ON s.id = k.server_id
             LEFT JOIN distros d ON d.id = k.distro_id WHERE s.name = ? ORDER BY k.id
             """, [.text(server)])
@@ -48,14 +56,19 @@ public struct DesiredState: Codable, Sendable, Equatable {
         let keys = try await client.query("SELECT username, rsa_pubkey FROM customers WHERE id IN (SELECT customer_id FROM domains)")
         var state = DesiredState(version: version, fetchedAtMs: Int64(Date().timeIntervalSince1970 * 1000), server: server,
                                  containers: [], domains: [], customerKeys: [:])
-        for row in containers.rows where row.count == 8 {
-            let id = row[0].int ?? 0
-            state.containers.append(Container(uid: AdminStore.baseUID + id, name: row[1].string ?? "", customer: row[2].string ?? "",
-                                              memory: row[3].int ?? 0, storage: row[4].int ?? 0, distro: row[5].string,
-                                              ip: AdminStore.containerIP(id: id), lastRebootMs: row[6].int ?? 0, sshKeys: row[7].string))
-        }
         for row in domains.rows where row.count == 2 {
             state.domains.append(Domain(name: row[0].string ?? "", customer: row[1].string ?? ""))
+        }
+        var domainsByCustomer: [String: [String]] = [:]
+        for d in state.domains { domainsByCustomer[d.customer, default: []].append(d.name) }
+        for row in containers.rows where row.count == 11 {
+            let id = row[0].int ?? 0
+            let customer = row[2].string ?? ""
+            state.containers.append(Container(uid: AdminStore.baseUID + id, name: row[1].string ?? "", customer: customer,
+                                              memory: row[3].int ?? 0, storage: row[4].int ?? 0, distro: row[5].string,
+                                              ip: AdminStore.containerIP(id: id), lastRebootMs: row[6].int ?? 0, sshKeys: row[7].string,
+                                              rsaKey: row[8].string, rsaPubkey: row[9].string,
+                                              customerDomains: domainsByCustomer[customer] ?? [], customerUUID: row[10].string))
         }
         for row in keys.rows where row.count == 2 {
             if let name = row[0].string, let key = row[1].string { state.customerKeys[name] = key }
@@ -70,7 +83,14 @@ public struct DesiredState: Codable, Sendable, Equatable {
         let encoder = JSONEncoder()
         encoder.outputFormatting = [.sortedKeys]
         let data = try encoder.encode(self)
-        try data.write(to: URL(fileURLWithPath: path), options: .atomic)
+        // It holds customers' private keys: readable by this node's user only.
+        let temporary = path + ".tmp"
+        guard FileManager.default.createFile(atPath: temporary, contents: data, attributes: [.posixPermissions: 0o600]) else {
+            throw CocoaError(.fileWriteNoPermission, userInfo: [NSFilePathErrorKey: temporary])
+        }
+        guard rename(temporary, path) == 0 else {
+            throw CocoaError(.fileWriteUnknown, userInfo: [NSFilePathErrorKey: path])
+        }
     }
 
     /// The last saved state, or nil when there is none or it cannot be read (then the node waits for the store).

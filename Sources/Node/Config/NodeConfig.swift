@@ -69,6 +69,10 @@ public struct NodeConfig: Sendable {
     public var api: Endpoint?
     public var router: RouterSettings?
     public var store: StoreSettings?
+    /// `[emperor]`: tuning of the node's Emperor and optional operator vassal directories.
+    public var emperor: EmperorSection?
+    /// `[hosting]`: customer containers from the store (homes, sub-Emperors, shortcuts).
+    public var hosting: HostingSettings?
 
     /// `[store]`: this node's member of the replicated control-plane database (dqlite).
     public struct StoreSettings: Sendable {
@@ -183,140 +187,18 @@ public struct NodeConfig: Sendable {
         }
         try legion.rejectUnknownKeys()
 
-        var vip = VIP()
-        if var table = try top.subtable("vip") {
-            let driverText = try table.string("driver") ?? "none"
-            guard let driver = VIPDriverKind(rawValue: driverText) else {
-                throw .invalid(key: "vip.driver", problem: "'\(driverText)' is not a driver; use one of \(VIPDriverKind.allCases.map(\.rawValue).joined(separator: ", "))")
-            }
-            vip.driver = driver
-            if let address = try table.string("address") {
-                let parts = address.split(separator: "/", maxSplits: 1)
-                let ip = String(parts.first ?? "")
-                guard isIPv4(ip) else { throw .invalid(key: "vip.address", problem: "'\(address)' is not an IPv4 address (optionally with /PREFIX)") }
-                vip.address = ip
-                if parts.count == 2 {
-                    guard let p = Int(parts[1]), (1...32).contains(p) else { throw .invalid(key: "vip.address", problem: "prefix '/\(parts[1])' must be 1-32") }
-                    vip.prefixLength = p
-                }
-            }
-            vip.interface = try table.string("interface") ?? ""
-            vip.httpPort = try table.int("http_port", range: 1...65_535) ?? 80
-            vip.acquireCommand = try table.string("acquire") ?? ""
-            vip.releaseCommand = try table.string("release") ?? ""
-            try table.rejectUnknownKeys()
-            switch driver {
-            case .none: break
-            case .loopback:
-                guard vip.address.hasPrefix("127.") else {
-                    throw .invalid(key: "vip.address", problem: "the loopback driver needs a 127.x.y.z address, got '\(vip.address)'")
-                }
-            case .iproute2:
-                guard !vip.address.isEmpty else { throw .missing(key: "vip.address", hint: "the floating IP with prefix, e.g. \"10.77.0.100/24\"") }
-                guard !vip.interface.isEmpty else { throw .missing(key: "vip.interface", hint: "the interface that carries the VIP, e.g. \"eth0\"") }
-            case .command:
-                guard !vip.acquireCommand.isEmpty, !vip.releaseCommand.isEmpty else {
-                    throw .missing(key: "vip.acquire", hint: "the command driver needs both vip.acquire and vip.release shell commands")
-                }
-            }
-        }
-
-        var api: Endpoint?
-        if var table = try top.subtable("api") {
-            if let text = try table.string("bind") { api = try Endpoint(parsing: text, key: "api.bind") }
-            try table.rejectUnknownKeys()
-        }
-        var router: RouterSettings?
-        if var table = try top.subtable("router") {
-            let http = try Endpoint(parsing: try table.requiredString("http", hint: "the HTTP listen address, e.g. \"0.0.0.0:80\""), key: "router.http")
-            let sub = try Endpoint(parsing: try table.requiredString("subscription", hint: "the UDP subscription address vassals --subscribe-to, e.g. \"127.0.0.1:2626\""), key: "router.subscription")
-            var settings = RouterSettings(http: http, subscription: sub)
-            if let algo = try table.string("algorithm") {
-                guard let a = SubscriptionTable.Algorithm(rawValue: algo) else {
-                    throw .invalid(key: "router.algorithm", problem: "'\(algo)' is unknown; use \"wrr\" (uWSGI's weighted round robin) or \"lc\" (least connections)")
-                }
-                settings.algorithm = a
-            }
-            if let check = try table.string("sign_check") {
-                let parts = check.split(separator: ":", maxSplits: 1)
-                guard parts.count == 2, let digest = SubscriptionDigest(rawValue: String(parts[0]).uppercased()) else {
-                    throw .invalid(key: "router.sign_check", problem: "write DIGEST:KEY_DIR as uWSGI does, e.g. \"SHA1:/etc/legion/keys\" (SHA1 or SHA256)")
-                }
-                let dir = String(parts[1])
-                settings.signCheck = (digest, dir.hasPrefix("/") ? dir : URL(fileURLWithPath: baseDir).appendingPathComponent(dir).path)
-            }
-            if let name = try table.string("server_name") { settings.serverName = name } else {
-                settings.serverName = ProcessInfo.processInfo.hostName
-            }
-            if let t = try table.int("tolerance_s", range: 1...3600) { settings.toleranceMs = UInt64(t) * 1000 }
-            if let n = try table.int("threads", range: 1...256) { settings.threads = n }
-            if let fast = try table.bool("fast_path") { settings.fastPath = fast }
-            func path(_ text: String) -> String { text.hasPrefix("/") ? text : URL(fileURLWithPath: baseDir).appendingPathComponent(text).path }
-            if let text = try table.string("https") {
-                settings.https = try Endpoint(parsing: text, key: "router.https")
-                settings.httpsCertificate = path(try table.requiredString("https_certificate", hint: "the default certificate (PEM file) for clients without SNI"))
-                settings.httpsKey = path(try table.requiredString("https_key", hint: "the default certificate's private key (PEM file)"))
-            }
-            if let dir = try table.string("certificates") { settings.certificatesDirectory = path(dir) }
-            if let text = try table.string("internal") { settings.internalRouter = try Endpoint(parsing: text, key: "router.internal") }
-            if let text = try table.string("cluster_subscription") {
-                settings.clusterSubscription = try Endpoint(parsing: text, key: "router.cluster_subscription")
-            }
-            if let text = try table.string("advertise") {
-                _ = try Endpoint(parsing: text, key: "router.advertise")
-                settings.advertise = text
-            }
-            if (settings.internalRouter == nil) != (settings.clusterSubscription == nil) {
-                throw .invalid(key: "router.cluster_subscription", problem: "cluster domains need both router.internal and router.cluster_subscription")
-            }
-            if let t = try table.int("connect_timeout_ms", range: 10...600_000) { settings.connectTimeoutMs = Int64(t) }
-            if let t = try table.int("headers_timeout_ms", range: 100...600_000) { settings.headersTimeoutMs = Int64(t) }
-            try table.rejectUnknownKeys()
-            router = settings
-        }
-        var store: StoreSettings?
-        if var table = try top.subtable("store") {
-            guard let id = try table.int("id", range: 1...Int(Int32.max)) else {
-                throw .missing(key: "store.id", hint: "the node's dqlite id: 1 on the node that bootstraps the store, a different number on each other node")
-            }
-            let bindText = try table.requiredString("bind", hint: "the IPv4:port dqlite listens on, e.g. \"127.0.0.1:17301\"")
-            let bind = try Endpoint(parsing: bindText, key: "store.bind")
-            guard isIPv4(bind.host) else {
-                throw .invalid(key: "store.bind", problem: "\(bind.host) is not an IPv4 literal; dqlite 1.11 accepts IPv4 addresses only (no names, no IPv6)")
-            }
-            var peers: [Endpoint] = []
-            for (i, text) in (try table.stringArray("peers") ?? []).enumerated() {
-                let peer = try Endpoint(parsing: text, key: "store.peers[\(i)]")
-                guard isIPv4(peer.host) else { throw .invalid(key: "store.peers[\(i)]", problem: "\(peer.host) is not an IPv4 literal (dqlite 1.11 accepts IPv4 only)") }
-                peers.append(peer)
-            }
-            if peers.contains(bind) { throw .invalid(key: "store.peers", problem: "lists this node's own address \(bind); list only the other members") }
-            if id != 1, peers.isEmpty {
-                throw .missing(key: "store.peers", hint: "node \(id) joins an existing store: list at least one member's address (id 1 bootstraps)")
-            }
-            var settings = StoreSettings(id: UInt64(id), bind: bind, peers: peers)
-            if let db = try table.string("database") {
-                guard !db.isEmpty, db.utf8.count <= 64, db.allSatisfy({ $0.isLetter || $0.isNumber || $0 == "_" || $0 == "-" }) else {
-                    throw .invalid(key: "store.database", problem: "'\(db)' must be 1-64 letters, digits, '_' or '-'")
-                }
-                settings.database = db
-            }
-            if let v = try table.int("latency_ms", range: 1...1000) { settings.latencyMs = v }
-            if let v = try table.int("snapshot_threshold", range: 16...1_000_000) { settings.snapshotThreshold = v }
-            if let v = try table.int("snapshot_trailing", range: 16...10_000_000) { settings.snapshotTrailing = v }
-            if settings.snapshotTrailing < settings.snapshotThreshold {
-                throw .invalid(key: "store.snapshot_trailing", problem: "\(settings.snapshotTrailing) is below snapshot_threshold \(settings.snapshotThreshold); dqlite needs trailing ≥ threshold")
-            }
-            if let v = try table.int("poll_ms", range: 20...10_000) { settings.pollMs = v }
-            if let v = try table.int("voter_grace_ms", range: 500...600_000) { settings.voterGraceMs = v }
-            try table.rejectUnknownKeys()
-            store = settings
-        }
+        let vip = try top.subtable("vip").map { table throws(NodeConfigError) in try VIP.parse(table) } ?? VIP()
+        let api = try top.subtable("api").map { table throws(NodeConfigError) in try Endpoint.parseAPI(table) } ?? nil
+        let router = try top.subtable("router").map { table throws(NodeConfigError) in try RouterSettings.parse(table, baseDir: baseDir) }
+        let store = try top.subtable("store").map { table throws(NodeConfigError) in try StoreSettings.parse(table) }
+        let emperor = try top.subtable("emperor").map { table throws(NodeConfigError) in try EmperorSection.parse(table, baseDir: baseDir) }
+        let hosting = try top.subtable("hosting").map { table throws(NodeConfigError) in try HostingSettings.parse(table, dataDir: dataDir, baseDir: baseDir) }
         try top.rejectUnknownKeys()
 
         return NodeConfig(path: path, name: name, dataDir: dataDir, legionName: legionName, mode: mode, bind: bind,
                           nodes: nodes, valor: UInt64(valor), quorum: quorum, secret: secret, scroll: scroll,
-                          nativeTiming: native, compatTiming: compat, hooks: hooks, vip: vip, api: api, router: router, store: store)
+                          nativeTiming: native, compatTiming: compat, hooks: hooks, vip: vip, api: api, router: router, store: store,
+                          emperor: emperor, hosting: hosting)
     }
 }
 

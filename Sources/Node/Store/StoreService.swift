@@ -14,17 +14,17 @@ public final class StoreService: Service, Sendable {
     let dataDir: String
     let state: NodeState
     let logger: Logger
-    /// Called with each new desired state (and with the snapshot loaded at start).
-    let onState: @Sendable (DesiredState) -> Void
+    /// Gets each new desired state (and the snapshot loaded at start).
+    let feed: DesiredStateFeed
 
     public init(settings: NodeConfig.StoreSettings, nodeName: String, dataDir: String, state: NodeState, logger: Logger,
-                onState: @escaping @Sendable (DesiredState) -> Void = { _ in }) {
+                feed: DesiredStateFeed = DesiredStateFeed()) {
         self.settings = settings
         self.nodeName = nodeName
         self.dataDir = dataDir
         self.state = state
         self.logger = logger
-        self.onState = onState
+        self.feed = feed
     }
 
     public var snapshotPath: String { dataDir + "/desired-state.json" }
@@ -46,7 +46,7 @@ public final class StoreService: Service, Sendable {
             status.appliedSeq = saved.version
             status.containers = saved.containers.count
             status.domains = saved.domains.count
-            onState(saved)
+            feed.publish(saved)
             logger.info("store: serving from the local snapshot until the store answers",
                         metadata: ["applied_seq": "\(saved.version)", "containers": "\(saved.containers.count)"])
         }
@@ -138,7 +138,7 @@ public final class StoreService: Service, Sendable {
                     let desired = try await DesiredState.fetch(client, server: nodeName, version: seq)
                     try desired.save(to: snapshotPath)
                     applied = seq
-                    onState(desired)
+                    feed.publish(desired)
                     logger.debug("store: desired state updated", metadata: ["seq": "\(seq)", "containers": "\(desired.containers.count)"])
                     state.update {
                         $0.store?.appliedSeq = seq

@@ -1,0 +1,36 @@
+import Foundation
+
+/// `[hosting]`: the store's containers placed on this node become homes with a sub-Emperor each.
+public struct HostingSettings: Sendable, Equatable {
+    /// Where container homes live (`<containers_dir>/<uid>`); default `DATA_DIR/containers`.
+    public var containersDir: String
+    /// Where a removed container's home is moved (never silently deleted); default `DATA_DIR/containers-archive`.
+    public var archiveDir: String
+    /// The uWSGI binary customer vassals run.
+    public var uwsgiBinary: String = "uwsgi"
+    /// The legion executable that runs each container's sub-Emperor (default: this executable).
+    public var legionBinary: String?
+    /// Rotate a container's `logs/emperor.log` past this size.
+    public var logMaxBytes: Int = 200 << 20
+    /// The sub-Emperors' safety-net rescan period (inotify reacts at once).
+    public var subEmperorRescanMs: Int64 = 3000
+
+    public init(containersDir: String, archiveDir: String) {
+        self.containersDir = containersDir
+        self.archiveDir = archiveDir
+    }
+
+    static func parse(_ section: ConfigTable, dataDir: String, baseDir: String) throws(NodeConfigError) -> Self {
+        var table = section
+        func path(_ text: String) -> String { text.hasPrefix("/") ? text : URL(fileURLWithPath: baseDir).appendingPathComponent(text).standardizedFileURL.path }
+        var out = Self(containersDir: dataDir + "/containers", archiveDir: dataDir + "/containers-archive")
+        if let v = try table.string("containers_dir") { out.containersDir = path(v) }
+        if let v = try table.string("archive_dir") { out.archiveDir = path(v) }
+        if let v = try table.string("uwsgi") { out.uwsgiBinary = v }
+        if let v = try table.string("legion_binary") { out.legionBinary = path(v) }
+        if let v = try table.int("log_max_bytes", range: 4096...(1 << 40)) { out.logMaxBytes = v }
+        if let v = try table.int("sub_emperor_rescan_ms", range: 100...3_600_000) { out.subEmperorRescanMs = Int64(v) }
+        try table.rejectUnknownKeys()
+        return out
+    }
+}

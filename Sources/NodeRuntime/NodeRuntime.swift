@@ -1,0 +1,146 @@
+import Api
+import Emperor
+import Foundation
+import Logging
+import Node
+import ServiceLifecycle
+import Store
+import Subscriptions
+
+/// Builds a node's services from its configuration and runs them as one service group: the one place the CLI,
+/// the tests and new subsystems plug in. Order matters only for shutdown (reverse): the Legion service first
+/// (so a Lord resigns and hands the VIP over before anything else stops), hosting last.
+public struct NodeRuntime: Sendable {
+    public let config: NodeConfig
+    public let state: NodeState
+    /// The desired state, published by the store's change feed (or the local snapshot), consumed by many.
+    public let feed: DesiredStateFeed
+    public let logger: Logger
+
+    public init(config: NodeConfig, logger: Logger) {
+        self.config = config
+        self.logger = logger
+        self.feed = DesiredStateFeed()
+        let pid = ProcessInfo.processInfo.processIdentifier
+        var endpoints: [String: String] = ["legion": config.bind.description]
+        if let router = config.router {
+            endpoints["router"] = "http://\(router.http)"
+            endpoints["subscriptions"] = "udp://\(router.subscription)"
+        }
+        if let api = config.api { endpoints["api"] = "http://\(api)" }
+        if let store = config.store { endpoints["store"] = "dqlite://\(store.bind)" }
+        if config.vip.driver != .none { endpoints["vip"] = "http://\(config.vip.endpoint)/.legion/lord" }
+        self.state = NodeState(.init(nodeName: config.name, legionName: config.legionName, pid: pid,
+                                     startedAtMs: SystemClock.wallMillis(),
+                                     vip: config.vip.driver == .none ? nil : config.vip.endpoint, endpoints: endpoints))
+    }
+
+    /// Every service of this node, in start order.
+    public func services() throws -> [ServiceGroupConfiguration.ServiceConfiguration] {
+        var services: [ServiceGroupConfiguration.ServiceConfiguration] = []
+        var relay: ClusterRelay?
+        var vipListener: VIPListenerFactory?
+        var subscriptionVerifier: SubscriptionVerifier?
+        var routerTable: SubscriptionStore?
+        if let router = config.router {
+            var policy = SubscriptionTable.Policy()
+            policy.toleranceMs = router.toleranceMs
+            let verifier = router.signCheck.map { SubscriptionVerifier(digest: $0.0, keyDirectory: $0.1) }
+            subscriptionVerifier = verifier
+            policy.requireSignature = verifier != nil
+            let store = SubscriptionStore(policy: policy, algorithm: router.algorithm, verifier: verifier)
+            routerTable = store
+            var certificates: CertificateStore?
+            if router.https != nil, let cert = router.httpsCertificate, let key = router.httpsKey {
+                do {
+                    certificates = try CertificateStore(defaultCertificate: cert, defaultKey: key, directory: router.certificatesDirectory, logger: logger)
+                } catch {
+                    throw NodeRuntimeError("router.https_certificate / router.https_key: \(error)")
+                }
+            }
+            services.append(.init(service: SubscriptionServer(bind: router.subscription, store: store, logger: logger, certificates: certificates)))
+            services.append(.init(service: HTTPRouter(settings: router, store: store, logger: logger, certificates: certificates)))
+            if let internalBind = router.internalRouter, let clusterBind = router.clusterSubscription {
+                // Cluster domains: local vassals subscribe here; the internal router serves them to
+                // other nodes; the relay puts "this node's internal router" into every node's table.
+                let local = SubscriptionStore(policy: policy, algorithm: router.algorithm, verifier: verifier)
+                let clusterRelay = ClusterRelay(origin: config.name, internalAddress: router.advertise ?? internalBind.description,
+                                                store: store, localStore: local, logger: logger)
+                services.append(.init(service: SubscriptionServer(bind: clusterBind, store: local, logger: logger, relay: clusterRelay)))
+                services.append(.init(service: InternalRouter(bind: internalBind, store: local, logger: logger, settings: router)))
+                relay = clusterRelay
+            }
+            let lordState = state
+            vipListener = HTTPRouter.vipListener(settings: router, store: store, logger: logger, lordBody: { lordState.lordJSON() })
+        }
+        let legion = try LegionService(config: config, state: state, logger: logger, relay: relay, vipListener: vipListener)
+        services.insert(.init(service: legion, successTerminationBehavior: .gracefullyShutdownGroup), at: 0)
+        if let store = config.store {
+            services.append(.init(service: StoreService(settings: store, nodeName: config.name, dataDir: config.dataDir,
+                                                        state: state, logger: logger, feed: feed)))
+        }
+        if let verifier = subscriptionVerifier {
+            services.append(.init(service: StoreKeyVerifierService(feed: feed, verifier: verifier)))
+        }
+        if let api = config.api {
+            let app = NodeAPI.application(state: state, subscriptions: routerTable, host: api.host, port: api.port, logger: logger)
+            services.append(.init(service: app))
+        }
+        let emperorSettings = config.emperor?.settings ?? EmperorSettings()
+        if let dirs = config.emperor?.vassalDirectories, !dirs.isEmpty {
+            var settings = emperorSettings
+            settings.monitors = dirs
+            services.append(.init(service: EmperorService(emperor: Emperor(settings: settings, logger: logger))))
+        }
+        if let hosting = config.hosting {
+            let routes = HostingShortcuts.Routes(http: config.router.map { "\($0.subscription)" },
+                                                 cluster: config.router?.clusterSubscription.map { "\($0)" })
+            services.append(.init(service: HostingService(settings: hosting, emperor: emperorSettings, routes: routes,
+                                                          feed: feed, logger: logger)))
+        }
+        return services
+    }
+
+    /// Runs the node until SIGTERM/SIGINT (or a fatal error), then shuts every service down in reverse order.
+    public func run() async throws {
+        let group = ServiceGroup(configuration: .init(services: try services(), gracefulShutdownSignals: [.sigterm, .sigint],
+                                                      logger: logger))
+        try await group.run()
+    }
+}
+
+/// Signed subscriptions for a customer's domains verify with that customer's key from the store.
+struct StoreKeyVerifierService: Service {
+    let feed: DesiredStateFeed
+    let verifier: SubscriptionVerifier
+
+    func run() async throws {
+        await cancelWhenGracefulShutdown {
+            for await desired in feed.subscribe() {
+                var keys: [String: String] = [:]
+                for domain in desired.domains {
+                    if let pem = desired.customerKeys[domain.customer] { keys[domain.name] = pem }
+                }
+                verifier.replaceStoreKeys(keys)
+            }
+        }
+    }
+}
+
+/// An Emperor on operator vassal directories (`[emperor] vassals`), as a service.
+struct EmperorService: Service {
+    let emperor: Emperor
+
+    func run() async throws {
+        try await withGracefulShutdownHandler {
+            _ = try await emperor.run()
+        } onGracefulShutdown: {
+            emperor.shutdown()
+        }
+    }
+}
+
+public struct NodeRuntimeError: Error, CustomStringConvertible, Sendable {
+    public var description: String
+    public init(_ description: String) { self.description = description }
+}
