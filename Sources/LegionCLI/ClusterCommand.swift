@@ -48,6 +48,15 @@ struct ClusterCommand: ParsableCommand {
             let deadline = Date().addingTimeInterval(timeout)
             while Date() < deadline {
                 if let lord = cluster.lordOnVIP() {
+                    // Ready for what comes next (admin writes, killing the Lord): the store has its full set of
+                    // voters and every node has applied the schema. Before that, killing a node can stall the store.
+                    if let waiting = cluster.storeNotReady() {
+                        if Date() >= deadline.addingTimeInterval(-0.1) {
+                            throw UserFacingError("the store is not ready within \(Int(timeout)) s (\(waiting)); see the node logs")
+                        }
+                        usleep(100_000)
+                        continue
+                    }
                     print("Lord: \(lord) — answering on http://\(vip)/.legion/lord")
                     print("")
                     print("Watch the Lord:   watch -n 0.2 curl -s http://\(vip)/.legion/lord")
@@ -228,6 +237,27 @@ struct LocalCluster {
             usleep(20_000)
         }
         return process.processIdentifier
+    }
+
+    /// nil when every running node's store member is reachable with the schema applied and the store has its
+    /// voters (3, or all members when fewer); else what is still missing.
+    func storeNotReady() -> String? {
+        let members = nodes.filter { $0.config.store != nil }
+        guard !members.isEmpty else { return nil }
+        var voters = 0
+        for node in members {
+            guard let api = node.config.api,
+                  let response = HTTPProbe.get(host: api.host, port: api.port, path: "/status", timeoutMs: 300), response.status == 200,
+                  let object = try? JSONSerialization.jsonObject(with: Data(response.body.utf8)) as? [String: Any],
+                  let store = object["store"] as? [String: Any]
+            else { return "\(node.config.name) does not answer on its API yet" }
+            guard store["reachable"] as? Bool == true, (store["schema_version"] as? Int ?? 0) > 0 else {
+                return "\(node.config.name) has not reached the store yet"
+            }
+            if store["role"] as? String == "voter" { voters += 1 }
+        }
+        let wanted = min(3, members.count)
+        return voters >= wanted ? nil : "\(voters) of \(wanted) voters"
     }
 
     func lordOnVIP() -> String? {
