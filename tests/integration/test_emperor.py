@@ -692,8 +692,11 @@ def test_200_vassals_boot_fast(emperor):
     print(f"\n[200 vassals] all accepting after {took:.2f} s" if ok else
           f"\n[200 vassals] {n - len(pending)}/{n} accepting after {took:.2f} s")
     assert ok, f"{len(pending)} of {n} vassals not accepting after 20 s\n{em.tail(40)}"
-    st = em.stats(5)
-    assert len(st["vassals"]) == n, len(st["vassals"])
+    st = ul.wait_until(lambda: (lambda x: x if x and len(x["vassals"]) == n and all(v["ready"] == 1 for v in x[
+        "vassals"]) else None)(em.stats(5)), 10)
+    took_ready = time.monotonic() - t0
+    assert st, f"stats never showed {n} ready vassals: {len((em.stats(5) or {}).get('vassals', []))} listed"
+    print(f"[200 vassals] all ready=1 in stats after {took_ready:.2f} s")
     assert not st["blacklist"] and not st["throttled"], (st["blacklist"], st["throttled"])
     assert took < 10.0, f"200 vassals took {took:.2f} s to accept (limit 10 s)"
     t1 = time.monotonic()
