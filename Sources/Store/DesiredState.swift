@@ -20,6 +20,24 @@ public struct DesiredState: Codable, Sendable, Equatable {
         /// The customer's domains: the only ones this container's vassals may attach.
         public var customerDomains: [String]?
         public var customerUUID: String?
+
+        public init(uid: Int64, name: String, customer: String, memory: Int64, storage: Int64, distro: String?, ip: String,
+                    lastRebootMs: Int64, sshKeys: String?, rsaKey: String? = nil, rsaPubkey: String? = nil,
+                    customerDomains: [String]? = nil, customerUUID: String? = nil) {
+            self.uid = uid
+            self.name = name
+            self.customer = customer
+            self.memory = memory
+            self.storage = storage
+            self.distro = distro
+            self.ip = ip
+            self.lastRebootMs = lastRebootMs
+            self.sshKeys = sshKeys
+            self.rsaKey = rsaKey
+            self.rsaPubkey = rsaPubkey
+            self.customerDomains = customerDomains
+            self.customerUUID = customerUUID
+        }
     }
 
     public struct Domain: Codable, Sendable, Equatable {

@@ -1,0 +1,116 @@
+import Emperor
+import Foundation
+import Store
+import Testing
+@testable import Node
+
+@Suite struct HostingTests {
+    static let routes = HostingShortcuts.Routes(http: "127.0.0.1:2626", cluster: "127.0.0.1:2627")
+    static func home(_ uid: Int64) -> String { "/c/\(uid)" }
+
+    static func container(_ uid: Int64, ssh: String? = "ssh-ed25519 AAAA a@b", domains: [String] = ["a.example.com"], reboot: Int64 = 1) -> DesiredState.Container {
+        DesiredState.Container(uid: uid, name: "web\(uid)", customer: "alice", memory: 256, storage: 2048, distro: nil, ip: "10.0.0.3",
+                               lastRebootMs: reboot, sshKeys: ssh, rsaKey: "-----BEGIN PRIVATE KEY-----\nX\n-----END PRIVATE KEY-----",
+                               rsaPubkey: "-----BEGIN PUBLIC KEY-----\nY\n-----END PUBLIC KEY-----", customerDomains: domains, customerUUID: "u")
+    }
+
+    /// What the disk holds after carrying out `plan` on `observed`.
+    static func apply(_ plan: [HostingReconciler.Directive], to observed: [Int64: HostingReconciler.Observed]) -> [Int64: HostingReconciler.Observed] {
+        var out = observed
+        for d in plan {
+            switch d {
+            case .createHome(let uid, _): out[uid] = .init(files: [:])
+            case .writeFile(let uid, let file): out[uid]?.files[file.path] = file.contents
+            case .archiveHome(let uid): out[uid] = nil
+            }
+        }
+        return out
+    }
+
+    @Test func newContainerGetsAHomeWithEveryFileAndPlanningAgainDoesNothing() {
+        let desired = [Self.container(30001)]
+        let plan = HostingReconciler.plan(desired: desired, observed: [:], home: Self.home, routes: Self.routes)
+        #expect(plan.first == .createHome(uid: 30001, name: "web30001"))
+        let written = Set(plan.compactMap { if case .writeFile(_, let f) = $0 { return f.path } else { return nil } })
+        #expect(written == ["etc/hostname", "etc/domains", "etc/shortcuts.ini", ".ssh/uwsgi_authorized_keys", "etc/uwsgi.key", "etc/uwsgi.pubkey"])
+        let key = plan.compactMap { if case .writeFile(_, let f) = $0, f.path == "etc/uwsgi.key" { return f } else { return nil } }.first
+        #expect(key?.mode == 0o600 && key?.secret == true)
+        let after = Self.apply(plan, to: [:])
+        #expect(HostingReconciler.plan(desired: desired, observed: after, home: Self.home, routes: Self.routes).isEmpty)
+    }
+
+    @Test func sshKeysChangeRewritesOnlyThatFileAndNoReboot() {
+        let before = Self.apply(HostingReconciler.plan(desired: [Self.container(30001)], observed: [:], home: Self.home, routes: Self.routes), to: [:])
+        let changed = [Self.container(30001, ssh: "ssh-ed25519 BBBB c@d\nssh-rsa CCCC e@f")]
+        let plan = HostingReconciler.plan(desired: changed, observed: before, home: Self.home, routes: Self.routes)
+        #expect(plan == [.writeFile(uid: 30001, file: .init(path: ".ssh/uwsgi_authorized_keys", contents: "ssh-ed25519 BBBB c@d\nssh-rsa CCCC e@f\n", mode: 0o600, secret: false))])
+        // The sub-Emperor's "mtime" is last_reboot: unchanged, so the Emperor does not reload it.
+        #expect(HostingReconciler.vassals(desired: changed, home: Self.home, uidOwned: true)
+            == HostingReconciler.vassals(desired: [Self.container(30001)], home: Self.home, uidOwned: true))
+        #expect(HostingReconciler.vassals(desired: [Self.container(30001, reboot: 2)], home: Self.home, uidOwned: true).first?.mtimeNs == 2_000_000)
+    }
+
+    @Test func domainAddedRewritesTheOwnedList() {
+        let before = Self.apply(HostingReconciler.plan(desired: [Self.container(30001)], observed: [:], home: Self.home, routes: Self.routes), to: [:])
+        let plan = HostingReconciler.plan(desired: [Self.container(30001, domains: ["b.example.com", "a.example.com"])], observed: before,
+                                          home: Self.home, routes: Self.routes)
+        #expect(plan == [.writeFile(uid: 30001, file: .init(path: "etc/domains", contents: "a.example.com\nb.example.com\n", mode: 0o644, secret: false))])
+    }
+
+    @Test func removedContainerIsArchivedNotDeleted() {
+        let before = Self.apply(HostingReconciler.plan(desired: [Self.container(30001), Self.container(30002)], observed: [:],
+                                                       home: Self.home, routes: Self.routes), to: [:])
+        let plan = HostingReconciler.plan(desired: [Self.container(30002)], observed: before, home: Self.home, routes: Self.routes)
+        #expect(plan == [.archiveHome(uid: 30001)])
+        #expect(HostingReconciler.vassals(desired: [Self.container(30002)], home: Self.home, uidOwned: false).map(\.name) == ["30002"])
+    }
+
+    @Test func shortcutsDeclareSignedSubscriptions() {
+        let text = HostingShortcuts.render(home: "/c/30001", routes: Self.routes)
+        #expect(text.hasPrefix("[uwsgi]\n"))
+        #expect(text.contains("declare-option2 = domain=socket=/c/30001/run/$1_%J.socket;subscribe2=server=127.0.0.1:2626,key=$1,addr=/c/30001/run/$1_%J.socket,sign=SHA1:/c/30001/etc/uwsgi.key\n"))
+        #expect(text.contains("declare-option2 = cluster-domain=socket=/c/30001/run/$1_%J.socket;subscribe2=server=127.0.0.1:2627,"))
+        #expect(text.contains("ssl-ca-cluster-domain=") && text.contains("sni_ca=$4"))
+        let noRouter = HostingShortcuts.render(home: "/c/1", routes: .init(http: nil, cluster: nil))
+        #expect(!noRouter.contains("subscribe2"))
+    }
+
+    @Test func feedGivesEveryConsumerTheLatestState() async {
+        let feed = DesiredStateFeed()
+        var state = DesiredState.empty(server: "n1")
+        state.version = 1
+        feed.publish(state)
+        var a = feed.subscribe().makeAsyncIterator()
+        var b = feed.subscribe().makeAsyncIterator()
+        #expect(await a.next()?.version == 1)
+        #expect(await b.next()?.version == 1)
+        state.version = 2
+        feed.publish(state)
+        state.version = 3
+        feed.publish(state)
+        #expect(await a.next()?.version == 3, "a slow consumer sees the newest state, not a backlog")
+        #expect(await b.next()?.version == 3)
+        feed.finish()
+        #expect(await a.next() == nil)
+    }
+
+    @Test func emperorAndHostingSectionsParseAndNameTheirKeys() throws {
+        let base = NodeConfigTests.valid
+        let config = try NodeConfig.parse(base + "\n[emperor]\nvassals = [\"vassals\"]\nthrottle_ms = 500\nmax_throttle_ms = 4000\nrequired_heartbeat_s = 10\n[hosting]\ncontainers_dir = \"/srv/c\"\n",
+                                          path: "/etc/legion/node.toml")
+        #expect(config.emperor?.vassalDirectories == ["/etc/legion/vassals"])
+        #expect(config.emperor?.settings.throttleMs == 500)
+        #expect(config.emperor?.settings.requiredHeartbeatMs == 10_000)
+        #expect(config.hosting?.containersDir == "/srv/c")
+        #expect(config.hosting?.archiveDir == "/tmp/legion-test/n1/containers-archive")
+        #expect(throws: NodeConfigError.invalid(key: "emperor.max_throttle_ms", problem: "100 is below throttle_ms 1000")) {
+            try NodeConfig.parse(base + "\n[emperor]\nmax_throttle_ms = 100\n", path: "/x.toml")
+        }
+        do {
+            _ = try NodeConfig.parse(base + "\n[hosting]\ncontainer_dir = \"/x\"\n", path: "/x.toml")
+            Issue.record("an unknown key must be refused")
+        } catch {
+            #expect("\(error)".contains("hosting.container_dir"))
+        }
+    }
+}
