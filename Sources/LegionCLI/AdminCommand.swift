@@ -218,7 +218,38 @@ struct AdminCommand: AsyncParsableCommand {
 
     struct Container: AsyncParsableCommand {
         static let configuration = CommandConfiguration(abstract: "Containers (uid = 30000 + id; private IP 10.0.0.0 | (id + 2)).",
-                                                        subcommands: [Add.self, List.self, Delete.self])
+                                                        subcommands: [Add.self, List.self, Delete.self, Reboot.self, SSHKeys.self])
+
+        struct Reboot: AsyncParsableCommand {
+            static let configuration = CommandConfiguration(abstract: "Restart a container (its node restarts its sub-Emperor and vassals).")
+            @OptionGroup var options: WriteOptions
+            @Argument(help: "Container uid (30001, …).") var uid: Int64
+            func run() async throws {
+                let receipt = try await AdminCommand.run(options.store) { admin throws(StoreError) in try await admin.rebootContainer(uid: uid, requestID: options.id) }
+                AdminCommand.done("container \(uid) rebooted", receipt)
+            }
+        }
+
+        struct SSHKeys: AsyncParsableCommand {
+            static let configuration = CommandConfiguration(commandName: "ssh-keys",
+                                                            abstract: "Replace a container's authorized ssh keys (no restart).")
+            @OptionGroup var options: WriteOptions
+            @Argument(help: "Container uid (30001, …).") var uid: Int64
+            @Option(help: "A file of authorized_keys lines ('-' for standard input).") var file: String
+            func run() async throws {
+                let text: String
+                if file == "-" {
+                    text = String(decoding: FileHandle.standardInput.readDataToEndOfFile(), as: UTF8.self)
+                } else {
+                    guard let t = try? String(contentsOfFile: file, encoding: .utf8) else { throw UserFacingError("cannot read \(file)") }
+                    text = t
+                }
+                let receipt = try await AdminCommand.run(options.store) { admin throws(StoreError) in
+                    try await admin.setContainerSSHKeys(uid: uid, keys: text, requestID: options.id)
+                }
+                AdminCommand.done("container \(uid): ssh keys replaced", receipt)
+            }
+        }
 
         struct Add: AsyncParsableCommand {
             static let configuration = CommandConfiguration(abstract: "Add a container on a server (refused if the server lacks memory or storage).")

@@ -32,7 +32,7 @@ struct NodeCommand: AsyncParsableCommand {
         } catch {
             throw UserFacingError("\(error)")
         }
-        if let dataDir { nodeConfig.dataDir = dataDir }
+        if let dataDir { nodeConfig.setDataDir(dataDir) }
         let logger = Logger(label: "legion.\(nodeConfig.name)")
         try FileManager.default.createDirectory(atPath: nodeConfig.dataDir, withIntermediateDirectories: true)
         let pidFile = nodeConfig.dataDir + "/node.pid"

@@ -257,6 +257,26 @@ public struct AdminStore: Sendable {
         ])
     }
 
+    /// Restarts the container wherever it runs: its `last_reboot` moves on, so its node reloads its sub-Emperor.
+    @discardableResult
+    public func rebootContainer(uid: Int64, requestID: String = UUID().uuidString) async throws(StoreError) -> StoreClient.WriteReceipt {
+        guard uid > Self.baseUID else { throw .invalidInput("container ids start at \(Self.baseUID + 1) (got \(uid))") }
+        let nowMs = Int64(Date().timeIntervalSince1970 * 1000)
+        return try await client.write(requestID: requestID, [
+            .init("UPDATE containers SET last_reboot_ms = max(last_reboot_ms + 1, ?) WHERE id = ?", [.integer(nowMs), .integer(uid - Self.baseUID)],
+                  mustChange: "no container \(uid)"),
+        ])
+    }
+
+    /// Replaces the container's authorized ssh keys (its node rewrites the file; nothing restarts).
+    @discardableResult
+    public func setContainerSSHKeys(uid: Int64, keys: String, requestID: String = UUID().uuidString) async throws(StoreError) -> StoreClient.WriteReceipt {
+        guard uid > Self.baseUID else { throw .invalidInput("container ids start at \(Self.baseUID + 1) (got \(uid))") }
+        return try await client.write(requestID: requestID, [
+            .init("UPDATE containers SET ssh_keys_raw = ? WHERE id = ?", [.text(keys), .integer(uid - Self.baseUID)], mustChange: "no container \(uid)"),
+        ])
+    }
+
     // MARK: Domains
 
     @discardableResult

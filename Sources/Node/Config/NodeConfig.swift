@@ -206,3 +206,16 @@ func isIPv4(_ text: String) -> Bool {
     let parts = text.split(separator: ".", omittingEmptySubsequences: false)
     return parts.count == 4 && parts.allSatisfy { p in !p.isEmpty && p.count <= 3 && p.allSatisfy(\.isNumber) && (Int(p) ?? 256) <= 255 }
 }
+
+extension NodeConfig {
+    /// `--data-dir`: moves the data directory and every default path under it (hosting's homes and archive).
+    public mutating func setDataDir(_ dir: String) {
+        let old = dataDir
+        dataDir = dir
+        if var h = hosting {
+            if h.containersDir == old + "/containers" { h.containersDir = dir + "/containers" }
+            if h.archiveDir == old + "/containers-archive" { h.archiveDir = dir + "/containers-archive" }
+            hosting = h
+        }
+    }
+}

@@ -52,7 +52,17 @@ public final class HostingService: Service, Sendable {
                 throw EmperorError("hosting: cannot create \(dir): \(error.localizedDescription); check [hosting] containers_dir / archive_dir")
             }
         }
-        if !asRoot {
+        if asRoot {
+            // Sub-Emperors run as the containers' uids: every directory above the homes must let them through.
+            var dir = (settings.containersDir as NSString).deletingLastPathComponent
+            while dir.count > 1 {
+                var st = stat()
+                if stat(dir, &st) == 0, st.st_mode & 0o001 == 0 {
+                    logger.error("hosting: \(dir) is not searchable by other users, so containers (uid 30000+id) cannot reach their homes under \(settings.containersDir); run: chmod o+x \(dir)")
+                }
+                dir = (dir as NSString).deletingLastPathComponent
+            }
+        } else {
             logger.notice("hosting: not running as root, so containers' sub-Emperors and vassals run as this node's user, not as uid 30000+id")
         }
         let emperor = self.emperor
