@@ -32,6 +32,8 @@ public struct EmperorCore: Sendable {
         public var gid: UInt32
         /// Set when the file must not run (symlink out of its directory, too large, a domain not owned…).
         public var problem: String?
+        /// The problem is a permission the vassal lost (a domain no longer owned): a running instance is stopped.
+        public var revoked: Bool = false
         /// The uWSGI binary this vassal asks for (`[legion] binary = PATH` in an ini), else the Emperor's.
         public var binary: String?
 
@@ -147,11 +149,13 @@ public struct EmperorCore: Sendable {
             let previous = files[file.name]
             let touched = previous != nil && previous?.mtimeNs != file.mtimeNs
             if let problem = file.problem {
-                if reported[file.name] != file.mtimeNs {
+                let running = instances[file.name].map { $0.phase != .stopping } ?? false
+                if reported[file.name] != file.mtimeNs || (running && file.revoked) {
                     reported[file.name] = file.mtimeNs
-                    let running = instances[file.name] != nil
-                    out.append(.log(.error, "vassal \(file.name) refused: \(problem)\(running ? " (the running instance keeps its previous configuration)" : "")"))
+                    let note = running ? (file.revoked ? " (stopping the running instance)" : " (the running instance keeps its previous configuration)") : ""
+                    out.append(.log(.error, "vassal \(file.name) refused: \(problem)\(note)"))
                 }
+                if running, file.revoked { out += stop(file.name, now: now) }
                 continue
             }
             if settings.tyrant, file.uid == 0 || file.gid == 0 {
@@ -269,6 +273,11 @@ public struct EmperorCore: Sendable {
         let alive = now.monoMs - instance.bornMono
         if instance.phase == .stopping {
             out.append(.log(.info, "vassal \(name) stopped (\(reason))"))
+            // Its file is back (re-created while it stopped, or a new owner): start the new one now, not at the next scan.
+            if !shuttingDown, let file = files[name], file.problem == nil, canSpawn(name, now: now),
+               !(settings.tyrant && (file.uid == 0 || file.gid == 0)) {
+                out.append(.spawn(file))
+            }
         } else if shuttingDown {
             out.append(.log(.info, "vassal \(name) exited during shutdown (\(reason))"))
         } else if instance.reloadSentMono != nil, code == 0 {

@@ -105,6 +105,7 @@ public struct VassalFileReader: Sendable {
                             file.problem = "line '\(option) =' has no domain; write e.g. '\(option) = example.com'"
                         } else if !Self.owns(domain, owned) {
                             file.problem = "'\(option) = \(domain)': the domain \(domain) is not registered to this customer; add it with the API (or legion admin domain add) first"
+                            file.revoked = true
                         }
                         if file.problem != nil { break }
                     }

@@ -73,6 +73,14 @@ import Testing
         #expect(core.throttles.isEmpty)
     }
 
+    @Test func aFileRecreatedWhileItsVassalStopsStartsAsSoonAsItExits() {
+        var core = Self.running(["a.ini"])
+        _ = core.scan([], now: Self.t(10))
+        #expect(Self.spawns(core.scan([Self.file("a.ini", mtime: 2)], now: Self.t(20))).isEmpty, "one instance per name")
+        let d = core.exited("a.ini", pid: 100, reason: "exit code 0", code: 0, now: Self.t(500))
+        #expect(Self.spawns(d) == ["a.ini"])
+    }
+
     @Test func gracefulShutdownUsesByteTwo() {
         var s = Self.settings()
         s.gracefulShutdown = true
@@ -229,6 +237,20 @@ import Testing
             .allSatisfy { if case .log = $0 { return false } else { return true } })
         // Fixed: starts.
         #expect(Self.spawns(core.scan([Self.file("bad.ini", mtime: 2), Self.file("good.ini")], now: Self.t(200))) == ["bad.ini"])
+    }
+
+    @Test func aVassalWhoseDomainIsRevokedIsStopped() {
+        var core = Self.running(["a.ini", "b.ini"])
+        var revoked = Self.file("a.ini", problem: "the domain d is not registered to this customer")
+        revoked.revoked = true
+        let d = core.scan([revoked, Self.file("b.ini")], now: Self.t(10))
+        #expect(Self.sends(d) == [Core.Byte.stop])
+        #expect(core.instances["a.ini"]?.phase == .stopping)
+        #expect(core.instances["b.ini"]?.phase != .stopping)
+        // A syntax problem in a running vassal's new version does not stop it.
+        var broken = Self.file("b.ini", mtime: 2, problem: "line 2 is not 'key = value'")
+        broken.revoked = false
+        #expect(Self.sends(core.scan([revoked, broken], now: Self.t(20))).isEmpty)
     }
 
     @Test func bytesFromAnOldInstanceAreIgnored() {
