@@ -288,6 +288,14 @@ public final class Emperor: @unchecked Sendable {
                 if write(fd, &b, 1) != 1 {
                     logger.warning("cannot write to vassal \(name)'s channel: \(String(cString: strerror(errno)))")
                 }
+            case .chainReload(let file, let pid):
+                if !chainReload(file) {
+                    logger.warning("vassal \(file.name): its master FIFO cannot be written; full reload instead")
+                    if let fd = channelOf[file.name], channels[fd]?.pid == pid {
+                        var b = EmperorCore.Byte.reload
+                        _ = write(fd, &b, 1)
+                    }
+                }
             case .kill(_, let pid, let signal):
                 if kill(-pid, signal) != 0 { _ = kill(pid, signal) }
             case .log(let level, let message):
@@ -301,6 +309,17 @@ public final class Emperor: @unchecked Sendable {
             }
         }
         return finishedFlag
+    }
+
+    /// Writes `c` to the vassal's master FIFO (non-blocking: no reader means no FIFO to use).
+    private func chainReload(_ file: EmperorCore.VassalFile) -> Bool {
+        guard let pattern = settings.chainReloadFifo else { return false }
+        let path = Self.expandMagic(pattern, file: file)
+        let fd = open(path, O_WRONLY | O_NONBLOCK | O_CLOEXEC)
+        guard fd >= 0 else { return false }
+        defer { close(fd) }
+        var c = UInt8(ascii: "c")
+        return write(fd, &c, 1) == 1
     }
 
     private func spawn(_ file: EmperorCore.VassalFile) {

@@ -34,6 +34,10 @@ public struct EmperorCore: Sendable {
         public var problem: String?
         /// The problem is a permission the vassal lost (a domain no longer owned): a running instance is stopped.
         public var revoked: Bool = false
+        /// Worker processes the vassal asks for (`processes`/`workers` in an ini; 1 when unknown).
+        public var workers: Int = 1
+        /// FNV-1a of the file's bytes (0 when not read): a touch with the same contents may chain-reload.
+        public var contentHash: UInt64 = 0
         /// The uWSGI binary this vassal asks for (`[legion] binary = PATH` in an ini), else the Emperor's.
         public var binary: String?
 
@@ -52,6 +56,9 @@ public struct EmperorCore: Sendable {
     public enum Directive: Sendable, Equatable {
         case spawn(VassalFile)
         case send(name: String, pid: Int32, byte: UInt8)
+        /// Chain-reload the instance through its master FIFO (`EmperorSettings.chainReloadFifo`); the shell
+        /// falls back to the reload byte when the FIFO cannot be written.
+        case chainReload(VassalFile, pid: Int32)
         /// Signal the vassal's process group (the master and every worker it started).
         case kill(name: String, pid: Int32, signal: Int32)
         case log(LogLevel, String)
@@ -174,9 +181,19 @@ public struct EmperorCore: Sendable {
                     continue
                 }
                 if touched {
+                    // A chain reload replaces one worker at a time, so with two or more the others keep serving;
+                    // with one, a full reload is better: the vassal unsubscribes first (shortcuts set
+                    // unsubscribe-on-graceful-reload) and the router sends its requests to the domain's other vassals.
+                    let sameContents = file.contentHash != 0 && file.contentHash == instance.file.contentHash
                     instance.file = file
                     instance.lastModWall = now.wallS
                     instance.respawns += 1
+                    if settings.chainReloadFifo != nil, sameContents, file.workers >= 2, !instance.channelClosed {
+                        instances[file.name] = instance
+                        out.append(.log(.info, "vassal \(file.name) touched: chain reload (one worker at a time, no stall)"))
+                        out.append(.chainReload(file, pid: instance.pid))
+                        continue
+                    }
                     instance.ready = false
                     instance.accepting = false
                     instance.reloadSentMono = now.monoMs

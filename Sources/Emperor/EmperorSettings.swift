@@ -36,6 +36,11 @@ public struct EmperorSettings: Sendable, Equatable {
     public var vassalsInheritBefore: [String] = []
     /// Stats server: `HOST:PORT` (TCP) or a unix socket path (`emperor-stats-server`).
     public var statsServer: String?
+    /// Zero-stall reloads: when a touched vassal's file has the same contents, write `c` (chain reload: one
+    /// worker at a time, no re-exec) to its master FIFO at this path (`%n` etc. expanded) instead of sending
+    /// the reload byte, which re-execs the whole instance (a multi-second stall for one vassal). A changed
+    /// file still gets the full reload, since the configuration must be read again.
+    public var chainReloadFifo: String?
     /// Refuse vassal files larger than this (bytes).
     public var maxFileBytes: Int = 1 << 20
     /// Extra environment for every vassal.

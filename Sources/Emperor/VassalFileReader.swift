@@ -84,6 +84,7 @@ public struct VassalFileReader: Sendable {
             file.problem = "it is \(st.st_size) bytes, over the \(settings.maxFileBytes)-byte limit for a vassal file"
             return file
         }
+        if let data = FileManager.default.contents(atPath: path) { file.contentHash = Self.fnv1a(data) }
         if ext == "ini" {
             guard let data = FileManager.default.contents(atPath: path) else {
                 file.problem = "it cannot be read (check its permissions)"
@@ -98,6 +99,7 @@ public struct VassalFileReader: Sendable {
                 file.problem = error.description
             case .success(let ini):
                 file.binary = ini.value("binary", in: "legion")
+                if let n = (ini.value("processes", in: "uwsgi") ?? ini.value("workers", in: "uwsgi")).flatMap({ Int($0) }) { file.workers = max(1, n) }
                 if let owned = settings.ownedDomains {
                     for (option, value) in ini.options(in: "uwsgi") where Self.domainShortcuts.contains(option) {
                         let domain = value.split(separator: " ").first.map(String.init) ?? ""
@@ -126,6 +128,15 @@ public struct VassalFileReader: Sendable {
             index = name.index(after: dot)
         }
         return false
+    }
+
+    static func fnv1a(_ data: Data) -> UInt64 {
+        var hash: UInt64 = 0xcbf2_9ce4_8422_2325
+        for byte in data {
+            hash ^= UInt64(byte)
+            hash &*= 0x0000_0100_0000_01B3
+        }
+        return hash == 0 ? 1 : hash
     }
 
     static func mtime(_ st: stat) -> Int64 {

@@ -1,6 +1,7 @@
 import ArgumentParser
 import Foundation
 import Node
+import Supervisor
 #if canImport(Glibc)
 import Glibc
 #endif
@@ -215,28 +216,29 @@ struct LocalCluster {
         try FileManager.default.createDirectory(atPath: node.dataDir, withIntermediateDirectories: true)
         let logPath = node.dataDir + "/node.log"
         if !FileManager.default.fileExists(atPath: logPath) { FileManager.default.createFile(atPath: logPath, contents: nil) }
-        guard let log = FileHandle(forWritingAtPath: logPath) else { throw UserFacingError("cannot write \(logPath)") }
-        _ = try? log.seekToEnd()
-        let process = Process()
-        // setsid: the node leaves our session, so closing this terminal does not stop it.
-        process.executableURL = URL(fileURLWithPath: "/usr/bin/setsid")
-        var arguments = [executable, "node", "--config", node.config.path]
+        let log = ProcessSupervisor.openLog(logPath)
+        guard log >= 0 else { throw UserFacingError("cannot write \(logPath): \(String(cString: strerror(errno)))") }
+        defer { close(log) }
+        var arguments = ["node", "--config", node.config.path]
         if runDir != nil { arguments += ["--data-dir", node.dataDir] }
-        process.arguments = arguments
-        process.standardInput = FileHandle.nullDevice
-        process.standardOutput = log
-        process.standardError = log
-        do { try process.run() } catch { throw UserFacingError("cannot start \(node.config.name): \(error)") }
+        var spec = SpawnSpec(executable: executable, arguments: arguments)
+        spec.stdout = log
+        spec.stderr = log
+        // A session of its own: closing this terminal (or this command exiting) does not stop the node.
+        spec.newSession = true
+        spec.parentDeathSignal = nil
+        let child: ChildProcess
+        do { child = try ProcessSupervisor.shared.spawn(spec) } catch { throw UserFacingError("cannot start \(node.config.name): \(error)") }
         // Wait for the node's own pid file (it writes it once its config is valid).
         let deadline = Date().addingTimeInterval(5)
         while Date() < deadline {
             if let pid = node.runningPid { return pid }
-            if !process.isRunning {
-                throw UserFacingError("\(node.config.name) exited at start (status \(process.terminationStatus)); see \(logPath)")
+            if let reason = child.exitReason {
+                throw UserFacingError("\(node.config.name) exited at start (\(reason)); see \(logPath)")
             }
             usleep(20_000)
         }
-        return process.processIdentifier
+        return child.pid
     }
 
     /// nil when every running node's store member is reachable with the schema applied and the store has its

@@ -1,6 +1,7 @@
 import ArgumentParser
 import Foundation
 import Node
+import Supervisor
 import Store
 #if canImport(Glibc)
 import Glibc
@@ -105,12 +106,13 @@ final class DrillLab {
     let binary: String
     let vip: String
     let vipPort: Int
-    var nodes: [String: Process] = [:]
-    var probe: Process?
+    var nodes: [String: ChildProcess] = [:]
+    var probe: ChildProcess?
     /// keepalived instead of legion (the side-by-side comparison); nil = legion.
     let peer: String?
     /// Helper processes of a peer (the web servers answering on the VIP).
-    var extras: [Process] = []
+    var extras: [ChildProcess] = []
+    var webServers: Set<String> = []
 
     init(configDir: String?, workDir: String?, peer: String? = nil) throws {
         self.peer = peer
@@ -154,19 +156,27 @@ final class DrillLab {
 
     @discardableResult
     func sh(_ args: [String], timeout: Double = 20) -> (status: Int32, out: String) {
-        let p = Process()
-        p.executableURL = URL(fileURLWithPath: "/usr/bin/env")
-        p.arguments = args
-        let pipe = Pipe()
-        p.standardOutput = pipe
-        p.standardError = pipe
-        do { try p.run() } catch { return (127, "\(error)") }
-        let deadline = Date().addingTimeInterval(timeout)
-        while p.isRunning, Date() < deadline { usleep(5000) }
-        if p.isRunning { p.terminate() }
-        let data = pipe.fileHandleForReading.readDataToEndOfFile()
-        p.waitUntilExit()
-        return (p.terminationStatus, String(decoding: data, as: UTF8.self))
+        guard let program = args.first else { return (127, "no command") }
+        let result = ProcessSupervisor.shared.runBlocking(SpawnSpec(executable: program, arguments: Array(args.dropFirst())),
+                                                          timeoutSeconds: timeout, captureOutput: true)
+        if let error = result.error { return (127, error) }
+        return (result.status, result.output)
+    }
+
+    /// Starts `args` with its output appended to `logPath`.
+    func launch(_ args: [String], log logPath: String?) throws -> ChildProcess {
+        var spec = SpawnSpec(executable: args[0], arguments: Array(args.dropFirst()))
+        var fd: Int32 = -1
+        if let logPath {
+            fd = ProcessSupervisor.openLog(logPath)
+            guard fd >= 0 else { throw UserFacingError("cannot write \(logPath)") }
+        } else {
+            fd = open("/dev/null", O_WRONLY | O_CLOEXEC)
+        }
+        defer { if fd >= 0 { close(fd) } }
+        spec.stdout = fd
+        spec.stderr = fd
+        do { return try ProcessSupervisor.shared.spawn(spec) } catch { throw UserFacingError("\(error)") }
     }
 
     func startNode(_ name: String) throws {
@@ -177,17 +187,8 @@ final class DrillLab {
             try startKeepalived(name, index: configs.firstIndex(where: { $0.name == name }) ?? 0, dir: dir)
             return
         }
-        let p = Process()
-        p.executableURL = URL(fileURLWithPath: "/usr/bin/env")
-        p.arguments = ["ip", "netns", "exec", "lg-\(name)", binary, "node", "--config", entry.path, "--data-dir", dir]
-        FileManager.default.createFile(atPath: dir + "/node.log", contents: nil)
-        let log = FileHandle(forWritingAtPath: dir + "/node.log")
-        log?.seekToEndOfFile()
-        p.standardOutput = log
-        p.standardError = log
-        p.standardInput = FileHandle.nullDevice
-        try p.run()
-        nodes[name] = p
+        nodes[name] = try launch(["ip", "netns", "exec", "lg-\(name)", binary, "node", "--config", entry.path, "--data-dir", dir],
+                                 log: dir + "/node.log")
     }
 
     /// keepalived with Debian's defaults (advert_int 1 s, preemption on), n1 MASTER, and a web server that
@@ -209,26 +210,14 @@ final class DrillLab {
         }
         """
         try conf.write(toFile: dir + "/keepalived.conf", atomically: true, encoding: .utf8)
-        if !extras.contains(where: { $0.arguments?.contains("lg-\(name)") == true }) {
-            let web = Process()
-            web.executableURL = URL(fileURLWithPath: "/usr/bin/env")
+        if !webServers.contains(name) {
             let server = "import http.server,json\nclass H(http.server.BaseHTTPRequestHandler):\n def do_GET(s):\n  b=json.dumps({'answered_by':'\(name)'}).encode();s.send_response(200);s.send_header('Content-Length',str(len(b)));s.end_headers();s.wfile.write(b)\n def log_message(s,*a):pass\nhttp.server.ThreadingHTTPServer(('0.0.0.0',\(vipPort)),H).serve_forever()"
-            web.arguments = ["ip", "netns", "exec", "lg-\(name)", "python3", "-c", server]
-            web.standardOutput = FileHandle.nullDevice
-            web.standardError = FileHandle.nullDevice
-            try web.run()
-            extras.append(web)
+            extras.append(try launch(["ip", "netns", "exec", "lg-\(name)", "python3", "-c", server], log: nil))
+            webServers.insert(name)
         }
-        let p = Process()
-        p.executableURL = URL(fileURLWithPath: "/usr/bin/env")
-        p.arguments = ["ip", "netns", "exec", "lg-\(name)", "keepalived", "--dont-fork", "--log-console", "--vrrp", "--use-file", dir + "/keepalived.conf",
-                       "--pid", dir + "/keepalived.pid", "--vrrp_pid", dir + "/vrrp.pid", "--checkers_pid", dir + "/checkers.pid"]
-        FileManager.default.createFile(atPath: dir + "/node.log", contents: nil)
-        let log = FileHandle(forWritingAtPath: dir + "/node.log")
-        p.standardOutput = log
-        p.standardError = log
-        try p.run()
-        nodes[name] = p
+        nodes[name] = try launch(["ip", "netns", "exec", "lg-\(name)", "keepalived", "--dont-fork", "--log-console", "--vrrp", "--use-file", dir + "/keepalived.conf",
+                                  "--pid", dir + "/keepalived.pid", "--vrrp_pid", dir + "/vrrp.pid", "--checkers_pid", dir + "/checkers.pid"],
+                                 log: dir + "/node.log")
     }
 
     /// The legion process's pid (`env` execs `ip`, which execs legion: the same pid). For keepalived, the VRRP
@@ -238,16 +227,17 @@ final class DrillLab {
             let text = (try? String(contentsOfFile: "\(work)/\(name)/vrrp.pid", encoding: .utf8)) ?? ""
             return Int32(text.trimmingCharacters(in: .whitespacesAndNewlines))
         }
-        return nodes[name].map { $0.processIdentifier }
+        return nodes[name].map { $0.pid }
     }
 
     func stopNode(_ name: String, signal sig: Int32) {
         guard let p = nodes[name] else { return }
-        kill(p.processIdentifier, SIGCONT)
-        kill(p.processIdentifier, sig)
-        let deadline = Date().addingTimeInterval(5)
-        while p.isRunning, Date() < deadline { usleep(10_000) }
-        if p.isRunning { kill(p.processIdentifier, SIGKILL); p.waitUntilExit() }
+        p.signal(SIGCONT)
+        p.signal(sig)
+        if p.waitBlocking(timeoutSeconds: 5) == nil {
+            p.signal(SIGKILL)
+            _ = p.waitBlocking(timeoutSeconds: 10)
+        }
         nodes[name] = nil
     }
 
@@ -256,8 +246,8 @@ final class DrillLab {
     }
 
     func teardown(keepWork: Bool) {
-        if let probe, probe.isRunning { probe.terminate() }
-        for e in extras where e.isRunning { e.terminate() }
+        probe?.signal(SIGTERM)
+        for e in extras { e.signal(SIGTERM) }
         for name in nodes.keys { stopNode(name, signal: SIGTERM) }
         sh([netlab, "down"])
         if !keepWork { try? FileManager.default.removeItem(atPath: work) }
@@ -278,15 +268,8 @@ final class DrillLab {
         // The client: VIP every 10 ms, a store write every 50 ms, ARP every second.
         let probeOut = "\(work)/probe.jsonl", acked = "\(work)/acked.txt", stopFile = "\(work)/stop-probe"
         try? FileManager.default.removeItem(atPath: stopFile)
-        let p = Process()
-        p.executableURL = URL(fileURLWithPath: "/usr/bin/env")
-        p.arguments = ["ip", "netns", "exec", "lg-c", binary, "drill-probe", "--vip", "\(vip):\(vipPort)", "--store", storeAddresses,
-                       "--out", probeOut, "--acked-file", acked, "--stop-file", stopFile]
-        let probeLog = FileHandle(forWritingAtPath: { FileManager.default.createFile(atPath: "\(work)/probe.log", contents: nil); return "\(work)/probe.log" }())
-        p.standardOutput = probeLog
-        p.standardError = probeLog
-        try p.run()
-        probe = p
+        probe = try launch(["ip", "netns", "exec", "lg-c", binary, "drill-probe", "--vip", "\(vip):\(vipPort)", "--store", storeAddresses,
+                            "--out", probeOut, "--acked-file", acked, "--stop-file", stopFile], log: "\(work)/probe.log")
 
         // Ready: a Lord answers on the VIP and writes are acknowledged.
         let readyDeadline = Date().addingTimeInterval(45)
@@ -312,7 +295,7 @@ final class DrillLab {
         case "lord-kill":
             if let pid = pid(oldLord) { kill(pid, SIGKILL); stoppedMs = Self.nowMs() }
             if peer == nil {
-                nodes[oldLord]?.waitUntilExit()
+                _ = nodes[oldLord]?.waitBlocking(timeoutSeconds: 10)
                 nodes[oldLord] = nil
             }
             Thread.sleep(forTimeInterval: faultSeconds)
@@ -340,7 +323,7 @@ final class DrillLab {
             if let t = target, let pid = pid(t) {
                 kill(pid, SIGKILL)
                 stoppedMs = Self.nowMs()
-                nodes[t]?.waitUntilExit()
+                _ = nodes[t]?.waitBlocking(timeoutSeconds: 10)
                 nodes[t] = nil
             }
             Thread.sleep(forTimeInterval: faultSeconds)
@@ -364,9 +347,7 @@ final class DrillLab {
         Thread.sleep(forTimeInterval: observeSeconds)
         let end = Self.nowMs()
         FileManager.default.createFile(atPath: stopFile, contents: nil)
-        let stopDeadline = Date().addingTimeInterval(15)
-        while p.isRunning, Date() < stopDeadline { usleep(20_000) }
-        if p.isRunning { p.terminate() }
+        if probe?.waitBlocking(timeoutSeconds: 15) == nil { probe?.signal(SIGTERM) }
         sampler.stop()
 
         // Every acknowledged write must be in the store exactly once.

@@ -1,5 +1,6 @@
 import ArgumentParser
 import Foundation
+import Supervisor
 import Node
 import Store
 #if canImport(Glibc)
@@ -72,17 +73,11 @@ struct DrillProbeCommand: AsyncParsableCommand {
         let arp = Thread {
             while !stopping() {
                 let t = Int64(SystemClock.wallMillis())
-                let p = Process()
-                p.executableURL = URL(fileURLWithPath: "/usr/bin/env")
-                p.arguments = ["arping", "-w", "1", "-I", "eth0", host]
-                let pipe = Pipe()
-                p.standardOutput = pipe
-                p.standardError = FileHandle.nullDevice
-                guard (try? p.run()) != nil else { return }
-                let data = pipe.fileHandleForReading.readDataToEndOfFile()
-                p.waitUntilExit()
+                let result = ProcessSupervisor.shared.runBlocking(SpawnSpec(executable: "arping", arguments: ["-w", "1", "-I", "eth0", host]),
+                                                                  timeoutSeconds: 5, captureOutput: true)
+                guard result.error == nil else { return }
                 var macs = Set<String>()
-                for line in String(decoding: data, as: UTF8.self).split(separator: "\n") where line.contains("reply from") {
+                for line in result.output.split(separator: "\n") where line.contains("reply from") {
                     if let open = line.firstIndex(of: "["), let close = line.firstIndex(of: "]"), open < close {
                         macs.insert(String(line[line.index(after: open)..<close]))
                     }

@@ -73,6 +73,9 @@ struct EmperorCommand: AsyncParsableCommand {
     @Option(name: .customLong("log-max-bytes"), help: "Rotate the log file past this size.")
     var logMaxBytes: Int = 200 << 20
 
+    @Option(name: .customLong("chain-reload-fifo"), help: "Zero-stall touch: a touched vassal whose contents did not change gets 'c' (chain reload) on this master FIFO (%n = vassal name) instead of a full reload.")
+    var chainReloadFifo: String?
+
     @Option(name: .long, help: "Log level: trace, debug, info, notice, warning, error, critical.")
     var logLevel: Logger.Level = .info
 
@@ -111,6 +114,7 @@ struct EmperorCommand: AsyncParsableCommand {
         settings.followSymlinks = !nofollow
         settings.noBlacklist = noBlacklist
         settings.gracefulShutdown = gracefulShutdown
+        settings.chainReloadFifo = chainReloadFifo
         if let ownedDomains {
             guard FileManager.default.isReadableFile(atPath: ownedDomains) else {
                 throw UserFacingError("cannot read --owned-domains \(ownedDomains)")

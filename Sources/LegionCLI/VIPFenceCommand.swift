@@ -1,5 +1,6 @@
 import ArgumentParser
 import Foundation
+import Supervisor
 import Node
 
 struct VIPFenceCommand: ParsableCommand {
@@ -26,12 +27,9 @@ struct VIPFenceCommand: ParsableCommand {
         let cidr = address
         let interface = self.interface
         VIPFence.run(cidr: cidr, interface: interface, parent: parent) { why in
-            let process = Process()
-            process.executableURL = URL(fileURLWithPath: FileManager.default.fileExists(atPath: "/usr/sbin/ip") ? "/usr/sbin/ip" : "/sbin/ip")
-            process.arguments = ["-4", "addr", "del", cidr, "dev", interface]
-            process.standardError = FileHandle.nullDevice
-            try? process.run()
-            process.waitUntilExit()
+            let ip = FileManager.default.fileExists(atPath: "/usr/sbin/ip") ? "/usr/sbin/ip" : "/sbin/ip"
+            _ = ProcessSupervisor.shared.runBlocking(SpawnSpec(executable: ip, arguments: ["-4", "addr", "del", cidr, "dev", interface]),
+                                                     timeoutSeconds: 5, captureOutput: true)
             FileHandle.standardError.write(Data("legion vip-fence: removed \(cidr) from \(interface): \(why)\n".utf8))
         }
     }

@@ -45,6 +45,7 @@ public struct NodeRuntime: Sendable {
         if let router = config.router {
             var policy = SubscriptionTable.Policy()
             policy.toleranceMs = router.toleranceMs
+            policy.drainLastMs = router.drainLastMs
             let verifier = router.signCheck.map { SubscriptionVerifier(digest: $0.0, keyDirectory: $0.1) }
             subscriptionVerifier = verifier
             policy.requireSignature = verifier != nil

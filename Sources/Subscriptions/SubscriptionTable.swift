@@ -21,6 +21,12 @@ public struct SubscriptionTable: Sendable {
         public var maxNodesPerKey = 256
         /// Try parent domains (`.example.com`) like uWSGI's `--subscription-dotsplit`.
         public var dotsplit = true
+        /// When the *last* node of a key unsubscribes, keep it this long as a fallback (used only while no
+        /// other node serves the key) instead of dropping the key. A vassal reloading with
+        /// `unsubscribe-on-graceful-reload` keeps its socket (requests wait in its backlog) and subscribes again:
+        /// alone, it stalls briefly instead of answering 404; with siblings, they take its requests. A vassal
+        /// that really stopped refuses connections and is ejected as any dead node. 0: uWSGI's immediate removal.
+        public var drainLastMs: UInt64 = 0
         public init() {}
     }
 
@@ -59,6 +65,8 @@ public struct SubscriptionTable: Sendable {
         public var requests: UInt64 = 0
         public var references: Int = 0
         public var failures: UInt64 = 0
+        /// Set when this last node of its key unsubscribed: a fallback until then (see `Policy.drainLastMs`).
+        public var drainingUntilMs: UInt64?
         var wrrCredit: UInt64 = 0
 
         public var id: NodeID { NodeID(key: key, address: address) }
@@ -123,7 +131,7 @@ public struct SubscriptionTable: Sendable {
         let outcome: Outcome
         switch packet.command {
         case .subscribe: outcome = subscribe(packet, signed: signed, nowMs: nowMs)
-        case .unsubscribe: outcome = unsubscribe(id)
+        case .unsubscribe: outcome = unsubscribe(id, nowMs: nowMs)
         }
         if signed, let unix = packet.unix, outcome.accepted {
             // Remember beyond the node's life, for as long as the packet could still be fresh.
@@ -137,6 +145,7 @@ public struct SubscriptionTable: Sendable {
         if let i = nodes.firstIndex(where: { $0.address == p.address }) {
             // Refresh: liveness, load and weight; modifiers and notify stay as created (uWSGI).
             nodes[i].lastCheckMs = nowMs
+            nodes[i].drainingUntilMs = nil
             nodes[i].cores = p.cores
             nodes[i].load = p.load
             nodes[i].weight = max(p.weight, 1)
@@ -157,9 +166,15 @@ public struct SubscriptionTable: Sendable {
         return .created(node)
     }
 
-    private mutating func unsubscribe(_ id: NodeID) -> Outcome {
+    private mutating func unsubscribe(_ id: NodeID, nowMs: UInt64? = nil) -> Outcome {
         guard var nodes = slots[id.key], let i = nodes.firstIndex(where: { $0.address == id.address }) else {
             return .rejected(.unknownNode)
+        }
+        if let nowMs, policy.drainLastMs > 0, nodes.allSatisfy({ $0.address == id.address || $0.drainingUntilMs != nil }) {
+            // The last serving node: keep it as a fallback for a while (a graceful reload), see Policy.drainLastMs.
+            if nodes[i].drainingUntilMs == nil { nodes[i].drainingUntilMs = nowMs + policy.drainLastMs }
+            slots[id.key] = nodes
+            return .removed(nodes[i])
         }
         let gone = nodes.remove(at: i)
         slots[id.key] = nodes.isEmpty ? nil : nodes
@@ -186,8 +201,8 @@ public struct SubscriptionTable: Sendable {
         var gone: [Node] = []
         for key in Array(slots.keys) {
             guard let nodes = slots[key] else { continue }
-            let (keep, drop) = (nodes.filter { nowMs <= $0.lastCheckMs + policy.toleranceMs },
-                                nodes.filter { nowMs > $0.lastCheckMs + policy.toleranceMs })
+            func alive(_ n: Node) -> Bool { nowMs <= n.lastCheckMs + policy.toleranceMs && nowMs <= (n.drainingUntilMs ?? .max) }
+            let (keep, drop) = (nodes.filter(alive), nodes.filter { !alive($0) })
             gone += drop
             slots[key] = keep.isEmpty ? nil : keep
             if keep.isEmpty { rotation[key] = nil }
@@ -236,8 +251,15 @@ public struct SubscriptionTable: Sendable {
 
     private static func pick(in nodes: inout [Node], algorithm: Algorithm, nowMs: UInt64, tolerance: UInt64,
                              excluding: Set<[UInt8]>, turn: Int) -> Node? {
-        func live(_ i: Int) -> Bool {
+        func usable(_ i: Int) -> Bool {
             nowMs <= nodes[i].lastCheckMs + tolerance && (excluding.isEmpty || !excluding.contains(nodes[i].address))
+        }
+        // Draining nodes (the last one unsubscribed, reloading) serve only while nothing else can, and not past their time.
+        let onlyDraining = !nodes.indices.contains { usable($0) && nodes[$0].drainingUntilMs == nil }
+        func live(_ i: Int) -> Bool {
+            guard usable(i) else { return false }
+            guard let until = nodes[i].drainingUntilMs else { return true }
+            return onlyDraining && nowMs <= until
         }
         var chosen: Int?
         switch algorithm {

@@ -27,6 +27,7 @@ public final class ChildProcess: Sendable {
     public let processGroup: Int32?
     public let executable: String
     private let state = Mutex<(reason: ExitReason?, waiters: [CheckedContinuation<ExitReason, Never>])>((nil, []))
+    private let exitCondition = NSCondition()
 
     init(pid: Int32, processGroup: Int32?, executable: String) {
         self.pid = pid
@@ -48,6 +49,21 @@ public final class ChildProcess: Sendable {
             }
             if let ready { continuation.resume(returning: ready) }
         }
+    }
+
+    /// Waits for the child on this thread (for synchronous callers); nil when `timeoutSeconds` passed first.
+    public func waitBlocking(timeoutSeconds: Double? = nil) -> ExitReason? {
+        let deadline = timeoutSeconds.map { Date().addingTimeInterval($0) }
+        exitCondition.lock()
+        defer { exitCondition.unlock() }
+        while exitReason == nil {
+            if let deadline {
+                if !exitCondition.wait(until: deadline) { return exitReason }
+            } else {
+                exitCondition.wait()
+            }
+        }
+        return exitReason
     }
 
     /// Sends `signal` to the child only.
@@ -76,6 +92,9 @@ public final class ChildProcess: Sendable {
             return s.waiters
         }
         for w in waiters { w.resume(returning: reason) }
+        exitCondition.lock()
+        exitCondition.broadcast()
+        exitCondition.unlock()
     }
 }
 
@@ -205,6 +224,49 @@ public final class ProcessSupervisor: @unchecked Sendable {
         watchdog?.cancel()
         let output = await outputTask?.value ?? ""
         return RunResult(reason: reason, output: output, timedOut: timedOut.value, error: nil)
+    }
+
+    /// `run` for synchronous callers (CLI commands, the VIP fence): blocks this thread, not the pool.
+    public func runBlocking(_ spec: SpawnSpec, timeoutSeconds: Double? = nil, captureOutput: Bool = false) -> RunResult {
+        var spec = spec
+        var pipeFDs: [Int32] = [-1, -1]
+        if captureOutput {
+            guard cproc_pipe(&pipeFDs, 0) == 0 else {
+                return RunResult(reason: nil, output: "", timedOut: false, error: "pipe: \(String(cString: strerror(errno)))")
+            }
+            spec.stdout = pipeFDs[1]
+            spec.stderr = pipeFDs[1]
+        }
+        let child: ChildProcess
+        do {
+            child = try spawn(spec)
+        } catch {
+            if captureOutput { close(pipeFDs[0]); close(pipeFDs[1]) }
+            return RunResult(reason: nil, output: "", timedOut: false, error: error.description)
+        }
+        let reader = OutputReader()
+        if captureOutput {
+            close(pipeFDs[1])
+            reader.start(fd: pipeFDs[0])   // on its own thread: a child that hangs with the pipe open cannot block us
+        }
+        if let reason = child.waitBlocking(timeoutSeconds: timeoutSeconds) {
+            return RunResult(reason: reason, output: reader.finish(), timedOut: false, error: nil)
+        }
+        child.signalGroup(SIGTERM)
+        if child.waitBlocking(timeoutSeconds: 1) == nil { child.signalGroup(SIGKILL) }
+        return RunResult(reason: child.waitBlocking(timeoutSeconds: 5), output: reader.finish(), timedOut: true, error: nil)
+    }
+
+    /// A pipe (both ends close-on-exec; pass one to a child with `SpawnSpec.stdin`/`stdout`).
+    public static func makePipe() throws(SpawnError) -> (read: Int32, write: Int32) {
+        var fds: [Int32] = [-1, -1]
+        guard cproc_pipe(&fds, 0) == 0 else { throw SpawnError(executable: "pipe", errno: errno) }
+        return (fds[0], fds[1])
+    }
+
+    /// Opens (creating) a log file for appending, close-on-exec; -1 when it cannot be opened.
+    public static func openLog(_ path: String) -> Int32 {
+        open(path, O_WRONLY | O_APPEND | O_CREAT | O_CLOEXEC, 0o644)
     }
 
     /// Kill-on-stop: SIGTERM to every child's group, SIGKILL after `graceSeconds` to what is left.
@@ -364,5 +426,28 @@ private final class ForkThread: @unchecked Sendable {
             result = value
             condition.broadcast()
         }
+    }
+}
+
+/// Reads a pipe to EOF on a thread of its own.
+private final class OutputReader: @unchecked Sendable {
+    // @unchecked: `text` is written by the reader thread before it signals `done`, and read only after.
+    private var text = ""
+    private let done = DispatchSemaphore(value: 0)
+    private var started = false
+
+    func start(fd: Int32) {
+        started = true
+        let thread = Thread { [self] in
+            text = readAll(fd: fd, limit: 64 * 1024)
+            done.signal()
+        }
+        thread.start()
+    }
+
+    /// The output (waits up to 2 s for EOF after the child exited: grandchildren may still hold the pipe).
+    func finish() -> String {
+        guard started else { return "" }
+        return done.wait(timeout: .now() + 2) == .success ? text : ""
     }
 }

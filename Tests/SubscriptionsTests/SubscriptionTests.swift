@@ -220,3 +220,45 @@ import UwsgiWire
         #expect(t.apply(sub("a", "2"), verification: .unsigned, nowMs: 0) == .rejected(.tableFull("1 nodes for one key")))
     }
 }
+
+@Suite struct SubscriptionDrainTests {
+    static func packet(_ command: SubscriptionPacket.Command, _ address: String) -> SubscriptionPacket {
+        SubscriptionPacket(command: command, key: "app.example.com", address: address)
+    }
+
+    @Test func theLastNodeThatUnsubscribesIsAFallbackUntilItComesBackOrItsTimeRunsOut() {
+        var policy = SubscriptionTable.Policy()
+        policy.drainLastMs = 5000
+        var table = SubscriptionTable(policy: policy)
+        let host = Array("app.example.com".utf8)
+        _ = table.apply(Self.packet(.subscribe, "/run/a.sock"), verification: .unsigned, nowMs: 1000)
+        _ = table.apply(Self.packet(.subscribe, "/run/b.sock"), verification: .unsigned, nowMs: 1000)
+        // Not the last one: removed at once, as uWSGI.
+        #expect(table.apply(Self.packet(.unsubscribe, "/run/a.sock"), verification: .unsigned, nowMs: 2000).accepted)
+        #expect(table.nodes(forKey: "app.example.com").map(\.addressString) == ["/run/b.sock"])
+        // The last one (reloading): kept, still picked while nothing else serves.
+        #expect(table.apply(Self.packet(.unsubscribe, "/run/b.sock"), verification: .unsigned, nowMs: 3000).accepted)
+        #expect(table.pick(host: host, algorithm: .weightedRoundRobin, nowMs: 3100)?.addressString == "/run/b.sock")
+        // A sibling subscribes: the draining node is no longer used.
+        _ = table.apply(Self.packet(.subscribe, "/run/c.sock"), verification: .unsigned, nowMs: 3200)
+        for _ in 0..<4 { #expect(table.pick(host: host, algorithm: .weightedRoundRobin, nowMs: 3300)?.addressString == "/run/c.sock") }
+        // It subscribes again after its reload: serving again.
+        _ = table.apply(Self.packet(.subscribe, "/run/b.sock"), verification: .unsigned, nowMs: 4000)
+        let picked = Set((0..<4).compactMap { _ in table.pick(host: host, algorithm: .weightedRoundRobin, nowMs: 4100)?.addressString })
+        #expect(picked == ["/run/b.sock", "/run/c.sock"])
+        // A last node that never comes back is gone after the drain time.
+        _ = table.apply(Self.packet(.unsubscribe, "/run/c.sock"), verification: .unsigned, nowMs: 5000)
+        _ = table.apply(Self.packet(.unsubscribe, "/run/b.sock"), verification: .unsigned, nowMs: 5000)
+        #expect(table.pick(host: host, algorithm: .weightedRoundRobin, nowMs: 9000) != nil)
+        #expect(table.pick(host: host, algorithm: .weightedRoundRobin, nowMs: 10_001) == nil)
+        _ = table.expire(nowMs: 10_001)
+        #expect(table.matchKey(for: host) == nil)
+    }
+
+    @Test func withoutDrainingTheLastUnsubscribeRemovesTheKey() {
+        var table = SubscriptionTable()
+        _ = table.apply(Self.packet(.subscribe, "/run/a.sock"), verification: .unsigned, nowMs: 1000)
+        _ = table.apply(Self.packet(.unsubscribe, "/run/a.sock"), verification: .unsigned, nowMs: 2000)
+        #expect(table.matchKey(for: Array("app.example.com".utf8)) == nil)
+    }
+}

@@ -26,6 +26,7 @@ extension RouterSettings {
             settings.serverName = ProcessInfo.processInfo.hostName
         }
         if let t = try table.int("tolerance_s", range: 1...3600) { settings.toleranceMs = UInt64(t) * 1000 }
+        if let t = try table.int("drain_last_ms", range: 0...600_000) { settings.drainLastMs = UInt64(t) }
         if let n = try table.int("threads", range: 1...256) { settings.threads = n }
         if let fast = try table.bool("fast_path") { settings.fastPath = fast }
         func path(_ text: String) -> String { text.hasPrefix("/") ? text : URL(fileURLWithPath: baseDir).appendingPathComponent(text).path }

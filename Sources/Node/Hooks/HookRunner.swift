@@ -1,5 +1,6 @@
 import Foundation
 import Logging
+import Supervisor
 
 /// Runs operator hooks (`sh -c COMMAND`) one at a time, in order, off the protocol path: a slow
 /// hook never delays announces (a weakness of uWSGI, whose hooks run in its Legion thread).
@@ -48,26 +49,8 @@ public final class HookRunner: Sendable {
     /// Runs `sh -c command` with extra environment variables; returns the exit status (-1 if it
     /// could not start, -2 on timeout).
     public static func runShell(_ command: String, environment: [String: String], timeoutSeconds: Double) async -> Int32 {
-        let process = Process()
-        process.executableURL = URL(fileURLWithPath: "/bin/sh")
-        process.arguments = ["-c", command]
-        var env = ProcessInfo.processInfo.environment
-        for (k, v) in environment { env[k] = v }
-        process.environment = env
-        process.standardInput = FileHandle.nullDevice
-        do {
-            try process.run()
-        } catch {
-            return -1
-        }
-        let deadline = Date().addingTimeInterval(timeoutSeconds)
-        while process.isRunning {
-            if Date() > deadline {
-                process.terminate()
-                return -2
-            }
-            try? await Task.sleep(for: .milliseconds(5))
-        }
-        return process.terminationStatus
+        var spec = SpawnSpec.shell(command, extraEnvironment: environment)
+        spec.parentDeathSignal = nil   // a hook (e.g. releasing a cloud IP) finishes even if the node dies meanwhile
+        return await ProcessSupervisor.shared.run(spec, timeoutSeconds: timeoutSeconds).status
     }
 }

@@ -199,6 +199,7 @@ public final class HostingService: Service, Sendable {
                 "--log-max-bytes", "\(settings.logMaxBytes)",
                 "--freq", "\(Double(settings.subEmperorRescanMs) / 1000)",
                 "--stats", home + "/run/emperor.stats",
+                "--chain-reload-fifo", home + "/run/%n.fifo",
             ])
             var env = currentEnvironment()
             env["HOME"] = home

@@ -22,6 +22,8 @@ public struct RouterSettings: Sendable {
     public var maxRetries = 3
     public var signCheck: (SubscriptionDigest, String)?
     public var toleranceMs: UInt64 = 17_000
+    /// The last node of a domain that unsubscribes stays a fallback this long (a vassal's graceful reload), ms.
+    public var drainLastMs: UInt64 = 5000
     /// Event-loop threads of the router (`[router] threads`, default: one per core).
     public var threads = System.coreCount
     /// Serve plain HTTP/1.x requests to uwsgi backends on the fast path (`[router] fast_path`,

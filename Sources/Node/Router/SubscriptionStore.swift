@@ -68,7 +68,9 @@ public final class SubscriptionStore: Sendable {
     public func hasKey(for host: [UInt8]) -> Bool { table.withLock { $0.matchKey(for: host) != nil } }
 
     /// True when `key` itself (no wildcard matching) has a node.
-    public func hasExactKey(_ key: [UInt8]) -> Bool { table.withLock { !$0.nodes(forKey: String(decoding: key, as: UTF8.self)).isEmpty } }
+    public func hasExactKey(_ key: [UInt8]) -> Bool {
+        table.withLock { $0.nodes(forKey: String(decoding: key, as: UTF8.self)).contains { $0.drainingUntilMs == nil } }
+    }
 
     public func pick(host: [UInt8], nowMs: UInt64, excluding: Set<[UInt8]>) -> SubscriptionTable.Node? {
         let skip = ejectedCount.load(ordering: .relaxed) == 0 ? [] : ejected.withLock { e -> Set<[UInt8]> in

@@ -2,6 +2,7 @@
 import Glibc
 #endif
 import Foundation
+import Supervisor
 import Logging
 
 /// Moves the VIP with `ip addr add/del` on a configured interface and announces it at once with
@@ -77,18 +78,10 @@ public struct IPRoute2FailoverIP: FailoverIPDriver {
     }
 
     static func ip(_ arguments: [String]) async throws -> (Int32, String) {
-        let process = Process()
-        process.executableURL = URL(fileURLWithPath: FileManager.default.fileExists(atPath: "/usr/sbin/ip") ? "/usr/sbin/ip" : "/sbin/ip")
-        process.arguments = arguments
-        let pipe = Pipe()
-        process.standardOutput = pipe
-        process.standardError = pipe
-        do { try process.run() } catch {
-            throw FailoverIPError("cannot run ip (\(error)); install iproute2")
-        }
-        let data = pipe.fileHandleForReading.readDataToEndOfFile()
-        process.waitUntilExit()
-        return (process.terminationStatus, String(decoding: data, as: UTF8.self))
+        let path = FileManager.default.fileExists(atPath: "/usr/sbin/ip") ? "/usr/sbin/ip" : "/sbin/ip"
+        let result = await ProcessSupervisor.shared.run(SpawnSpec(executable: path, arguments: arguments), timeoutSeconds: 10, captureOutput: true)
+        if let error = result.error { throw FailoverIPError("cannot run ip (\(error)); install iproute2") }
+        return (result.status, result.output)
     }
 }
 

@@ -2,6 +2,7 @@
 import Glibc
 #endif
 import Foundation
+import Supervisor
 
 /// A tiny watchdog process that fences the failover IP when its node cannot: if the node dies
 /// (SIGKILL: the pipe closes, or we are re-parented) or freezes (SIGSTOP: the lease deadline
@@ -61,19 +62,26 @@ public enum VIPFence {
 
 /// The node's side of the fence: starts `legion vip-fence` and feeds it deadlines.
 final class VIPFenceClient: Sendable {
-    private let process: Process
+    private let child: ChildProcess
     private let input: FileHandle
 
     init?(executable: String, address: String, prefixLength: Int, interface: String) {
-        let process = Process()
-        process.executableURL = URL(fileURLWithPath: executable)
-        process.arguments = VIPFence.arguments(address: address, prefixLength: prefixLength, interface: interface,
-                                               parent: ProcessInfo.processInfo.processIdentifier)
-        let pipe = Pipe()
-        process.standardInput = pipe
-        do { try process.run() } catch { return nil }
-        self.process = process
-        input = pipe.fileHandleForWriting
+        guard let pipe = try? ProcessSupervisor.makePipe() else { return nil }
+        var spec = SpawnSpec(executable: executable,
+                             arguments: VIPFence.arguments(address: address, prefixLength: prefixLength, interface: interface,
+                                                           parent: ProcessInfo.processInfo.processIdentifier))
+        spec.stdin = pipe.read
+        // The fence must outlive the node (it releases the VIP when the node dies) and share its process group.
+        spec.parentDeathSignal = nil
+        spec.newProcessGroup = false
+        guard let child = try? ProcessSupervisor.shared.spawn(spec) else {
+            close(pipe.read)
+            close(pipe.write)
+            return nil
+        }
+        close(pipe.read)
+        self.child = child
+        input = FileHandle(fileDescriptor: pipe.write, closeOnDealloc: true)
     }
 
     func hold(until deadline: UInt64) { send("hold \(deadline)\n") }
@@ -86,6 +94,6 @@ final class VIPFenceClient: Sendable {
     func stop() {
         idle()
         try? input.close()
-        process.waitUntilExit()
+        _ = child.waitBlocking(timeoutSeconds: 10)
     }
 }
