@@ -95,7 +95,8 @@ public struct NodeRuntime: Sendable {
         }
         if let hosting = config.hosting {
             let routes = HostingShortcuts.Routes(http: config.router.map { "\($0.subscription)" },
-                                                 cluster: config.router?.clusterSubscription.map { "\($0)" })
+                                                 cluster: config.router?.clusterSubscription.map { "\($0)" },
+                                                 digest: config.router?.signCheck?.0.rawValue ?? "SHA1")
             services.append(.init(service: HostingService(settings: hosting, emperor: emperorSettings, routes: routes,
                                                           feed: feed, logger: logger)))
         }

@@ -100,8 +100,40 @@ def cluster(legion_bin, repo_root):
     # A short path: vassal sockets live at <home>/run/<domain>_<hash>.socket (108-byte unix path limit).
     run_dir = Path(tempfile.mkdtemp(prefix="lh", dir="/tmp"))
     run_dir.chmod(0o755)   # containers run as their own uids and must reach their homes below it
+    # local-3 with signed subscriptions required: vassals sign with their customer's key, routers verify
+    # with the keys from the store (an empty key directory: nothing else is trusted).
+    configs = run_dir / "configs"
+    configs.mkdir()
+    (run_dir / "signkeys").mkdir()
+    for n in (1, 2, 3):
+        text = (repo_root / "cluster-configs" / "local-3" / f"node{n}.toml").read_text()
+        assert "\n[router]\n" in text
+        text = text.replace("\n[router]\n", f'\n[router]\nsign_check = "SHA1:{run_dir / "signkeys"}"\n')
+        (configs / f"node{n}.toml").write_text(text)
     subprocess.run([str(legion_bin), "cluster", "down"], cwd=repo_root, capture_output=True, timeout=30)
-    up = subprocess.run([str(legion_bin), "cluster", "up", "--run-dir", str(run_dir)], cwd=repo_root,
+    try:
+        yield from _hosting_cluster(legion_bin, repo_root, run_dir, configs)
+    finally:
+        subprocess.run([str(legion_bin), "cluster", "down", "--config-dir", str(configs), "--run-dir", str(run_dir)], cwd=repo_root,
+                       capture_output=True, timeout=60)
+        for node in ("node1", "node2", "node3"):
+            pidfile = run_dir / node / "node.pid"
+            if pidfile.exists():
+                try:
+                    os.kill(int(pidfile.read_text().strip()), signal.SIGKILL)
+                except (ValueError, ProcessLookupError):
+                    pass
+        # Sub-Emperors and vassals die with their node (parent-death signal); make sure nothing is left.
+        for pid in procs_with(str(run_dir)):
+            try:
+                os.kill(pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+        shutil.rmtree(run_dir, ignore_errors=True)
+
+
+def _hosting_cluster(legion_bin, repo_root, run_dir: Path, configs: Path):
+    up = subprocess.run([str(legion_bin), "cluster", "up", "--config-dir", str(configs), "--run-dir", str(run_dir)], cwd=repo_root,
                         capture_output=True, text=True, timeout=60, stdin=subprocess.DEVNULL)
     assert up.returncode == 0, f"cluster up failed: {up.stdout}{up.stderr}"
     c = Cluster(legion_bin, repo_root, run_dir)
@@ -117,21 +149,6 @@ def cluster(legion_bin, repo_root):
     c.admin("domain", "add", DOMAIN, "--customer", "hoster")
     c.admin("domain", "add", "not-yours.example.com", "--customer", "other")
     yield c
-    subprocess.run([str(legion_bin), "cluster", "down", "--run-dir", str(run_dir)], cwd=repo_root, capture_output=True, timeout=60)
-    for node in ("node1", "node2", "node3"):
-        pidfile = run_dir / node / "node.pid"
-        if pidfile.exists():
-            try:
-                os.kill(int(pidfile.read_text().strip()), signal.SIGKILL)
-            except (ValueError, ProcessLookupError):
-                pass
-    # Sub-Emperors and vassals die with their node (parent-death signal); make sure nothing is left.
-    for pid in procs_with(str(run_dir)):
-        try:
-            os.kill(pid, signal.SIGKILL)
-        except ProcessLookupError:
-            pass
-    shutil.rmtree(run_dir, ignore_errors=True)
 
 
 def drop_vassal(c: Cluster, node: str, uid: int, name: str = "app.ini", domain_line: str = f"cluster-domain = {DOMAIN}") -> Path:
@@ -259,7 +276,7 @@ def test_store_without_quorum_and_a_restarted_node_keep_serving(cluster: Cluster
     os.kill(c.node_pid("node2"), signal.SIGKILL)
     time.sleep(0.5)
     log = open(c.run_dir / "node2" / "node.log", "ab")
-    subprocess.Popen([str(c.legion), "node", "--config", str(c.repo / "cluster-configs" / "local-3" / "node2.toml"),
+    subprocess.Popen([str(c.legion), "node", "--config", str(c.run_dir / "configs" / "node2.toml"),
                       "--data-dir", str(c.run_dir / "node2")], stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
                      start_new_session=True)
     log.close()

@@ -12,14 +12,17 @@ public enum HostingShortcuts {
         public var http: String?
         /// `HOST:PORT` of the cluster subscription server (nil: no cluster domains here).
         public var cluster: String?
-        public init(http: String?, cluster: String?) {
+        /// The digest the router checks signatures with (`[router] sign_check`); uwsgi.it used SHA1.
+        public var digest: String
+        public init(http: String?, cluster: String?, digest: String = "SHA1") {
             self.http = http
             self.cluster = cluster
+            self.digest = digest
         }
     }
 
     public static func render(home: String, routes: Routes) -> String {
-        let key = "sign=SHA1:\(home)/etc/uwsgi.key"
+        let key = "sign=\(routes.digest):\(home)/etc/uwsgi.key"
         func socket(_ name: String) -> String { "\(home)/run/\(name)_%J.socket" }
         func subscribe(_ server: String?, extra: String = "") -> String {
             guard let server else { return "" }

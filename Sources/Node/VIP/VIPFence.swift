@@ -71,9 +71,9 @@ final class VIPFenceClient: Sendable {
                              arguments: VIPFence.arguments(address: address, prefixLength: prefixLength, interface: interface,
                                                            parent: ProcessInfo.processInfo.processIdentifier))
         spec.stdin = pipe.read
-        // The fence must outlive the node (it releases the VIP when the node dies) and share its process group.
+        // The fence must outlive the node (it releases the VIP when the node dies), even a kill of the node's
+        // whole process group: it leads a group of its own and gets no parent-death signal.
         spec.parentDeathSignal = nil
-        spec.newProcessGroup = false
         guard let child = try? ProcessSupervisor.shared.spawn(spec) else {
             close(pipe.read)
             close(pipe.write)
