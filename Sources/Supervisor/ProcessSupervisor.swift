@@ -187,27 +187,10 @@ public final class ProcessSupervisor: @unchecked Sendable {
     /// Runs a command to completion; on timeout its process group gets SIGTERM, then SIGKILL 1 s later.
     /// Output (stdout + stderr) is captured when `captureOutput` (up to 64 KiB).
     public func run(_ spec: SpawnSpec, timeoutSeconds: Double? = nil, captureOutput: Bool = false) async -> RunResult {
-        var spec = spec
-        var pipeFDs: [Int32] = [-1, -1]
-        if captureOutput {
-            guard cproc_pipe(&pipeFDs, 0) == 0 else {
-                return RunResult(reason: nil, output: "", timedOut: false, error: "pipe: \(String(cString: strerror(errno)))")
-            }
-            spec.stdout = pipeFDs[1]
-            spec.stderr = pipeFDs[1]
-        }
-        let child: ChildProcess
-        do {
-            child = try spawn(spec)
-        } catch {
-            if captureOutput { close(pipeFDs[0]); close(pipeFDs[1]) }
-            return RunResult(reason: nil, output: "", timedOut: false, error: error.description)
-        }
-        var outputTask: Task<String, Never>?
-        if captureOutput {
-            close(pipeFDs[1])
-            let fd = pipeFDs[0]
-            outputTask = Task.detached { readAll(fd: fd, limit: 64 * 1024) }
+        let child: ChildProcess, reader: OutputReader
+        switch start(spec, captureOutput: captureOutput) {
+        case .failure(let failed): return failed.result
+        case .success(let started): (child, reader) = started
         }
         let timedOut = Flag()
         let watchdog: Task<Void, Never>? = timeoutSeconds.map { seconds in
@@ -222,17 +205,34 @@ public final class ProcessSupervisor: @unchecked Sendable {
         }
         let reason = await child.wait()
         watchdog?.cancel()
-        let output = await outputTask?.value ?? ""
-        return RunResult(reason: reason, output: output, timedOut: timedOut.value, error: nil)
+        return RunResult(reason: reason, output: reader.finish(), timedOut: timedOut.value, error: nil)
     }
 
     /// `run` for synchronous callers (CLI commands, the VIP fence): blocks this thread, not the pool.
     public func runBlocking(_ spec: SpawnSpec, timeoutSeconds: Double? = nil, captureOutput: Bool = false) -> RunResult {
+        let child: ChildProcess, reader: OutputReader
+        switch start(spec, captureOutput: captureOutput) {
+        case .failure(let failed): return failed.result
+        case .success(let started): (child, reader) = started
+        }
+        if let reason = child.waitBlocking(timeoutSeconds: timeoutSeconds) {
+            return RunResult(reason: reason, output: reader.finish(), timedOut: false, error: nil)
+        }
+        child.signalGroup(SIGTERM)
+        if child.waitBlocking(timeoutSeconds: 1) == nil { child.signalGroup(SIGKILL) }
+        return RunResult(reason: child.waitBlocking(timeoutSeconds: 5), output: reader.finish(), timedOut: true, error: nil)
+    }
+
+    private struct StartFailure: Error { var result: RunResult }
+
+    /// Spawns for `run`/`runBlocking`, with stdout + stderr into a pipe read on its own thread when capturing
+    /// (a child that hangs with the pipe open cannot block the caller).
+    private func start(_ spec: SpawnSpec, captureOutput: Bool) -> Result<(ChildProcess, OutputReader), StartFailure> {
         var spec = spec
         var pipeFDs: [Int32] = [-1, -1]
         if captureOutput {
             guard cproc_pipe(&pipeFDs, 0) == 0 else {
-                return RunResult(reason: nil, output: "", timedOut: false, error: "pipe: \(String(cString: strerror(errno)))")
+                return .failure(StartFailure(result: RunResult(reason: nil, output: "", timedOut: false, error: "pipe: \(String(cString: strerror(errno)))")))
             }
             spec.stdout = pipeFDs[1]
             spec.stderr = pipeFDs[1]
@@ -242,19 +242,14 @@ public final class ProcessSupervisor: @unchecked Sendable {
             child = try spawn(spec)
         } catch {
             if captureOutput { close(pipeFDs[0]); close(pipeFDs[1]) }
-            return RunResult(reason: nil, output: "", timedOut: false, error: error.description)
+            return .failure(StartFailure(result: RunResult(reason: nil, output: "", timedOut: false, error: error.description)))
         }
         let reader = OutputReader()
         if captureOutput {
             close(pipeFDs[1])
-            reader.start(fd: pipeFDs[0])   // on its own thread: a child that hangs with the pipe open cannot block us
+            reader.start(fd: pipeFDs[0])
         }
-        if let reason = child.waitBlocking(timeoutSeconds: timeoutSeconds) {
-            return RunResult(reason: reason, output: reader.finish(), timedOut: false, error: nil)
-        }
-        child.signalGroup(SIGTERM)
-        if child.waitBlocking(timeoutSeconds: 1) == nil { child.signalGroup(SIGKILL) }
-        return RunResult(reason: child.waitBlocking(timeoutSeconds: 5), output: reader.finish(), timedOut: true, error: nil)
+        return .success((child, reader))
     }
 
     /// A pipe (both ends close-on-exec; pass one to a child with `SpawnSpec.stdin`/`stdout`).
