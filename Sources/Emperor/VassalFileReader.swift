@@ -101,6 +101,17 @@ public struct VassalFileReader: Sendable {
                 file.binary = ini.value("binary", in: "legion")
                 if let n = (ini.value("processes", in: "uwsgi") ?? ini.value("workers", in: "uwsgi")).flatMap({ Int($0) }) { file.workers = max(1, n) }
                 if let owned = settings.ownedDomains {
+                    // uWSGI silently ignores unknown ini options: a misspelt shortcut would run a vassal that
+                    // subscribes nothing. Catch the near misses.
+                    for (option, _) in ini.options(in: "uwsgi") {
+                        let key = option.replacingOccurrences(of: "_", with: "-").lowercased()
+                        if Self.domainShortcuts.contains(key) { continue }
+                        if let near = Self.domainShortcuts.sorted().first(where: { Self.editDistance(key, $0) <= 2 }) {
+                            file.problem = "unknown option '\(option)': did you mean '\(near)'? (hosting shortcuts: \(Self.domainShortcuts.sorted().joined(separator: ", ")))"
+                            break
+                        }
+                    }
+                    if file.problem != nil { return file }
                     for (option, value) in ini.options(in: "uwsgi") where Self.domainShortcuts.contains(option) {
                         let domain = value.split(separator: " ").first.map(String.init) ?? ""
                         if domain.isEmpty {
@@ -128,6 +139,22 @@ public struct VassalFileReader: Sendable {
             index = name.index(after: dot)
         }
         return false
+    }
+
+    /// Levenshtein distance (short option names only).
+    static func editDistance(_ a: String, _ b: String) -> Int {
+        let x = Array(a.utf8), y = Array(b.utf8)
+        guard !x.isEmpty else { return y.count }
+        guard !y.isEmpty else { return x.count }
+        var previous = Array(0...y.count)
+        for i in 1...x.count {
+            var current = [i] + Array(repeating: 0, count: y.count)
+            for j in 1...y.count {
+                current[j] = min(previous[j] + 1, current[j - 1] + 1, previous[j - 1] + (x[i - 1] == y[j - 1] ? 0 : 1))
+            }
+            previous = current
+        }
+        return previous[y.count]
     }
 
     static func fnv1a(_ data: Data) -> UInt64 {
