@@ -246,7 +246,7 @@ public final class Emperor: @unchecked Sendable {
             }
             done = execute(core.tick(now: now)) || finishedFlag
         }
-        publishStats()
+        publishStats(force: true)
         for fd in Array(channels.keys) { closeChannel(fd) }
         if statsFD >= 0 {
             close(statsFD)
@@ -424,11 +424,18 @@ public final class Emperor: @unchecked Sendable {
         }
     }
 
-    private func publishStats() {
-        let text = EmperorStats.json(core, process: processInfo())
-        statsText.withLock { $0 = text }
+    private var lastStatsMono: Int64 = -1_000_000
+
+    /// Publishes what other threads may read: the running names at every iteration (cheap), the stats document
+    /// at most every 200 ms (a 200-vassal boot wakes the loop thousands of times).
+    private func publishStats(force: Bool = false) {
         let running = Set(core.instances.keys)
         names.withLock { $0 = running }
+        let now = clock.now().monoMs
+        guard force || now - lastStatsMono >= 200 else { return }
+        lastStatsMono = now
+        let text = EmperorStats.json(core, process: processInfo())
+        statsText.withLock { $0 = text }
     }
 
     private func processInfo() -> EmperorStats.Process {

@@ -129,7 +129,7 @@ public struct EmperorCore: Sendable {
     public private(set) var files: [String: VassalFile] = [:]
     /// Files whose problem was already logged (at this mtime), so a bad file is reported once, not every scan.
     private var reported: [String: Int64] = [:]
-    /// Names whose spawn failed at this mtime (missing binary): retried after a touch or the throttle.
+    /// SIGINT/SIGTERM received: nothing starts any more, `.finished` comes once every vassal is gone.
     public private(set) var shuttingDown = false
     private var shutdownDeadline: Int64 = 0
     private var finishedSent = false
