@@ -19,6 +19,7 @@ public final class NodeState: Sendable {
         public var maxClockSkewMs: Int64 = 0
         public var endpoints: [String: String] = [:]
         public var store: StoreStatus?
+        public var hosting: HostingStatus?
 
         public init(nodeName: String, legionName: String, pid: Int32, startedAtMs: UInt64, vip: String?, endpoints: [String: String]) {
             self.nodeName = nodeName
@@ -52,6 +53,20 @@ public final class NodeState: Sendable {
             self.address = address
             self.snapshotPath = snapshotPath
         }
+    }
+
+    /// What the node hosts: the store's containers placed here and their sub-Emperors.
+    public struct HostingStatus: Sendable {
+        public var containersDir: String
+        /// Containers placed on this node by the last desired state applied.
+        public var containers = 0
+        /// Their sub-Emperors running now.
+        public var subEmperors = 0
+        /// The desired-state version (change-log seq) last applied.
+        public var appliedVersion: Int64 = -1
+        public var lastApplyMs: UInt64 = 0
+
+        public init(containersDir: String) { self.containersDir = containersDir }
     }
 
     private let mutex: Mutex<Snapshot>
@@ -121,6 +136,13 @@ public final class NodeState: Sendable {
                     ("reachable", .bool(st.reachable)), ("last_sync_ms", .uint(st.lastSyncMs)),
                     ("last_error", st.lastError.map { .string($0) } ?? .null), ("snapshot", .string(st.snapshotPath)),
                     ("containers", .int(Int64(st.containers))), ("domains", .int(Int64(st.domains))),
+                ])
+            } ?? .null),
+            ("hosting", s.hosting.map { h in
+                .object([
+                    ("containers_dir", .string(h.containersDir)), ("containers", .int(Int64(h.containers))),
+                    ("sub_emperors", .int(Int64(h.subEmperors))), ("applied_version", .int(h.appliedVersion)),
+                    ("last_apply_ms", .uint(h.lastApplyMs)),
                 ])
             } ?? .null),
         ])

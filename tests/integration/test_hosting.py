@@ -281,3 +281,48 @@ def test_store_without_quorum_and_a_restarted_node_keep_serving(cluster: Cluster
                      start_new_session=True)
     log.close()
     assert wait_for(lambda: get(ROUTERS["node2"])[0] == 200, 15), c.log("node2")[-3000:]
+
+
+def _requests_during(change, address: str, seconds: float = 5.0) -> tuple[int, int, float]:
+    """Requests every 20 ms for `seconds` while `change()` runs after 1 s: (sent, failed, max latency s)."""
+    import threading
+    results: list[tuple[bool, float]] = []
+    timer = threading.Timer(1.0, change)
+    timer.start()
+    end = time.monotonic() + seconds
+    while time.monotonic() < end:
+        t0 = time.monotonic()
+        status, _ = get(address, timeout=10)
+        results.append((status == 200, time.monotonic() - t0))
+        time.sleep(0.02)
+    timer.join()
+    return len(results), sum(1 for ok, _ in results if not ok), max(lat for _, lat in results)
+
+
+def test_reloads_fail_no_request_and_a_touch_does_not_stall(cluster: Cluster):
+    """The default for customer vassals: a touched vassal with 2 workers is chain-reloaded (no stall); an
+    edited vassal alone on its domain is fully reloaded and the router keeps it as a fallback while it
+    re-subscribes (a short stall, never a 404)."""
+    c = cluster
+    u2 = c.containers()["web2"]
+    vassal = drop_vassal(c, "node2", u2)
+    text = vassal.read_text().replace("processes = 1", "processes = 2")
+    vassal.write_text(text)
+    router = ROUTERS["node2"]
+    log = c.home("node2", u2) / "logs" / "emperor.log"
+    assert wait_for(lambda: get(router)[0] == 200 and "is now loyal" in log.read_text(errors="replace"), 20)
+    time.sleep(2)   # the edit above reloaded it once; let that settle
+
+    sent, failed, worst = _requests_during(lambda: os.utime(vassal), router)
+    print(f"touch, 2 workers: {sent} requests, {failed} failed, max {worst * 1000:.0f} ms")
+    assert "chain reload" in log.read_text(errors="replace")
+    assert failed == 0
+    assert worst < 0.5, f"a touch stalled requests for {worst * 1000:.0f} ms"
+
+    def edit():
+        with open(vassal, "a") as f:
+            f.write("; edited\n")
+
+    sent, failed, worst = _requests_during(edit, router)
+    print(f"edit, the domain's only vassal: {sent} requests, {failed} failed, max {worst * 1000:.0f} ms")
+    assert failed == 0, "a reloading vassal alone on its domain must stall requests, not fail them"

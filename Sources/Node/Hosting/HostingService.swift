@@ -19,10 +19,13 @@ public final class HostingService: Service, Sendable {
     private let vassals = VassalList()
     private let emperor: Emperor
     private let asRoot: Bool
+    private let state: NodeState?
 
     public init(settings: HostingSettings, emperor emperorSettings: EmperorSettings, routes: HostingShortcuts.Routes,
-                feed: DesiredStateFeed, logger: Logger) {
+                feed: DesiredStateFeed, logger: Logger, state: NodeState? = nil) {
         self.settings = settings
+        self.state = state
+        state?.update { $0.hosting = NodeState.HostingStatus(containersDir: settings.containersDir) }
         self.routes = routes
         self.feed = feed
         self.logger = logger
@@ -74,6 +77,14 @@ public final class HostingService: Service, Sendable {
                         await apply(desired)
                     }
                 }
+                group.addTask { [self] in
+                    // /status: how many sub-Emperors run (they come and go between desired states).
+                    while !Task.isCancelled {
+                        let running = emperor.vassalNames.count
+                        state?.update { $0.hosting?.subEmperors = running }
+                        try? await Task.sleep(for: .seconds(2))
+                    }
+                }
                 // The Emperor returns after a shutdown (all vassals stopped); then stop following the feed.
                 try await group.next()
                 group.cancelAll()
@@ -106,6 +117,12 @@ public final class HostingService: Service, Sendable {
         let list = HostingReconciler.vassals(desired: desired.containers, home: home, uidOwned: asRoot)
         vassals.files = list
         emperor.rescan()
+        let count = desired.containers.count
+        state?.update {
+            $0.hosting?.containers = count
+            $0.hosting?.appliedVersion = desired.version
+            $0.hosting?.lastApplyMs = UInt64(Date().timeIntervalSince1970 * 1000)
+        }
         for uid in archives {
             await archive(uid: uid)
         }
