@@ -702,3 +702,33 @@ def test_200_vassals_boot_fast(emperor):
     t1 = time.monotonic()
     em.shutdown(limit=15)
     print(f"[200 vassals] shutdown took {time.monotonic() - t1:.2f} s")
+
+
+# ---------------------------------------------------------------------------------------------- 11. log rotation
+
+
+def test_log_file_is_rotated_and_every_writer_keeps_writing(emperor):
+    """--log FILE takes the Emperor's and its vassals' output; past --log-max-bytes it is copied to FILE.1 and
+    truncated in place (every writer holds it O_APPEND), so the vassals keep logging into FILE."""
+    em = emperor()
+    port = free_port()
+    logfile = em.base / "containers.log"
+    em.write("app1.ini", ini(port))
+    em.start("--log", str(logfile), "--log-max-bytes", "4096")
+    em.wait_serving(port, 10)
+    rotated = Path(str(logfile) + ".1")
+    for _ in range(20):
+        if rotated.exists():
+            break
+        touch(em.dir / "app1.ini")   # each reload makes the vassal print its banner again
+        time.sleep(0.6)
+    assert rotated.exists(), f"no {rotated} after several reloads; {logfile} is {logfile.stat().st_size} bytes"
+    assert rotated.stat().st_size > 4096
+    assert b"legion.emperor" in rotated.read_bytes()
+    mark = logfile.stat().st_size
+    touch(em.dir / "app1.ini")
+    assert ul.wait_until(lambda: logfile.stat().st_size > mark and b"graceful reload" in logfile.read_bytes(), 10), \
+        "the Emperor stopped writing to the log after rotating it"
+    assert ul.wait_until(lambda: b"uWSGI" in logfile.read_bytes()[mark:] or b"WSGI" in logfile.read_bytes()[mark:], 10), \
+        "the vassal stopped writing to the log after the rotation"
+    em.shutdown()

@@ -253,9 +253,11 @@ def test_bad_vassal_is_refused_in_the_container_log_and_others_serve(cluster: Cl
     assert wait_for(lambda: get(ROUTERS["node2"])[0] == 200, 15)
     drop_vassal(c, "node2", u2, name="steal.ini", domain_line="domain = not-yours.example.com")
     (c.home("node2", u2) / "vassals" / "broken.ini").write_text("[uwsgi]\nthis is not an option line\n")
+    drop_vassal(c, "node2", u2, name="typo.ini", domain_line=f"cluster-domian = {DOMAIN}")
     log = c.home("node2", u2) / "logs" / "emperor.log"
     assert wait_for(lambda: "not-yours.example.com is not registered to this customer" in log.read_text(errors="replace"), 10)
     assert wait_for(lambda: "broken.ini refused" in log.read_text(errors="replace"), 10)
+    assert wait_for(lambda: "did you mean 'cluster-domain'" in log.read_text(errors="replace"), 10)
     assert get(ROUTERS["node2"], host="not-yours.example.com")[0] == 404
     for _ in range(5):
         assert get(ROUTERS["node2"])[0] == 200
