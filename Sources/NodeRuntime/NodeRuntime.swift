@@ -98,7 +98,7 @@ public struct NodeRuntime: Sendable {
                                                  cluster: config.router?.clusterSubscription.map { "\($0)" },
                                                  digest: config.router?.signCheck?.0.rawValue ?? "SHA1")
             services.append(.init(service: HostingService(settings: hosting, emperor: emperorSettings, routes: routes,
-                                                          feed: feed, logger: logger, state: state)))
+                                                          feed: feed, logger: logger, state: state, nodeName: config.name)))
         }
         return services
     }

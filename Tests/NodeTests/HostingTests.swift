@@ -114,3 +114,45 @@ import Testing
         }
     }
 }
+
+@Suite struct ContainerBundleTests {
+    @Test func theBundleIsolatesAndLimitsTheContainer() throws {
+        let c = HostingTests.container(30007)
+        var withMemory = c
+        withMemory.memory = 512
+        let paths = ContainerBundle.Paths(rootfs: "/var/lib/legion/rootfs", bundle: "/var/lib/legion/bundles/30007", home: "/srv/c/30007",
+                                          legion: "/usr/local/bin/legion", libraryDirectories: ["/opt/swift/usr/lib/swift/linux"],
+                                          cgroupParent: "/legion/n1")
+        let args = ContainerBundle.subEmperorArgs(legion: "/usr/local/bin/legion", home: "/srv/c/30007", uwsgi: "uwsgi", logMaxBytes: 1000, rescanS: 3)
+        let config = ContainerBundle.config(for: withMemory, paths: paths, args: args)
+        let data = try JSONSerialization.data(withJSONObject: config)
+        let json = try #require(try JSONSerialization.jsonObject(with: data) as? [String: Any])
+        let process = try #require(json["process"] as? [String: Any])
+        let user = try #require(process["user"] as? [String: Any])
+        #expect(user["uid"] as? Int == 30007 && user["gid"] as? Int == 30007)
+        #expect(process["noNewPrivileges"] as? Bool == true)
+        #expect((process["env"] as? [String])?.contains("UWSGI_EMPEROR_FD=3") == true)
+        #expect((process["args"] as? [String])?.prefix(3) == ["/usr/local/bin/legion", "emperor", "/srv/c/30007/vassals"])
+        #expect((json["root"] as? [String: Any])?["readonly"] as? Bool == true)
+        #expect(json["hostname"] as? String == "web30007")
+        let linux = try #require(json["linux"] as? [String: Any])
+        #expect(linux["cgroupsPath"] as? String == "/legion/n1/30007")
+        let namespaces = (linux["namespaces"] as? [[String: String]])?.compactMap { $0["type"] }
+        #expect(namespaces == ["pid", "ipc", "uts", "mount"])
+        let resources = try #require(linux["resources"] as? [String: Any])
+        let memory = try #require(resources["memory"] as? [String: Any])
+        #expect(memory["limit"] as? Int == 512 << 20 && memory["swap"] as? Int == 512 << 20, "no swap on top of the limit")
+        let mounts = try #require(json["mounts"] as? [[String: Any]])
+        func mount(_ destination: String) -> [String: Any]? { mounts.first { $0["destination"] as? String == destination } }
+        #expect((mount("/usr")?["options"] as? [String])?.contains("ro") == true)
+        #expect((mount("/etc")?["options"] as? [String])?.contains("ro") == true)
+        #expect(mount("/containers/30007")?["source"] as? String == "/srv/c/30007")
+        #expect(mount("/srv/c/30007")?["source"] as? String == "/srv/c/30007", "the home at its host path: socket paths agree")
+        #expect(mount("/usr/local")?["source"] as? String == "/srv/c/30007")
+        #expect((mount("/proc")?["options"] as? [String])?.contains("hidepid=2") == true)
+        #expect(mount("/opt/swift/usr/lib/swift/linux") != nil && mount("/usr/local/bin/legion") != nil)
+        let etc = ContainerBundle.etc(for: withMemory)
+        #expect(etc["passwd"]?.contains("30007:x:30007:30007::/containers/30007:/bin/bash") == true)
+        #expect(ContainerBundle.hostname("My App_1") == "my-app-1")
+    }
+}

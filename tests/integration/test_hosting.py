@@ -96,6 +96,11 @@ class Cluster:
 
 @pytest.fixture
 def cluster(legion_bin, repo_root):
+    yield from hosting_cluster(legion_bin, repo_root)
+
+
+def hosting_cluster(legion_bin, repo_root, runtime: str | None = None):
+    """local-3 in a temporary run dir, signed subscriptions required, customers/containers/domains added."""
     ul.ensure_uwsgi_python3()
     # A short path: vassal sockets live at <home>/run/<domain>_<hash>.socket (108-byte unix path limit).
     run_dir = Path(tempfile.mkdtemp(prefix="lh", dir="/tmp"))
@@ -109,6 +114,9 @@ def cluster(legion_bin, repo_root):
         text = (repo_root / "cluster-configs" / "local-3" / f"node{n}.toml").read_text()
         assert "\n[router]\n" in text
         text = text.replace("\n[router]\n", f'\n[router]\nsign_check = "SHA1:{run_dir / "signkeys"}"\n')
+        if runtime:
+            assert "\n[hosting]\n" in text
+            text = text.replace("\n[hosting]\n", f'\n[hosting]\nruntime = "{runtime}"\n')
         (configs / f"node{n}.toml").write_text(text)
     subprocess.run([str(legion_bin), "cluster", "down"], cwd=repo_root, capture_output=True, timeout=30)
     try:
@@ -194,7 +202,8 @@ def test_customer_app_is_hosted_on_two_nodes_and_removed_cleanly(cluster: Cluste
     if os.getuid() == 0:
         assert home2.stat().st_uid == u2
     # Nothing of node3's container on node2, and the reverse.
-    assert not c.home("node2", u3).exists() and c.home("node3", u3).exists()
+    assert wait_for(lambda: c.home("node3", u3).exists(), 5)
+    assert not c.home("node2", u3).exists()
 
     t0 = time.monotonic()
     drop_vassal(c, "node2", u2)

@@ -215,6 +215,8 @@ extension NodeConfig {
         if var h = hosting {
             if h.containersDir == old + "/containers" { h.containersDir = dir + "/containers" }
             if h.archiveDir == old + "/containers-archive" { h.archiveDir = dir + "/containers-archive" }
+            if h.bundlesDir == old + "/bundles" { h.bundlesDir = dir + "/bundles" }
+            if h.rootfsDir == old + "/rootfs" { h.rootfsDir = dir + "/rootfs" }
             hosting = h
         }
     }

@@ -21,10 +21,22 @@ public final class HostingService: Service, Sendable {
     private let asRoot: Bool
     private let state: NodeState?
 
+    private let nodeName: String
+    /// Containers run by runc (root and `[hosting] runtime = "runc"`), else plain processes.
+    private let useRunc: Bool
+    private let legionPath: String
+    private let libraryDirectories: [String]
+    private let appliedLimits = Mutex<[Int64: ContainerBundle.Limits]>([:])
+
     public init(settings: HostingSettings, emperor emperorSettings: EmperorSettings, routes: HostingShortcuts.Routes,
-                feed: DesiredStateFeed, logger: Logger, state: NodeState? = nil) {
+                feed: DesiredStateFeed, logger: Logger, state: NodeState? = nil, nodeName: String = "node") {
         self.settings = settings
         self.state = state
+        self.nodeName = nodeName
+        let root = getuid() == 0
+        self.useRunc = settings.runtime == .runc && root
+        self.legionPath = settings.legionBinary ?? Self.ownExecutable()
+        self.libraryDirectories = useRunc ? Self.libraryDirectories(of: settings.legionBinary ?? Self.ownExecutable()) : []
         state?.update { $0.hosting = NodeState.HostingStatus(containersDir: settings.containersDir) }
         self.routes = routes
         self.feed = feed
@@ -37,8 +49,7 @@ public final class HostingService: Service, Sendable {
         var options = Emperor.Options()
         let list = vassals
         options.source = { list.files }
-        let launcher = Self.launcher(settings: settings, asRoot: asRoot)
-        options.launcher = launcher
+        options.launcher = useRunc ? Self.runcLauncher(settings: settings, nodeName: nodeName) : Self.launcher(settings: settings, asRoot: asRoot)
         self.emperor = Emperor(settings: es, options: options, logger: logger)
     }
 
@@ -54,6 +65,21 @@ public final class HostingService: Service, Sendable {
             } catch {
                 throw EmperorError("hosting: cannot create \(dir): \(error.localizedDescription); check [hosting] containers_dir / archive_dir")
             }
+        }
+        if settings.runtime == .runc, !useRunc {
+            logger.error("hosting: [hosting] runtime = \"runc\" needs root; containers run as plain processes instead")
+        }
+        if useRunc {
+            do {
+                try ContainerBundle.prepareRootfs(settings.rootfsDir)
+                try FileManager.default.createDirectory(atPath: settings.bundlesDir, withIntermediateDirectories: true)
+            } catch {
+                throw EmperorError("hosting: cannot prepare \(settings.rootfsDir) / \(settings.bundlesDir) for runc: \(error.localizedDescription)")
+            }
+            guard resolveExecutable(settings.runcBinary) != nil else {
+                throw EmperorError("hosting: runtime = \"runc\" but \(settings.runcBinary) is not installed; apt-get install runc (scripts/setup --test does)")
+            }
+            logger.info("hosting: containers run by runc (bundles in \(settings.bundlesDir), root \(settings.rootfsDir))")
         }
         if asRoot {
             // Sub-Emperors run as the containers' uids: every directory above the homes must let them through.
@@ -114,7 +140,10 @@ public final class HostingService: Service, Sendable {
                 logger.error("hosting: container \(container.uid): the socket path for \(domain) would exceed 108 bytes; set a shorter [hosting] containers_dir")
             }
         }
-        let list = HostingReconciler.vassals(desired: desired.containers, home: home, uidOwned: asRoot)
+        if useRunc {
+            for container in desired.containers { await writeBundle(container) }
+        }
+        let list = HostingReconciler.vassals(desired: desired.containers, home: home, uidOwned: asRoot && !useRunc)
         vassals.files = list
         emperor.rescan()
         let count = desired.containers.count
@@ -191,6 +220,13 @@ public final class HostingService: Service, Sendable {
             logger.warning("hosting: container \(uid)'s sub-Emperor is still running after 30 s; archiving its home anyway")
         }
         guard !vassals.files.contains(where: { $0.name == name }) else { return }   // placed here again meanwhile
+        if useRunc {
+            let id = ContainerBundle.id(node: nodeName, uid: uid)
+            _ = await ProcessSupervisor.shared.run(SpawnSpec(executable: settings.runcBinary, arguments: ["delete", "--force", id]),
+                                                   timeoutSeconds: 10, captureOutput: true)
+            try? FileManager.default.removeItem(atPath: bundle(uid))
+            _ = appliedLimits.withLock { $0.removeValue(forKey: uid) }
+        }
         let stamp = Int(Date().timeIntervalSince1970)
         let target = settings.archiveDir + "/\(uid)-\(stamp)"
         if rename(home(uid), target) == 0 {
@@ -198,6 +234,94 @@ public final class HostingService: Service, Sendable {
         } else {
             logger.error("hosting: cannot archive \(home(uid)) to \(target): \(String(cString: strerror(errno)))")
         }
+    }
+
+    func bundle(_ uid: Int64) -> String { settings.bundlesDir + "/\(uid)" }
+
+    /// Writes the container's bundle (generated `/etc`, `config.json`) where it differs; a changed limit is applied
+    /// to the running container at once with `runc update` (memory and memory+swap together, as runc needs).
+    private func writeBundle(_ container: DesiredState.Container) async {
+        let uid = container.uid
+        let dir = bundle(uid)
+        let paths = ContainerBundle.Paths(rootfs: settings.rootfsDir, bundle: dir, home: home(uid), legion: legionPath,
+                                          libraryDirectories: libraryDirectories, cgroupParent: "/legion/\(nodeName)")
+        let args = ContainerBundle.subEmperorArgs(legion: legionPath, home: home(uid), uwsgi: settings.uwsgiBinary,
+                                                  logMaxBytes: settings.logMaxBytes, rescanS: Double(settings.subEmperorRescanMs) / 1000)
+        let config = ContainerBundle.config(for: container, paths: paths, args: args)
+        do {
+            try FileManager.default.createDirectory(atPath: dir + "/etc", withIntermediateDirectories: true)
+            for (name, text) in ContainerBundle.etc(for: container) {
+                try writeIfChanged(dir + "/etc/" + name, Data(text.utf8))
+            }
+            for mountpoint in ContainerBundle.etcMountpoints {
+                let path = dir + "/etc/" + mountpoint.path
+                if mountpoint.directory {
+                    try FileManager.default.createDirectory(atPath: path, withIntermediateDirectories: true)
+                } else if !FileManager.default.fileExists(atPath: path) {
+                    FileManager.default.createFile(atPath: path, contents: nil)
+                }
+            }
+            let json = try JSONSerialization.data(withJSONObject: config, options: [.sortedKeys, .prettyPrinted])
+            try writeIfChanged(dir + "/config.json", json)
+        } catch {
+            logger.error("hosting: cannot write the runc bundle of container \(uid) in \(dir): \(error.localizedDescription)")
+            return
+        }
+        let limits = ContainerBundle.Limits.of(container)
+        let previous = appliedLimits.withLock { state -> ContainerBundle.Limits? in
+            defer { state[uid] = limits }
+            return state[uid]
+        }
+        if let previous, previous != limits {
+            let id = ContainerBundle.id(node: nodeName, uid: uid)
+            let result = await ProcessSupervisor.shared.run(SpawnSpec(executable: settings.runcBinary, arguments: [
+                "update", "--memory", "\(limits.memoryBytes)", "--memory-swap", "\(limits.memoryBytes)",
+                "--pids-limit", "\(limits.pids)", "--cpu-share", "\(limits.cpuShares)", id,
+            ]), timeoutSeconds: 10, captureOutput: true)
+            if result.status == 0 {
+                logger.notice("hosting: container \(uid): limits applied live (memory \(limits.memoryBytes >> 20) MB, pids \(limits.pids))")
+            } else {
+                logger.warning("hosting: container \(uid): runc update failed (\(result.output.trimmingCharacters(in: .whitespacesAndNewlines))); the new limits apply at its next start")
+            }
+        }
+    }
+
+    private func writeIfChanged(_ path: String, _ data: Data) throws {
+        if FileManager.default.contents(atPath: path) == data { return }
+        let temporary = path + ".legion-tmp"
+        guard FileManager.default.createFile(atPath: temporary, contents: data, attributes: [.posixPermissions: 0o644]) else {
+            throw CocoaError(.fileWriteNoPermission, userInfo: [NSFilePathErrorKey: path])
+        }
+        guard rename(temporary, path) == 0 else { throw CocoaError(.fileWriteUnknown, userInfo: [NSFilePathErrorKey: path]) }
+    }
+
+    /// A container run by runc: any leftover of the same id is deleted first (a node killed hard leaves its
+    /// containers running), then `runc run` in the foreground with the Emperor's channel passed as fd 3.
+    static func runcLauncher(settings: HostingSettings, nodeName: String) -> @Sendable (EmperorCore.VassalFile) -> SpawnSpec {
+        { file in
+            let uid = Int64(file.name) ?? 0
+            let id = ContainerBundle.id(node: nodeName, uid: uid)
+            let bundle = settings.bundlesDir + "/\(uid)"
+            let runc = settings.runcBinary
+            var spec = SpawnSpec.shell("\(runc) delete --force \(id) >/dev/null 2>&1; exec \(runc) run --preserve-fds 1 --bundle '\(bundle)' \(id)")
+            spec.workingDirectory = bundle
+            return spec
+        }
+    }
+
+    /// Directories of the executable's shared libraries outside `/usr` (e.g. the Swift runtime in /opt), which
+    /// the container needs bound to run it.
+    static func libraryDirectories(of executable: String) -> [String] {
+        let result = ProcessSupervisor.shared.runBlocking(SpawnSpec(executable: "ldd", arguments: [executable]), timeoutSeconds: 10, captureOutput: true)
+        var dirs = Set<String>()
+        for line in result.output.split(separator: "\n") {
+            guard let arrow = line.range(of: "=> /") else { continue }
+            let path = line[line.index(before: arrow.upperBound)...].split(separator: " ").first.map(String.init) ?? ""
+            let dir = (path as NSString).deletingLastPathComponent
+            if dir.isEmpty || dir.hasPrefix("/usr/") || dir.hasPrefix("/lib") { continue }
+            dirs.insert(dir)
+        }
+        return dirs.sorted()
     }
 
     /// The command of a container's sub-Emperor: `legion emperor HOME/vassals` confined to its home, with the

@@ -15,6 +15,20 @@ public struct HostingSettings: Sendable, Equatable {
     /// The sub-Emperors' safety-net rescan period (inotify reacts at once).
     public var subEmperorRescanMs: Int64 = 3000
 
+    public enum Runtime: String, Sendable, Equatable, CaseIterable {
+        /// Each sub-Emperor is a plain process as the container's uid (no isolation beyond the uid).
+        case process
+        /// Each container is an OCI bundle run by runc (namespaces, memory/pids/CPU limits, read-only root);
+        /// its sub-Emperor is the container's first process. Needs root and Debian's runc.
+        case runc
+    }
+
+    public var runtime: Runtime = .process
+    /// runc bundles (`<dir>/<uid>/config.json`, `etc/`) and the shared read-only root template.
+    public var bundlesDir: String = ""
+    public var rootfsDir: String = ""
+    public var runcBinary: String = "runc"
+
     public init(containersDir: String, archiveDir: String) {
         self.containersDir = containersDir
         self.archiveDir = archiveDir
@@ -24,6 +38,17 @@ public struct HostingSettings: Sendable, Equatable {
         var table = section
         func path(_ text: String) -> String { text.hasPrefix("/") ? text : URL(fileURLWithPath: baseDir).appendingPathComponent(text).standardizedFileURL.path }
         var out = Self(containersDir: dataDir + "/containers", archiveDir: dataDir + "/containers-archive")
+        out.bundlesDir = dataDir + "/bundles"
+        out.rootfsDir = dataDir + "/rootfs"
+        if let v = try table.string("runtime") {
+            guard let r = Runtime(rawValue: v) else {
+                throw .invalid(key: "hosting.runtime", problem: "'\(v)' is unknown; use \"process\" (plain processes as the container's uid) or \"runc\" (isolated containers, needs root and runc)")
+            }
+            out.runtime = r
+        }
+        if let v = try table.string("bundles_dir") { out.bundlesDir = path(v) }
+        if let v = try table.string("rootfs_dir") { out.rootfsDir = path(v) }
+        if let v = try table.string("runc") { out.runcBinary = v }
         if let v = try table.string("containers_dir") { out.containersDir = path(v) }
         if let v = try table.string("archive_dir") { out.archiveDir = path(v) }
         if let v = try table.string("uwsgi") { out.uwsgiBinary = v }

@@ -1,0 +1,101 @@
+"""Containers run by runc (`[hosting] runtime = "runc"`, root only) on the local 3-node cluster with real
+uWSGI: the container's sub-Emperor is its first process, as uid 30000+id, in its own pid/ipc/uts/mount
+namespaces, under the store's memory limit (no swap) and a pids limit, on a read-only root with the host's
+/usr; its vassal is served through the VIP; removal stops the container, deletes it from runc and its cgroup,
+and archives the home.
+"""
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import time
+from pathlib import Path
+
+import pytest
+
+from test_hosting import DOMAIN, ROUTERS, VIP, get, hosting_cluster, wait_for
+
+pytestmark = pytest.mark.skipif(os.getuid() != 0, reason="runc containers need root (CI runs as root)")
+
+PROBE = r"""
+import json, os, socket
+def tries(path):
+    try:
+        with open(path, "w") as f:
+            f.write("x")
+        os.unlink(path)
+        return "writable"
+    except OSError as e:
+        return "refused"
+def application(env, start_response):
+    home = os.environ["HOME"]
+    body = json.dumps({
+        "node": os.environ.get("DEMO_NODE"), "uid": os.getuid(), "gid": os.getgid(), "pid": os.getpid(),
+        "hostname": socket.gethostname(),
+        "visible_pids": sorted(int(p) for p in os.listdir("/proc") if p.isdigit()),
+        "containers": os.listdir("/containers"),
+        "etc": tries("/etc/legion-probe"), "usr": tries("/usr/legion-probe"), "root": tries("/legion-probe"),
+        "home": tries(home + "/legion-probe"), "usr_local": tries("/usr/local/legion-probe"), "tmp": tries("/tmp/legion-probe"),
+    }).encode()
+    start_response("200 OK", [("Content-Type", "application/json"), ("Content-Length", str(len(body)))])
+    return [body]
+"""
+
+
+@pytest.fixture
+def runc_cluster(legion_bin, repo_root):
+    if shutil.which("runc") is None:
+        subprocess.run([str(repo_root / "scripts" / "setup"), "--test"], check=True)
+    yield from hosting_cluster(legion_bin, repo_root, runtime="runc")
+
+
+def runc_state(cid: str) -> dict | None:
+    p = subprocess.run(["runc", "state", cid], capture_output=True, text=True)
+    return json.loads(p.stdout) if p.returncode == 0 else None
+
+
+def test_a_container_is_isolated_limited_and_served(runc_cluster):
+    c = runc_cluster
+    u2 = c.containers()["web2"]
+    home = c.home("node2", u2)
+    cid = f"legion-node2-{u2}"
+    assert wait_for(lambda: (runc_state(cid) or {}).get("status") == "running", 10), c.log("node2")[-3000:]
+    assert wait_for(lambda: (home / "etc" / "domains").exists() and DOMAIN in (home / "etc" / "domains").read_text(), 5)
+    (home / "probe.py").write_text(PROBE)
+    os.chown(home / "probe.py", u2, u2)
+    vassal = home / "vassals" / "probe.ini"
+    tmp = home / ".probe.tmp"
+    tmp.write_text(f"[uwsgi]\nplugin = python3\ncluster-domain = {DOMAIN}\nchdir = {home}\nmodule = probe\n"
+                   "env = DEMO_NODE=node2\nprocesses = 1\n")
+    os.chown(tmp, u2, u2)
+    tmp.rename(vassal)
+    assert wait_for(lambda: get(VIP)[0] == 200, 15), (home / "logs" / "emperor.log").read_text(errors="replace")[-3000:]
+    probe = json.loads(get(VIP)[1])
+    # Identity: the container's uid, its own host name and pid namespace (the sub-Emperor is pid 1 there).
+    assert probe["uid"] == u2 and probe["gid"] == u2, probe
+    assert probe["hostname"] == "web2", probe
+    assert 1 in probe["visible_pids"] and probe["pid"] < 100 and len(probe["visible_pids"]) <= 5, probe
+    # Filesystem: read-only root, /usr and /etc; the home (also /usr/local) and /tmp writable; only itself in /containers.
+    assert (probe["root"], probe["usr"], probe["etc"]) == ("refused", "refused", "refused"), probe
+    assert (probe["home"], probe["usr_local"], probe["tmp"]) == ("writable", "writable", "writable"), probe
+    assert probe["containers"] == [str(u2)], probe
+    # Limits from the store: 256 MB memory and no swap on top, a pids limit.
+    pid = runc_state(cid)["pid"]
+    memcg = next(line.split(":", 2)[2] for line in Path(f"/proc/{pid}/cgroup").read_text().splitlines() if ":memory:" in line)
+    assert memcg == f"/legion/node2/{u2}"
+    assert int(Path(f"/sys/fs/cgroup/memory{memcg}/memory.limit_in_bytes").read_text()) == 256 << 20
+    assert int(Path(f"/sys/fs/cgroup/memory{memcg}/memory.memsw.limit_in_bytes").read_text()) == 256 << 20
+    assert int(Path(f"/sys/fs/cgroup/pids{memcg}/pids.max").read_text()) == 512
+    # The container's processes run as its uid, none as root.
+    uids = [int(line.split()[1]) for p in Path(f"/sys/fs/cgroup/pids{memcg}/cgroup.procs").read_text().split()
+            for line in Path(f"/proc/{p}/status").read_text().splitlines() if line.startswith("Uid:")]
+    assert uids and set(uids) == {u2}, uids
+
+    # Removal: stopped, gone from runc and the cgroup tree, home archived.
+    c.admin("container", "delete", str(u2))
+    assert wait_for(lambda: runc_state(cid) is None, 10), c.log("node2")[-2000:]
+    assert wait_for(lambda: not Path(f"/sys/fs/cgroup/memory{memcg}").exists(), 5)
+    assert wait_for(lambda: list((c.run_dir / "node2" / "containers-archive").glob(f"{u2}-*")), 10)
+    assert wait_for(lambda: get(ROUTERS["node2"])[0] in (404, 502, 503), 10)
