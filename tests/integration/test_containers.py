@@ -29,8 +29,29 @@ def tries(path):
         return "writable"
     except OSError as e:
         return "refused"
+def fill(home):
+    written, error = 0, None
+    chunk = b"x" * (1 << 20)
+    try:
+        with open(home + "/fill.bin", "wb") as f:
+            for _ in range(100):
+                f.write(chunk)
+                f.flush()
+                os.fsync(f.fileno())
+                written += len(chunk)
+    except OSError as e:
+        error = e.strerror
+    try:
+        os.unlink(home + "/fill.bin")
+    except OSError:
+        pass
+    return {"written": written, "error": error}
 def application(env, start_response):
     home = os.environ["HOME"]
+    if env.get("PATH_INFO") == "/fill":
+        body = json.dumps(fill(home)).encode()
+        start_response("200 OK", [("Content-Type", "application/json"), ("Content-Length", str(len(body)))])
+        return [body]
     body = json.dumps({
         "node": os.environ.get("DEMO_NODE"), "uid": os.getuid(), "gid": os.getgid(), "pid": os.getpid(),
         "hostname": socket.gethostname(),
@@ -51,6 +72,18 @@ def runc_cluster(legion_bin, repo_root):
     yield from hosting_cluster(legion_bin, repo_root, runtime="runc")
 
 
+def drop_probe(c, node: str, uid: int, domain: str) -> None:
+    home = c.home(node, uid)
+    assert wait_for(lambda: (home / "vassals").is_dir() and domain in (home / "etc" / "domains").read_text(), 10), c.log(node)[-3000:]
+    (home / "probe.py").write_text(PROBE)
+    os.chown(home / "probe.py", uid, uid)
+    tmp = home / ".probe.tmp"
+    tmp.write_text(f"[uwsgi]\nplugin = python3\ncluster-domain = {domain}\nchdir = {home}\nmodule = probe\n"
+                   f"env = DEMO_NODE={node}\nprocesses = 1\n")
+    os.chown(tmp, uid, uid)
+    tmp.rename(home / "vassals" / "probe.ini")
+
+
 def runc_state(cid: str) -> dict | None:
     p = subprocess.run(["runc", "state", cid], capture_output=True, text=True)
     return json.loads(p.stdout) if p.returncode == 0 else None
@@ -62,15 +95,7 @@ def test_a_container_is_isolated_limited_and_served(runc_cluster):
     home = c.home("node2", u2)
     cid = f"legion-node2-{u2}"
     assert wait_for(lambda: (runc_state(cid) or {}).get("status") == "running", 10), c.log("node2")[-3000:]
-    assert wait_for(lambda: (home / "etc" / "domains").exists() and DOMAIN in (home / "etc" / "domains").read_text(), 5)
-    (home / "probe.py").write_text(PROBE)
-    os.chown(home / "probe.py", u2, u2)
-    vassal = home / "vassals" / "probe.ini"
-    tmp = home / ".probe.tmp"
-    tmp.write_text(f"[uwsgi]\nplugin = python3\ncluster-domain = {DOMAIN}\nchdir = {home}\nmodule = probe\n"
-                   "env = DEMO_NODE=node2\nprocesses = 1\n")
-    os.chown(tmp, u2, u2)
-    tmp.rename(vassal)
+    drop_probe(c, "node2", u2, DOMAIN)
     assert wait_for(lambda: get(VIP)[0] == 200, 15), (home / "logs" / "emperor.log").read_text(errors="replace")[-3000:]
     probe = json.loads(get(VIP)[1])
     # Identity: the container's uid, its own host name and pid namespace (the sub-Emperor is pid 1 there).
@@ -93,9 +118,33 @@ def test_a_container_is_isolated_limited_and_served(runc_cluster):
             for line in Path(f"/proc/{p}/status").read_text().splitlines() if line.startswith("Uid:")]
     assert uids and set(uids) == {u2}, uids
 
-    # Removal: stopped, gone from runc and the cgroup tree, home archived.
+    # Storage: the home is the container's own ext4 image of its storage size (1024 MB here).
+    st = os.statvfs(home)
+    assert 900 << 20 < st.f_blocks * st.f_frsize <= 1024 << 20, st
+
+    # Removal: stopped, gone from runc and the cgroup tree, home image unmounted and archived.
     c.admin("container", "delete", str(u2))
     assert wait_for(lambda: runc_state(cid) is None, 10), c.log("node2")[-2000:]
     assert wait_for(lambda: not Path(f"/sys/fs/cgroup/memory{memcg}").exists(), 5)
-    assert wait_for(lambda: list((c.run_dir / "node2" / "containers-archive").glob(f"{u2}-*")), 10)
+    assert wait_for(lambda: list((c.run_dir / "node2" / "containers-archive").glob(f"{u2}-*.ext4")), 10), c.log("node2")[-2000:]
+    assert not home.exists()
     assert wait_for(lambda: get(ROUTERS["node2"])[0] in (404, 502, 503), 10)
+
+
+def test_storage_is_enforced_and_other_containers_are_unharmed(runc_cluster):
+    c = runc_cluster
+    c.admin("domain", "add", "small.example.com", "--customer", "hoster")
+    c.admin("container", "add", "small", "--customer", "hoster", "--server", "node2", "--memory", "128", "--storage", "64")
+    uid = c.containers()["small"]
+    drop_probe(c, "node2", uid, "small.example.com")
+    assert wait_for(lambda: get(ROUTERS["node2"], host="small.example.com")[0] == 200, 15), \
+        (c.home("node2", uid) / "logs" / "emperor.log").read_text(errors="replace")[-2000:]
+    import urllib.request
+    with urllib.request.urlopen(urllib.request.Request(f"http://{ROUTERS['node2']}/fill", headers={"Host": "small.example.com"}),
+                                timeout=60) as r:
+        result = json.loads(r.read())
+    # 64 MB of storage: the write stops with ENOSPC before 64 MiB (the filesystem's own metadata takes a little).
+    assert result["error"] == "No space left on device", result
+    assert 40 << 20 <= result["written"] < 64 << 20, result
+    # The container still serves (a full disk is the customer's problem, not the node's).
+    assert get(ROUTERS["node2"], host="small.example.com")[0] == 200

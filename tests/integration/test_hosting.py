@@ -137,6 +137,14 @@ def hosting_cluster(legion_bin, repo_root, runtime: str | None = None):
                 os.kill(pid, signal.SIGKILL)
             except ProcessLookupError:
                 pass
+        if runtime == "runc":
+            for line in Path("/proc/self/mountinfo").read_text().splitlines():
+                point = line.split()[4]
+                if point.startswith(str(run_dir) + "/"):
+                    subprocess.run(["umount", "-l", point], capture_output=True)
+            for cid in subprocess.run(["runc", "list", "-q"], capture_output=True, text=True).stdout.split():
+                if cid.startswith("legion-node"):
+                    subprocess.run(["runc", "delete", "--force", cid], capture_output=True)
         shutil.rmtree(run_dir, ignore_errors=True)
 
 

@@ -217,6 +217,7 @@ extension NodeConfig {
             if h.archiveDir == old + "/containers-archive" { h.archiveDir = dir + "/containers-archive" }
             if h.bundlesDir == old + "/bundles" { h.bundlesDir = dir + "/bundles" }
             if h.rootfsDir == old + "/rootfs" { h.rootfsDir = dir + "/rootfs" }
+            if h.imagesDir == old + "/images" { h.imagesDir = dir + "/images" }
             hosting = h
         }
     }

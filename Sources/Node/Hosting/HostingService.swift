@@ -27,6 +27,7 @@ public final class HostingService: Service, Sendable {
     private let legionPath: String
     private let libraryDirectories: [String]
     private let appliedLimits = Mutex<[Int64: ContainerBundle.Limits]>([:])
+    private var useImages: Bool { useRunc && settings.homeImages }
 
     public init(settings: HostingSettings, emperor emperorSettings: EmperorSettings, routes: HostingShortcuts.Routes,
                 feed: DesiredStateFeed, logger: Logger, state: NodeState? = nil, nodeName: String = "node") {
@@ -73,6 +74,7 @@ public final class HostingService: Service, Sendable {
             do {
                 try ContainerBundle.prepareRootfs(settings.rootfsDir)
                 try FileManager.default.createDirectory(atPath: settings.bundlesDir, withIntermediateDirectories: true)
+                if settings.homeImages { try FileManager.default.createDirectory(atPath: settings.imagesDir, withIntermediateDirectories: true) }
             } catch {
                 throw EmperorError("hosting: cannot prepare \(settings.rootfsDir) / \(settings.bundlesDir) for runc: \(error.localizedDescription)")
             }
@@ -115,6 +117,7 @@ public final class HostingService: Service, Sendable {
                 try await group.next()
                 group.cancelAll()
             }
+            if useImages { await unmountHomes() }
         } onGracefulShutdown: {
             emperor.shutdown()
         }
@@ -122,6 +125,9 @@ public final class HostingService: Service, Sendable {
 
     /// One reconciliation pass: files first, then the sub-Emperors, then archives of removed containers.
     func apply(_ desired: DesiredState) async {
+        if useImages {
+            for container in desired.containers { await ensureHomeImage(container) }
+        }
         let observed = observe()
         let directives = HostingReconciler.plan(desired: desired.containers, observed: observed, home: home, routes: routes)
         var archives: [Int64] = []
@@ -228,6 +234,23 @@ public final class HostingService: Service, Sendable {
             _ = appliedLimits.withLock { $0.removeValue(forKey: uid) }
         }
         let stamp = Int(Date().timeIntervalSince1970)
+        if useImages, FileManager.default.fileExists(atPath: image(uid)) {
+            // The home is the image: unmount it and keep the image, never delete it.
+            let target = settings.archiveDir + "/\(uid)-\(stamp).ext4"
+            let umount = await ProcessSupervisor.shared.run(SpawnSpec(executable: "umount", arguments: [home(uid)]), timeoutSeconds: 10,
+                                                            captureOutput: true)
+            if umount.status != 0, Self.isMountpoint(home(uid)) {
+                logger.error("hosting: cannot unmount \(home(uid)) (\(umount.output.trimmingCharacters(in: .whitespacesAndNewlines))); container \(uid)'s image stays in place")
+                return
+            }
+            _ = rmdir(home(uid))
+            if rename(image(uid), target) == 0 {
+                logger.notice("hosting: container \(uid) removed from this node: stopped, home image archived to \(target)")
+            } else {
+                logger.error("hosting: cannot archive \(image(uid)) to \(target): \(String(cString: strerror(errno)))")
+            }
+            return
+        }
         let target = settings.archiveDir + "/\(uid)-\(stamp)"
         if rename(home(uid), target) == 0 {
             logger.notice("hosting: container \(uid) removed from this node: stopped, home archived to \(target)")
@@ -237,6 +260,70 @@ public final class HostingService: Service, Sendable {
     }
 
     func bundle(_ uid: Int64) -> String { settings.bundlesDir + "/\(uid)" }
+    func image(_ uid: Int64) -> String { settings.imagesDir + "/\(uid).ext4" }
+
+    /// Storage size of a container in bytes (the store's MB; 0 means 1 GB).
+    static func storageBytes(_ container: DesiredState.Container) -> Int64 {
+        (container.storage > 0 ? container.storage : 1024) << 20
+    }
+
+    /// The home is a loop-mounted ext4 image of the container's storage size: created (sparse, `-m 0` so the
+    /// customer gets every block) on first placement, mounted again after a node restart. A size change is
+    /// applied offline when the container next starts (`start.sh` in its bundle): this kernel refuses online resize.
+    private func ensureHomeImage(_ container: DesiredState.Container) async {
+        let uid = container.uid
+        let home = home(uid)
+        guard !Self.isMountpoint(home) else { return }
+        let img = image(uid)
+        let fresh = !FileManager.default.fileExists(atPath: img)
+        func run(_ argv: [String]) async -> Bool {
+            let result = await ProcessSupervisor.shared.run(SpawnSpec(executable: argv[0], arguments: Array(argv.dropFirst())),
+                                                            timeoutSeconds: 60, captureOutput: true)
+            if result.status != 0 {
+                logger.error("hosting: container \(uid): \(argv.joined(separator: " ")) failed: \(result.error ?? result.output.trimmingCharacters(in: .whitespacesAndNewlines))")
+            }
+            return result.status == 0
+        }
+        if fresh {
+            guard await run(["truncate", "-s", "\(Self.storageBytes(container))", img]),
+                  await run(["mkfs.ext4", "-q", "-F", "-m", "0", "-E", "root_owner=\(uid):\(uid)", img]) else { return }
+        }
+        do {
+            try FileManager.default.createDirectory(atPath: home, withIntermediateDirectories: true)
+        } catch {
+            logger.error("hosting: cannot create \(home): \(error.localizedDescription)")
+            return
+        }
+        guard await run(["mount", "-o", "loop,noatime,nosuid,nodev", img, home]) else { return }
+        if fresh {
+            createHome(uid: uid, name: container.name)
+            logger.info("hosting: container \(uid): home is a \(Self.storageBytes(container) >> 20) MB ext4 image (\(img))")
+        }
+    }
+
+    /// Clean shutdown: every container has stopped, so their home images are unmounted (a restart mounts them again).
+    private func unmountHomes() async {
+        let names = (try? FileManager.default.contentsOfDirectory(atPath: settings.containersDir)) ?? []
+        for name in names.sorted() {
+            let path = settings.containersDir + "/" + name
+            guard Int64(name) != nil, Self.isMountpoint(path) else { continue }
+            let result = await ProcessSupervisor.shared.run(SpawnSpec(executable: "umount", arguments: [path]), timeoutSeconds: 10, captureOutput: true)
+            if result.status != 0 {
+                logger.warning("hosting: cannot unmount \(path) at shutdown: \(result.output.trimmingCharacters(in: .whitespacesAndNewlines))")
+            }
+        }
+    }
+
+    /// Whether `path` is a mount point (from /proc/self/mountinfo; octal escapes as the kernel writes them).
+    static func isMountpoint(_ path: String) -> Bool {
+        guard let text = try? String(contentsOfFile: "/proc/self/mountinfo", encoding: .utf8) else { return false }
+        let escaped = path.replacingOccurrences(of: "\\", with: "\\134").replacingOccurrences(of: " ", with: "\\040")
+            .replacingOccurrences(of: "\t", with: "\\011").replacingOccurrences(of: "\n", with: "\\012")
+        return text.split(separator: "\n").contains { line in
+            let fields = line.split(separator: " ", maxSplits: 5)
+            return fields.count > 4 && fields[4] == escaped
+        }
+    }
 
     /// Writes the container's bundle (generated `/etc`, `config.json`) where it differs; a changed limit is applied
     /// to the running container at once with `runc update` (memory and memory+swap together, as runc needs).
@@ -263,6 +350,7 @@ public final class HostingService: Service, Sendable {
             }
             let json = try JSONSerialization.data(withJSONObject: config, options: [.sortedKeys, .prettyPrinted])
             try writeIfChanged(dir + "/config.json", json)
+            try writeIfChanged(dir + "/start.sh", Data(startScript(container).utf8))
         } catch {
             logger.error("hosting: cannot write the runc bundle of container \(uid) in \(dir): \(error.localizedDescription)")
             return
@@ -286,6 +374,37 @@ public final class HostingService: Service, Sendable {
         }
     }
 
+    /// The container's start: delete a leftover of the same id, apply a storage size change offline, run.
+    func startScript(_ container: DesiredState.Container) -> String {
+        let uid = container.uid
+        let id = ContainerBundle.id(node: nodeName, uid: uid)
+        let runc = settings.runcBinary
+        var lines = [
+            "#!/bin/sh",
+            "# Generated by legion for container \(uid); the Emperor's channel is fd 3 and passes to runc.",
+            "\(runc) delete --force \(id) >/dev/null 2>&1",
+        ]
+        if useImages {
+            lines += [
+                "img='\(image(uid))'; home='\(home(uid))'; want=\(Self.storageBytes(container))",
+                "have=$(stat -c %s \"$img\" 2>/dev/null || echo \"$want\")",
+                "if [ \"$have\" -ne \"$want\" ]; then",
+                "  umount \"$home\" && e2fsck -f -p \"$img\" >/dev/null 2>&1",
+                "  if [ \"$want\" -gt \"$have\" ]; then",
+                "    truncate -s \"$want\" \"$img\" && resize2fs \"$img\" >/dev/null 2>&1 && echo \"legion: container \(uid): storage grown to $want bytes\" >&2",
+                "  elif resize2fs \"$img\" $((want / 1024))K >/dev/null 2>&1; then",
+                "    truncate -s \"$want\" \"$img\" && echo \"legion: container \(uid): storage shrunk to $want bytes\" >&2",
+                "  else",
+                "    echo \"legion: container \(uid): cannot shrink storage to $want bytes: the data does not fit; keeping $have\" >&2",
+                "  fi",
+                "  mountpoint -q \"$home\" || mount -o loop,noatime,nosuid,nodev \"$img\" \"$home\"",
+                "fi",
+            ]
+        }
+        lines.append("exec \(runc) run --preserve-fds 1 --bundle '\(bundle(uid))' \(id)")
+        return lines.joined(separator: "\n") + "\n"
+    }
+
     private func writeIfChanged(_ path: String, _ data: Data) throws {
         if FileManager.default.contents(atPath: path) == data { return }
         let temporary = path + ".legion-tmp"
@@ -295,15 +414,14 @@ public final class HostingService: Service, Sendable {
         guard rename(temporary, path) == 0 else { throw CocoaError(.fileWriteUnknown, userInfo: [NSFilePathErrorKey: path]) }
     }
 
-    /// A container run by runc: any leftover of the same id is deleted first (a node killed hard leaves its
-    /// containers running), then `runc run` in the foreground with the Emperor's channel passed as fd 3.
+    /// A container run by runc: its bundle's `start.sh` deletes any leftover of the same id (a node killed hard
+    /// leaves its containers running), applies a storage change, then execs `runc run` in the foreground with the
+    /// Emperor's channel passed as fd 3.
     static func runcLauncher(settings: HostingSettings, nodeName: String) -> @Sendable (EmperorCore.VassalFile) -> SpawnSpec {
         { file in
             let uid = Int64(file.name) ?? 0
-            let id = ContainerBundle.id(node: nodeName, uid: uid)
             let bundle = settings.bundlesDir + "/\(uid)"
-            let runc = settings.runcBinary
-            var spec = SpawnSpec.shell("\(runc) delete --force \(id) >/dev/null 2>&1; exec \(runc) run --preserve-fds 1 --bundle '\(bundle)' \(id)")
+            var spec = SpawnSpec(executable: "/bin/sh", arguments: [bundle + "/start.sh"])
             spec.workingDirectory = bundle
             return spec
         }

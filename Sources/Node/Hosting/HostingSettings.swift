@@ -28,6 +28,10 @@ public struct HostingSettings: Sendable, Equatable {
     public var bundlesDir: String = ""
     public var rootfsDir: String = ""
     public var runcBinary: String = "runc"
+    /// With runc, each home is an ext4 image of the container's storage size, loop-mounted (the byte limit holds;
+    /// this kernel has no uid or project quotas). Images live here.
+    public var imagesDir: String = ""
+    public var homeImages: Bool = true
 
     public init(containersDir: String, archiveDir: String) {
         self.containersDir = containersDir
@@ -40,6 +44,7 @@ public struct HostingSettings: Sendable, Equatable {
         var out = Self(containersDir: dataDir + "/containers", archiveDir: dataDir + "/containers-archive")
         out.bundlesDir = dataDir + "/bundles"
         out.rootfsDir = dataDir + "/rootfs"
+        out.imagesDir = dataDir + "/images"
         if let v = try table.string("runtime") {
             guard let r = Runtime(rawValue: v) else {
                 throw .invalid(key: "hosting.runtime", problem: "'\(v)' is unknown; use \"process\" (plain processes as the container's uid) or \"runc\" (isolated containers, needs root and runc)")
@@ -49,6 +54,8 @@ public struct HostingSettings: Sendable, Equatable {
         if let v = try table.string("bundles_dir") { out.bundlesDir = path(v) }
         if let v = try table.string("rootfs_dir") { out.rootfsDir = path(v) }
         if let v = try table.string("runc") { out.runcBinary = v }
+        if let v = try table.string("images_dir") { out.imagesDir = path(v) }
+        if let v = try table.bool("home_images") { out.homeImages = v }
         if let v = try table.string("containers_dir") { out.containersDir = path(v) }
         if let v = try table.string("archive_dir") { out.archiveDir = path(v) }
         if let v = try table.string("uwsgi") { out.uwsgiBinary = v }
