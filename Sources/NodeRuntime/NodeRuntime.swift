@@ -98,7 +98,12 @@ public struct NodeRuntime: Sendable {
                                                  cluster: config.router?.clusterSubscription.map { "\($0)" },
                                                  digest: config.router?.signCheck?.0.rawValue ?? "SHA1")
             services.append(.init(service: HostingService(settings: hosting, emperor: emperorSettings, routes: routes,
-                                                          feed: feed, logger: logger, state: state, nodeName: config.name)))
+                                                          feed: feed, logger: logger, state: state, nodeName: config.name,
+                                                          alarms: config.store.map { store in
+                                                              var options = StoreClient.Options(nodes: store.addresses)
+                                                              options.database = store.database
+                                                              return StoreAlarmSink(options: options, logger: logger)
+                                                          })))
         }
         return services
     }

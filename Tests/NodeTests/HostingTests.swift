@@ -154,5 +154,8 @@ import Testing
         let etc = ContainerBundle.etc(for: withMemory)
         #expect(etc["passwd"]?.contains("30007:x:30007:30007::/containers/30007:/bin/bash") == true)
         #expect(ContainerBundle.hostname("My App_1") == "my-app-1")
+        #expect(linux["seccomp"] == nil, "no profile configured, none in the bundle")
+        let withSeccomp = ContainerBundle.config(for: withMemory, paths: paths, args: args, seccomp: ["defaultAction": "SCMP_ACT_ERRNO"])
+        #expect(((withSeccomp["linux"] as? [String: Any])?["seccomp"] as? [String: Any])?["defaultAction"] as? String == "SCMP_ACT_ERRNO")
     }
 }

@@ -29,6 +29,17 @@ def tries(path):
         return "writable"
     except OSError as e:
         return "refused"
+def seccomp_status():
+    for line in open("/proc/self/status"):
+        if line.startswith("Seccomp:"):
+            return int(line.split()[1])
+    return -1
+def try_unshare():
+    import ctypes, errno
+    libc = ctypes.CDLL(None, use_errno=True)
+    if libc.unshare(0x10000000) == 0:   # CLONE_NEWUSER
+        return "allowed"
+    return errno.errorcode.get(ctypes.get_errno(), "?")
 def fill(home):
     written, error = 0, None
     chunk = b"x" * (1 << 20)
@@ -48,6 +59,10 @@ def fill(home):
     return {"written": written, "error": error}
 def application(env, start_response):
     home = os.environ["HOME"]
+    if env.get("PATH_INFO") == "/oom":
+        hog = bytearray(400 << 20)   # over the container's memory limit: the kernel kills this worker
+        for i in range(0, len(hog), 4096):
+            hog[i] = 1
     if env.get("PATH_INFO") == "/fill":
         body = json.dumps(fill(home)).encode()
         start_response("200 OK", [("Content-Type", "application/json"), ("Content-Length", str(len(body)))])
@@ -58,6 +73,7 @@ def application(env, start_response):
         "visible_pids": sorted(int(p) for p in os.listdir("/proc") if p.isdigit()),
         "containers": os.listdir("/containers"),
         "etc": tries("/etc/legion-probe"), "usr": tries("/usr/legion-probe"), "root": tries("/legion-probe"),
+        "seccomp": seccomp_status(), "unshare": try_unshare(),
         "home": tries(home + "/legion-probe"), "usr_local": tries("/usr/local/legion-probe"), "tmp": tries("/tmp/legion-probe"),
     }).encode()
     start_response("200 OK", [("Content-Type", "application/json"), ("Content-Length", str(len(body)))])
@@ -65,11 +81,19 @@ def application(env, start_response):
 """
 
 
+@pytest.fixture(scope="module")
+def seccomp_profile(repo_root, tmp_path_factory) -> Path:
+    """The hardened profile, built from Debian's containers-common as an operator would (scripts/make-seccomp)."""
+    out = tmp_path_factory.mktemp("seccomp") / "seccomp.json"
+    subprocess.run([str(repo_root / "scripts" / "make-seccomp"), str(out)], check=True, capture_output=True, timeout=120)
+    return out
+
+
 @pytest.fixture
-def runc_cluster(legion_bin, repo_root):
+def runc_cluster(legion_bin, repo_root, seccomp_profile):
     if shutil.which("runc") is None:
         subprocess.run([str(repo_root / "scripts" / "setup"), "--test"], check=True)
-    yield from hosting_cluster(legion_bin, repo_root, runtime="runc")
+    yield from hosting_cluster(legion_bin, repo_root, runtime="runc", hosting_extra=f'seccomp = "{seccomp_profile}"\n')
 
 
 def drop_probe(c, node: str, uid: int, domain: str) -> None:
@@ -106,6 +130,8 @@ def test_a_container_is_isolated_limited_and_served(runc_cluster):
     assert (probe["root"], probe["usr"], probe["etc"]) == ("refused", "refused", "refused"), probe
     assert (probe["home"], probe["usr_local"], probe["tmp"]) == ("writable", "writable", "writable"), probe
     assert probe["containers"] == [str(u2)], probe
+    # seccomp (the hardened profile): filtering on, no new namespaces from inside.
+    assert probe["seccomp"] == 2 and probe["unshare"] == "EPERM", probe
     # Limits from the store: 256 MB memory and no swap on top, a pids limit.
     pid = runc_state(cid)["pid"]
     memcg = next(line.split(":", 2)[2] for line in Path(f"/proc/{pid}/cgroup").read_text().splitlines() if ":memory:" in line)
@@ -148,3 +174,35 @@ def test_storage_is_enforced_and_other_containers_are_unharmed(runc_cluster):
     assert 40 << 20 <= result["written"] < 64 << 20, result
     # The container still serves (a full disk is the customer's problem, not the node's).
     assert get(ROUTERS["node2"], host="small.example.com")[0] == 200
+
+
+def test_out_of_memory_kills_inside_the_container_and_raises_an_alarm(runc_cluster):
+    c = runc_cluster
+    c.admin("domain", "add", "hog.example.com", "--customer", "hoster")
+    c.admin("container", "add", "hog", "--customer", "hoster", "--server", "node2", "--memory", "128", "--storage", "256")
+    uid = c.containers()["hog"]
+    drop_probe(c, "node2", uid, "hog.example.com")
+    assert wait_for(lambda: get(ROUTERS["node2"], host="hog.example.com")[0] == 200, 15), \
+        (c.home("node2", uid) / "logs" / "emperor.log").read_text(errors="replace")[-2000:]
+    time.sleep(2.5)   # the node watches a container's memory cgroup once it exists (checked every 2 s)
+    import urllib.error
+    import urllib.request
+    try:
+        urllib.request.urlopen(urllib.request.Request(f"http://{ROUTERS['node2']}/oom", headers={"Host": "hog.example.com"}), timeout=30)
+        status = 200
+    except urllib.error.HTTPError as e:
+        status = e.code
+    except OSError:
+        status = 0
+    assert status != 200, "a 400 MB allocation succeeded under a 128 MB limit"
+
+    def alarm() -> list:
+        p = subprocess.run([str(c.legion), "store", "query", "--json",
+                            "SELECT msg, level FROM alarms WHERE container_id = ?", "--param", str(uid - 30000)],
+                           cwd=c.repo, capture_output=True, text=True, timeout=30)
+        return json.loads(p.stdout) if p.returncode == 0 and p.stdout.strip() else []
+
+    rows = wait_for(alarm, 15, 0.5)
+    assert rows and rows[0]["msg"] == f"container {uid}: OUT OF MEMORY !!!" and rows[0]["level"] == 0, rows
+    # The node and the container survive: uWSGI respawns the killed worker.
+    assert wait_for(lambda: get(ROUTERS["node2"], host="hog.example.com")[0] == 200, 15)

@@ -99,7 +99,7 @@ def cluster(legion_bin, repo_root):
     yield from hosting_cluster(legion_bin, repo_root)
 
 
-def hosting_cluster(legion_bin, repo_root, runtime: str | None = None):
+def hosting_cluster(legion_bin, repo_root, runtime: str | None = None, hosting_extra: str = ""):
     """local-3 in a temporary run dir, signed subscriptions required, customers/containers/domains added."""
     ul.ensure_uwsgi_python3()
     # A short path: vassal sockets live at <home>/run/<domain>_<hash>.socket (108-byte unix path limit).
@@ -116,7 +116,7 @@ def hosting_cluster(legion_bin, repo_root, runtime: str | None = None):
         text = text.replace("\n[router]\n", f'\n[router]\nsign_check = "SHA1:{run_dir / "signkeys"}"\n')
         if runtime:
             assert "\n[hosting]\n" in text
-            text = text.replace("\n[hosting]\n", f'\n[hosting]\nruntime = "{runtime}"\n')
+            text = text.replace("\n[hosting]\n", f'\n[hosting]\nruntime = "{runtime}"\n{hosting_extra}')
         (configs / f"node{n}.toml").write_text(text)
     subprocess.run([str(legion_bin), "cluster", "down"], cwd=repo_root, capture_output=True, timeout=30)
     try:

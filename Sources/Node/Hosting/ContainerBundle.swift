@@ -62,7 +62,7 @@ public enum ContainerBundle {
     }
 
     /// `config.json` (OCI runtime spec 1.0) as a JSON object.
-    public static func config(for container: DesiredState.Container, paths: Paths, args: [String]) -> [String: Any] {
+    public static func config(for container: DesiredState.Container, paths: Paths, args: [String], seccomp: [String: Any]? = nil) -> [String: Any] {
         let uid = container.uid
         let limits = Limits.of(container)
         func bind(_ source: String, _ destination: String, readOnly: Bool) -> [String: Any] {
@@ -95,6 +95,20 @@ public enum ContainerBundle {
         for dir in paths.libraryDirectories { mounts.append(bind(dir, dir, readOnly: true)) }
         mounts.append(bind(paths.legion, paths.legion, readOnly: true))
         let caps = ["CAP_AUDIT_WRITE", "CAP_KILL", "CAP_NET_BIND_SERVICE"]
+        var linux: [String: Any] = [
+            "cgroupsPath": "\(paths.cgroupParent)/\(uid)",
+            "resources": [
+                "devices": [["allow": false, "access": "rwm"]],
+                "memory": ["limit": limits.memoryBytes, "swap": limits.memoryBytes, "swappiness": 0],
+                "pids": ["limit": limits.pids],
+                "cpu": ["shares": limits.cpuShares],
+            ] as [String: Any],
+            "namespaces": [["type": "pid"], ["type": "ipc"], ["type": "uts"], ["type": "mount"]],
+            "maskedPaths": ["/proc/acpi", "/proc/asound", "/proc/kcore", "/proc/keys", "/proc/latency_stats", "/proc/timer_list",
+                            "/proc/timer_stats", "/proc/sched_debug", "/sys/firmware", "/proc/scsi"],
+            "readonlyPaths": ["/proc/bus", "/proc/fs", "/proc/irq", "/proc/sys", "/proc/sysrq-trigger"],
+        ]
+        if let seccomp { linux["seccomp"] = seccomp }
         return [
             "ociVersion": "1.0.2",
             "process": [
@@ -111,19 +125,7 @@ public enum ContainerBundle {
             "root": ["path": paths.rootfs, "readonly": true],
             "hostname": container.name.isEmpty ? "c\(uid)" : hostname(container.name),
             "mounts": mounts,
-            "linux": [
-                "cgroupsPath": "\(paths.cgroupParent)/\(uid)",
-                "resources": [
-                    "devices": [["allow": false, "access": "rwm"]],
-                    "memory": ["limit": limits.memoryBytes, "swap": limits.memoryBytes, "swappiness": 0],
-                    "pids": ["limit": limits.pids],
-                    "cpu": ["shares": limits.cpuShares],
-                ] as [String: Any],
-                "namespaces": [["type": "pid"], ["type": "ipc"], ["type": "uts"], ["type": "mount"]],
-                "maskedPaths": ["/proc/acpi", "/proc/asound", "/proc/kcore", "/proc/keys", "/proc/latency_stats", "/proc/timer_list",
-                                "/proc/timer_stats", "/proc/sched_debug", "/sys/firmware", "/proc/scsi"],
-                "readonlyPaths": ["/proc/bus", "/proc/fs", "/proc/irq", "/proc/sys", "/proc/sysrq-trigger"],
-            ] as [String: Any],
+            "linux": linux,
         ]
     }
 

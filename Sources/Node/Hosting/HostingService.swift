@@ -28,9 +28,16 @@ public final class HostingService: Service, Sendable {
     private let libraryDirectories: [String]
     private let appliedLimits = Mutex<[Int64: ContainerBundle.Limits]>([:])
     private var useImages: Bool { useRunc && settings.homeImages }
+    private let oom: OOMWatcher?
+    /// The seccomp profile's JSON text (`[hosting] seccomp`), parsed when a bundle is written.
+    private let seccompText: String?
+    private var seccomp: [String: Any]? {
+        seccompText.flatMap { try? JSONSerialization.jsonObject(with: Data($0.utf8)) as? [String: Any] }
+    }
 
     public init(settings: HostingSettings, emperor emperorSettings: EmperorSettings, routes: HostingShortcuts.Routes,
-                feed: DesiredStateFeed, logger: Logger, state: NodeState? = nil, nodeName: String = "node") {
+                feed: DesiredStateFeed, logger: Logger, state: NodeState? = nil, nodeName: String = "node",
+                alarms: (any AlarmSink)? = nil) {
         self.settings = settings
         self.state = state
         self.nodeName = nodeName
@@ -38,6 +45,18 @@ public final class HostingService: Service, Sendable {
         self.useRunc = settings.runtime == .runc && root
         self.legionPath = settings.legionBinary ?? Self.ownExecutable()
         self.libraryDirectories = useRunc ? Self.libraryDirectories(of: settings.legionBinary ?? Self.ownExecutable()) : []
+        seccompText = settings.seccompProfile.flatMap { try? String(contentsOfFile: $0, encoding: .utf8) }
+        if useRunc {
+            let sink = alarms
+            let log = logger
+            oom = OOMWatcher(logger: logger) { uid, kills in
+                let message = "container \(uid): OUT OF MEMORY !!!"
+                log.warning("\(message)", metadata: ["oom_kills": "\(kills)"])
+                if let sink { Task { await sink.raise(uid: uid, level: 0, message: message) } }
+            }
+        } else {
+            oom = nil
+        }
         state?.update { $0.hosting = NodeState.HostingStatus(containersDir: settings.containersDir) }
         self.routes = routes
         self.feed = feed
@@ -81,7 +100,10 @@ public final class HostingService: Service, Sendable {
             guard resolveExecutable(settings.runcBinary) != nil else {
                 throw EmperorError("hosting: runtime = \"runc\" but \(settings.runcBinary) is not installed; apt-get install runc (scripts/setup --test does)")
             }
-            logger.info("hosting: containers run by runc (bundles in \(settings.bundlesDir), root \(settings.rootfsDir))")
+            if let path = settings.seccompProfile, seccomp == nil {
+                throw EmperorError("hosting: [hosting] seccomp = \(path) cannot be read as a JSON profile; build it with scripts/make-seccomp \(path)")
+            }
+            logger.info("hosting: containers run by runc (bundles in \(settings.bundlesDir), root \(settings.rootfsDir)\(seccomp == nil ? ", no seccomp profile" : ", seccomp \(settings.seccompProfile ?? "")"))")
         }
         if asRoot {
             // Sub-Emperors run as the containers' uids: every directory above the homes must let them through.
@@ -110,6 +132,7 @@ public final class HostingService: Service, Sendable {
                     while !Task.isCancelled {
                         let running = emperor.vassalNames.count
                         state?.update { $0.hosting?.subEmperors = running }
+                        syncOOMWatches()
                         try? await Task.sleep(for: .seconds(2))
                     }
                 }
@@ -301,6 +324,18 @@ public final class HostingService: Service, Sendable {
         }
     }
 
+    /// Watches the memory cgroup of every running container for OOM events (their cgroups exist once runc made them).
+    private func syncOOMWatches() {
+        guard let oom else { return }
+        let wanted = Set(vassals.files.compactMap { Int64($0.name) })
+        let watched = oom.watched
+        for uid in watched.subtracting(wanted) { oom.unwatch(uid: uid) }
+        for uid in wanted.subtracting(watched) {
+            let cgroup = "/sys/fs/cgroup/memory/legion/\(nodeName)/\(uid)"
+            if FileManager.default.fileExists(atPath: cgroup + "/memory.oom_control") { oom.watch(uid: uid, cgroup: cgroup) }
+        }
+    }
+
     /// Clean shutdown: every container has stopped, so their home images are unmounted (a restart mounts them again).
     private func unmountHomes() async {
         let names = (try? FileManager.default.contentsOfDirectory(atPath: settings.containersDir)) ?? []
@@ -334,7 +369,7 @@ public final class HostingService: Service, Sendable {
                                           libraryDirectories: libraryDirectories, cgroupParent: "/legion/\(nodeName)")
         let args = ContainerBundle.subEmperorArgs(legion: legionPath, home: home(uid), uwsgi: settings.uwsgiBinary,
                                                   logMaxBytes: settings.logMaxBytes, rescanS: Double(settings.subEmperorRescanMs) / 1000)
-        let config = ContainerBundle.config(for: container, paths: paths, args: args)
+        let config = ContainerBundle.config(for: container, paths: paths, args: args, seccomp: seccomp)
         do {
             try FileManager.default.createDirectory(atPath: dir + "/etc", withIntermediateDirectories: true)
             for (name, text) in ContainerBundle.etc(for: container) {

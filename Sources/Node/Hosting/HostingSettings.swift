@@ -32,6 +32,8 @@ public struct HostingSettings: Sendable, Equatable {
     /// this kernel has no uid or project quotas). Images live here.
     public var imagesDir: String = ""
     public var homeImages: Bool = true
+    /// With runc: a seccomp profile in OCI form (`scripts/make-seccomp OUT.json` builds the hardened one).
+    public var seccompProfile: String?
 
     public init(containersDir: String, archiveDir: String) {
         self.containersDir = containersDir
@@ -56,6 +58,7 @@ public struct HostingSettings: Sendable, Equatable {
         if let v = try table.string("runc") { out.runcBinary = v }
         if let v = try table.string("images_dir") { out.imagesDir = path(v) }
         if let v = try table.bool("home_images") { out.homeImages = v }
+        if let v = try table.string("seccomp") { out.seccompProfile = path(v) }
         if let v = try table.string("containers_dir") { out.containersDir = path(v) }
         if let v = try table.string("archive_dir") { out.archiveDir = path(v) }
         if let v = try table.string("uwsgi") { out.uwsgiBinary = v }
