@@ -218,7 +218,22 @@ struct AdminCommand: AsyncParsableCommand {
 
     struct Container: AsyncParsableCommand {
         static let configuration = CommandConfiguration(abstract: "Containers (uid = 30000 + id; private IP 10.0.0.0 | (id + 2)).",
-                                                        subcommands: [Add.self, List.self, Delete.self, Reboot.self, SSHKeys.self])
+                                                        subcommands: [Add.self, List.self, Delete.self, Reboot.self, Resize.self, SSHKeys.self])
+
+        struct Resize: AsyncParsableCommand {
+            static let configuration = CommandConfiguration(
+                abstract: "Change a container's memory and/or storage (MB); its node restarts it with the new limits, data kept.")
+            @OptionGroup var options: WriteOptions
+            @Argument(help: "Container uid (30001, …).") var uid: Int64
+            @Option(help: "Memory, MB.") var memory: Int?
+            @Option(help: "Storage, MB.") var storage: Int?
+            func run() async throws {
+                let receipt = try await AdminCommand.run(options.store) { admin throws(StoreError) in
+                    try await admin.resizeContainer(uid: uid, memory: memory, storage: storage, requestID: options.id)
+                }
+                AdminCommand.done("container \(uid) resized", receipt)
+            }
+        }
 
         struct Reboot: AsyncParsableCommand {
             static let configuration = CommandConfiguration(abstract: "Restart a container (its node restarts its sub-Emperor and vassals).")

@@ -257,6 +257,31 @@ public struct AdminStore: Sendable {
         ])
     }
 
+    /// Changes a container's memory and/or storage (MB), within its server's capacity. The store marks the
+    /// container rebooted (its `last_reboot` trigger), so its node restarts it with the new limits; the data stays.
+    @discardableResult
+    public func resizeContainer(uid: Int64, memory: Int?, storage: Int?, requestID: String = UUID().uuidString) async throws(StoreError) -> StoreClient.WriteReceipt {
+        guard uid > Self.baseUID else { throw .invalidInput("container ids start at \(Self.baseUID + 1) (got \(uid))") }
+        guard memory != nil || storage != nil else { throw .invalidInput("give --memory or --storage (MB)") }
+        if let memory { try Self.positive(memory, "memory (MB)") }
+        if let storage { try Self.positive(storage, "storage (MB)") }
+        let id = uid - Self.baseUID
+        let mem: DqliteValue = memory.map { .int($0) } ?? .null
+        let disk: DqliteValue = storage.map { .int($0) } ?? .null
+        // The new sizes must fit the server beside every other container on it (checked in the transaction).
+        return try await client.write(requestID: requestID, [
+            .init("""
+                UPDATE containers SET memory = coalesce(?, memory), storage = coalesce(?, storage), mtime_ms = \(Self.now)
+                WHERE id = ?
+                  AND (SELECT coalesce(sum(memory), 0) FROM containers k WHERE k.server_id = containers.server_id AND k.id != ?)
+                      + coalesce(?, memory) <= (SELECT memory FROM servers WHERE id = containers.server_id)
+                  AND (SELECT coalesce(sum(storage), 0) FROM containers k WHERE k.server_id = containers.server_id AND k.id != ?)
+                      + coalesce(?, storage) <= (SELECT storage FROM servers WHERE id = containers.server_id)
+                """, [mem, disk, .integer(id), .integer(id), mem, .integer(id), disk],
+                  mustChange: "container \(uid) was not changed: no such container, or its server lacks the memory or storage"),
+        ])
+    }
+
     /// Restarts the container wherever it runs: its `last_reboot` moves on, so its node reloads its sub-Emperor.
     @discardableResult
     public func rebootContainer(uid: Int64, requestID: String = UUID().uuidString) async throws(StoreError) -> StoreClient.WriteReceipt {

@@ -206,3 +206,36 @@ def test_out_of_memory_kills_inside_the_container_and_raises_an_alarm(runc_clust
     assert rows and rows[0]["msg"] == f"container {uid}: OUT OF MEMORY !!!" and rows[0]["level"] == 0, rows
     # The node and the container survive: uWSGI respawns the killed worker.
     assert wait_for(lambda: get(ROUTERS["node2"], host="hog.example.com")[0] == 200, 15)
+
+
+def test_changing_limits_in_the_store_applies_them_and_keeps_the_data(runc_cluster):
+    c = runc_cluster
+    c.admin("domain", "add", "grow.example.com", "--customer", "hoster")
+    c.admin("container", "add", "grow", "--customer", "hoster", "--server", "node2", "--memory", "128", "--storage", "64")
+    uid = c.containers()["grow"]
+    home = c.home("node2", uid)
+    drop_probe(c, "node2", uid, "grow.example.com")
+    assert wait_for(lambda: get(ROUTERS["node2"], host="grow.example.com")[0] == 200, 15)
+    (home / "data.txt").write_text("customer data\n")
+    os.chown(home / "data.txt", uid, uid)
+    memcg = Path(f"/sys/fs/cgroup/memory/legion/node2/{uid}")
+    assert int((memcg / "memory.limit_in_bytes").read_text()) == 128 << 20
+    before = os.statvfs(home)
+    assert before.f_blocks * before.f_frsize <= 64 << 20
+
+    c.admin("container", "resize", str(uid), "--memory", "192", "--storage", "128")
+
+    def applied() -> bool:
+        try:
+            st = os.statvfs(home)
+            return (int((memcg / "memory.limit_in_bytes").read_text()) == 192 << 20
+                    and st.f_blocks * st.f_frsize > 100 << 20 and get(ROUTERS["node2"], host="grow.example.com")[0] == 200)
+        except OSError:
+            return False
+
+    assert wait_for(applied, 20, 0.2), c.log("node2")[-3000:]
+    assert (home / "data.txt").read_text() == "customer data\n", "the data survived the resize"
+    # Over the server's capacity: refused, nothing changed.
+    p = subprocess.run([str(c.legion), "admin", "container", "resize", str(uid), "--memory", "100000"], cwd=c.repo,
+                       capture_output=True, text=True, timeout=30)
+    assert p.returncode != 0 and "lacks the memory or storage" in p.stderr, p.stderr
