@@ -20,10 +20,14 @@ public struct DesiredState: Codable, Sendable, Equatable {
         /// The customer's domains: the only ones this container's vassals may attach.
         public var customerDomains: [String]?
         public var customerUUID: String?
+        /// Storage use (percent) that raises a quota alarm (uwsgi.it's `quota_threshold`; 0 = never).
+        public var quotaThreshold: Int64?
+        /// At most one alarm of a kind per this many seconds (`alarm_freq`, ≥ 60).
+        public var alarmFreq: Int64?
 
         public init(uid: Int64, name: String, customer: String, memory: Int64, storage: Int64, distro: String?, ip: String,
                     lastRebootMs: Int64, sshKeys: String?, rsaKey: String? = nil, rsaPubkey: String? = nil,
-                    customerDomains: [String]? = nil, customerUUID: String? = nil) {
+                    customerDomains: [String]? = nil, customerUUID: String? = nil, quotaThreshold: Int64? = nil, alarmFreq: Int64? = nil) {
             self.uid = uid
             self.name = name
             self.customer = customer
@@ -37,6 +41,8 @@ public struct DesiredState: Codable, Sendable, Equatable {
             self.rsaPubkey = rsaPubkey
             self.customerDomains = customerDomains
             self.customerUUID = customerUUID
+            self.quotaThreshold = quotaThreshold
+            self.alarmFreq = alarmFreq
         }
     }
 
@@ -64,7 +70,7 @@ public struct DesiredState: Codable, Sendable, Equatable {
     public static func fetch(_ client: StoreClient, server: String, version: Int64) async throws(StoreError) -> DesiredState {
         let containers = try await client.query("""
             SELECT k.id, k.name, c.username, k.memory, k.storage, d.name, k.last_reboot_ms, k.ssh_keys_raw,
-                   c.rsa_key, c.rsa_pubkey, c.uuid
+                   c.rsa_key, c.rsa_pubkey, c.uuid, k.quota_threshold, k.alarm_freq
             FROM containers k JOIN customers c ON c.id = k.customer_id JOIN servers s ON s.id = k.server_id
             LEFT JOIN distros d ON d.id = k.distro_id WHERE s.name = ? ORDER BY k.id
             """, [.text(server)])
@@ -79,14 +85,15 @@ public struct DesiredState: Codable, Sendable, Equatable {
         }
         var domainsByCustomer: [String: [String]] = [:]
         for d in state.domains { domainsByCustomer[d.customer, default: []].append(d.name) }
-        for row in containers.rows where row.count == 11 {
+        for row in containers.rows where row.count == 13 {
             let id = row[0].int ?? 0
             let customer = row[2].string ?? ""
             state.containers.append(Container(uid: AdminStore.baseUID + id, name: row[1].string ?? "", customer: customer,
                                               memory: row[3].int ?? 0, storage: row[4].int ?? 0, distro: row[5].string,
                                               ip: AdminStore.containerIP(id: id), lastRebootMs: row[6].int ?? 0, sshKeys: row[7].string,
                                               rsaKey: row[8].string, rsaPubkey: row[9].string,
-                                              customerDomains: domainsByCustomer[customer] ?? [], customerUUID: row[10].string))
+                                              customerDomains: domainsByCustomer[customer] ?? [], customerUUID: row[10].string,
+                                              quotaThreshold: row[11].int, alarmFreq: row[12].int))
         }
         for row in keys.rows where row.count == 2 {
             if let name = row[0].string, let key = row[1].string { state.customerKeys[name] = key }

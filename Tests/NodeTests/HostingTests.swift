@@ -159,3 +159,22 @@ import Testing
         #expect(((withSeccomp["linux"] as? [String: Any])?["seccomp"] as? [String: Any])?["defaultAction"] as? String == "SCMP_ACT_ERRNO")
     }
 }
+
+@Suite struct QuotaAlarmsTests {
+    @Test func raisedAtTheThresholdAtMostOncePerAlarmFreqAndAgainAfterDroppingBelow() {
+        var q = QuotaAlarms()
+        let mb: Int64 = 1 << 20
+        #expect(q.check(uid: 1, usedBytes: 89 * mb, totalBytes: 100 * mb, thresholdPercent: 90, freqS: 60, nowS: 0) == nil)
+        let first = q.check(uid: 1, usedBytes: 91 * mb, totalBytes: 100 * mb, thresholdPercent: 90, freqS: 60, nowS: 10)
+        #expect(first == "container 1: disk quota at 91% (91 of 100 MB used, threshold 90%)")
+        #expect(q.check(uid: 1, usedBytes: 95 * mb, totalBytes: 100 * mb, thresholdPercent: 90, freqS: 60, nowS: 69) == nil)
+        #expect(q.check(uid: 1, usedBytes: 95 * mb, totalBytes: 100 * mb, thresholdPercent: 90, freqS: 60, nowS: 70) != nil)
+        // Below, then above again: at once.
+        #expect(q.check(uid: 1, usedBytes: 10 * mb, totalBytes: 100 * mb, thresholdPercent: 90, freqS: 60, nowS: 71) == nil)
+        #expect(q.check(uid: 1, usedBytes: 92 * mb, totalBytes: 100 * mb, thresholdPercent: 90, freqS: 60, nowS: 72) != nil)
+        // A threshold of 0 disables it; alarm_freq below 60 counts as 60.
+        #expect(q.check(uid: 2, usedBytes: 99 * mb, totalBytes: 100 * mb, thresholdPercent: 0, freqS: 60, nowS: 0) == nil)
+        #expect(q.check(uid: 3, usedBytes: 99 * mb, totalBytes: 100 * mb, thresholdPercent: 50, freqS: 1, nowS: 0) != nil)
+        #expect(q.check(uid: 3, usedBytes: 99 * mb, totalBytes: 100 * mb, thresholdPercent: 50, freqS: 1, nowS: 30) == nil)
+    }
+}

@@ -108,6 +108,12 @@ def drop_probe(c, node: str, uid: int, domain: str) -> None:
     tmp.rename(home / "vassals" / "probe.ini")
 
 
+def store_alarms(c, uid: int, contains: str) -> list:
+    p = subprocess.run([str(c.legion), "store", "query", "--json", "SELECT msg, level FROM alarms WHERE container_id = ? AND msg LIKE ?",
+                        "--param", str(uid - 30000), "--param", f"%{contains}%"], cwd=c.repo, capture_output=True, text=True, timeout=30)
+    return json.loads(p.stdout) if p.returncode == 0 and p.stdout.strip() else []
+
+
 def runc_state(cid: str) -> dict | None:
     p = subprocess.run(["runc", "state", cid], capture_output=True, text=True)
     return json.loads(p.stdout) if p.returncode == 0 else None
@@ -175,6 +181,18 @@ def test_storage_is_enforced_and_other_containers_are_unharmed(runc_cluster):
     # The container still serves (a full disk is the customer's problem, not the node's).
     assert get(ROUTERS["node2"], host="small.example.com")[0] == 200
 
+    # Over the quota threshold (90 % by default): a quota alarm in the store.
+    home = c.home("node2", uid)
+    try:
+        with open(home / "big.bin", "wb") as f:   # until the disk is full
+            for _ in range(64):
+                f.write(b"x" * (1 << 20))
+    except OSError:
+        pass
+    os.chown(home / "big.bin", uid, uid)
+    rows = wait_for(lambda: store_alarms(c, uid, "disk quota"), 15, 0.5)
+    assert rows and rows[0]["msg"].startswith(f"container {uid}: disk quota at ") and "threshold 90%" in rows[0]["msg"], rows
+
 
 def test_out_of_memory_kills_inside_the_container_and_raises_an_alarm(runc_cluster):
     c = runc_cluster
@@ -196,13 +214,7 @@ def test_out_of_memory_kills_inside_the_container_and_raises_an_alarm(runc_clust
         status = 0
     assert status != 200, "a 400 MB allocation succeeded under a 128 MB limit"
 
-    def alarm() -> list:
-        p = subprocess.run([str(c.legion), "store", "query", "--json",
-                            "SELECT msg, level FROM alarms WHERE container_id = ?", "--param", str(uid - 30000)],
-                           cwd=c.repo, capture_output=True, text=True, timeout=30)
-        return json.loads(p.stdout) if p.returncode == 0 and p.stdout.strip() else []
-
-    rows = wait_for(alarm, 15, 0.5)
+    rows = wait_for(lambda: store_alarms(c, uid, "OUT OF MEMORY"), 15, 0.5)
     assert rows and rows[0]["msg"] == f"container {uid}: OUT OF MEMORY !!!" and rows[0]["level"] == 0, rows
     # The node and the container survive: uWSGI respawns the killed worker.
     assert wait_for(lambda: get(ROUTERS["node2"], host="hog.example.com")[0] == 200, 15)

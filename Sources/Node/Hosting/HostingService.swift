@@ -29,6 +29,9 @@ public final class HostingService: Service, Sendable {
     private let appliedLimits = Mutex<[Int64: ContainerBundle.Limits]>([:])
     private var useImages: Bool { useRunc && settings.homeImages }
     private let oom: OOMWatcher?
+    private let alarmSink: (any AlarmSink)?
+    private let quota = Mutex(QuotaAlarms())
+    private let placed = Mutex<[DesiredState.Container]>([])
     /// The seccomp profile's JSON text (`[hosting] seccomp`), parsed when a bundle is written.
     private let seccompText: String?
     private var seccomp: [String: Any]? {
@@ -45,6 +48,7 @@ public final class HostingService: Service, Sendable {
         self.useRunc = settings.runtime == .runc && root
         self.legionPath = settings.legionBinary ?? Self.ownExecutable()
         self.libraryDirectories = useRunc ? Self.libraryDirectories(of: settings.legionBinary ?? Self.ownExecutable()) : []
+        alarmSink = alarms
         seccompText = settings.seccompProfile.flatMap { try? String(contentsOfFile: $0, encoding: .utf8) }
         if useRunc {
             let sink = alarms
@@ -133,6 +137,7 @@ public final class HostingService: Service, Sendable {
                         let running = emperor.vassalNames.count
                         state?.update { $0.hosting?.subEmperors = running }
                         syncOOMWatches()
+                        checkQuotas()
                         try? await Task.sleep(for: .seconds(2))
                     }
                 }
@@ -172,6 +177,7 @@ public final class HostingService: Service, Sendable {
         if useRunc {
             for container in desired.containers { await writeBundle(container) }
         }
+        placed.withLock { $0 = desired.containers }
         let list = HostingReconciler.vassals(desired: desired.containers, home: home, uidOwned: asRoot && !useRunc)
         vassals.files = list
         emperor.rescan()
@@ -324,6 +330,29 @@ public final class HostingService: Service, Sendable {
         }
     }
 
+    /// Storage alarms: a home that is its own image has its own usage (statvfs), checked against the container's
+    /// `quota_threshold` (every 2 s; an alarm at most once per `alarm_freq`).
+    private func checkQuotas() {
+        guard useImages else { return }
+        let now = Int64(Date().timeIntervalSince1970)
+        let mounted = Self.mountpoints()
+        for container in placed.withLock({ $0 }) {
+            var st = statvfs()
+            let path = home(container.uid)
+            guard mounted.contains(Self.escapeMountPath(path)), statvfs(path, &st) == 0 else { continue }
+            let total = Int64(st.f_blocks) * Int64(st.f_frsize)
+            let used = (Int64(st.f_blocks) - Int64(st.f_bfree)) * Int64(st.f_frsize)
+            let message = quota.withLock {
+                $0.check(uid: container.uid, usedBytes: used, totalBytes: total, thresholdPercent: container.quotaThreshold ?? 90,
+                         freqS: container.alarmFreq ?? 60, nowS: now)
+            }
+            if let message {
+                logger.warning("\(message)")
+                if let sink = alarmSink { Task { await sink.raise(uid: container.uid, level: 0, message: message) } }
+            }
+        }
+    }
+
     /// Watches the memory cgroup of every running container for OOM events (their cgroups exist once runc made them).
     private func syncOOMWatches() {
         guard let oom else { return }
@@ -350,14 +379,22 @@ public final class HostingService: Service, Sendable {
     }
 
     /// Whether `path` is a mount point (from /proc/self/mountinfo; octal escapes as the kernel writes them).
-    static func isMountpoint(_ path: String) -> Bool {
-        guard let text = try? String(contentsOfFile: "/proc/self/mountinfo", encoding: .utf8) else { return false }
-        let escaped = path.replacingOccurrences(of: "\\", with: "\\134").replacingOccurrences(of: " ", with: "\\040")
-            .replacingOccurrences(of: "\t", with: "\\011").replacingOccurrences(of: "\n", with: "\\012")
-        return text.split(separator: "\n").contains { line in
+    static func isMountpoint(_ path: String) -> Bool { mountpoints().contains(escapeMountPath(path)) }
+
+    /// Every mount point of this process's namespace, as /proc/self/mountinfo writes them (octal escapes).
+    static func mountpoints() -> Set<String> {
+        guard let text = try? String(contentsOfFile: "/proc/self/mountinfo", encoding: .utf8) else { return [] }
+        var out = Set<String>()
+        for line in text.split(separator: "\n") {
             let fields = line.split(separator: " ", maxSplits: 5)
-            return fields.count > 4 && fields[4] == escaped
+            if fields.count > 4 { out.insert(String(fields[4])) }
         }
+        return out
+    }
+
+    static func escapeMountPath(_ path: String) -> String {
+        path.replacingOccurrences(of: "\\", with: "\\134").replacingOccurrences(of: " ", with: "\\040")
+            .replacingOccurrences(of: "\t", with: "\\011").replacingOccurrences(of: "\n", with: "\\012")
     }
 
     /// Writes the container's bundle (generated `/etc`, `config.json`) where it differs; a changed limit is applied
