@@ -11,6 +11,7 @@
 #include <sys/socket.h>
 #include <sys/uio.h>
 #include <sys/un.h>
+#include <sys/stat.h>
 #include <unistd.h>
 
 int crio_epoll_create(void) { return epoll_create1(EPOLL_CLOEXEC); }
@@ -182,3 +183,25 @@ int crio_close_reset(int fd) {
 }
 
 int crio_errno(void) { return errno; }
+
+int crio_bind_unix_dgram(const char *path) {
+    struct sockaddr_un un;
+    memset(&un, 0, sizeof un);
+    un.sun_family = AF_UNIX;
+    size_t n = strlen(path);
+    if (n >= sizeof un.sun_path) { errno = ENAMETOOLONG; return -1; }
+    memcpy(un.sun_path, path, n + 1);
+    int fd = socket(AF_UNIX, SOCK_DGRAM | SOCK_CLOEXEC, 0);
+    if (fd < 0) return -1;
+    unlink(path);
+    if (bind(fd, (struct sockaddr *)&un, sizeof un) != 0) {
+        int saved = errno;
+        close(fd);
+        errno = saved;
+        return -1;
+    }
+    int big = 1 << 20;
+    setsockopt(fd, SOL_SOCKET, SO_RCVBUF, &big, sizeof big);
+    chmod(path, 0666);
+    return fd;
+}

@@ -36,6 +36,9 @@ public struct NodeRuntime: Sendable {
     }
 
     /// Every service of this node, in start order.
+    /// Where hosting's unix subscription sockets live (`http`, `cluster`), when the node hosts containers.
+    public var subscribeDir: String? { config.hosting.map { $0.subscribeDir } }
+
     public func services() throws -> [ServiceGroupConfiguration.ServiceConfiguration] {
         var services: [ServiceGroupConfiguration.ServiceConfiguration] = []
         var relay: ClusterRelay?
@@ -60,6 +63,11 @@ public struct NodeRuntime: Sendable {
                 }
             }
             services.append(.init(service: SubscriptionServer(bind: router.subscription, store: store, logger: logger, certificates: certificates)))
+            if let dir = subscribeDir {
+                // Hosted vassals subscribe over unix sockets (reachable from containers without a network of their own).
+                services.append(.init(service: SubscriptionServer(bind: router.subscription, store: store, logger: logger,
+                                                                  certificates: certificates, unixPath: dir + "/http")))
+            }
             services.append(.init(service: HTTPRouter(settings: router, store: store, logger: logger, certificates: certificates)))
             if let internalBind = router.internalRouter, let clusterBind = router.clusterSubscription {
                 // Cluster domains: local vassals subscribe here; the internal router serves them to
@@ -68,6 +76,10 @@ public struct NodeRuntime: Sendable {
                 let clusterRelay = ClusterRelay(origin: config.name, internalAddress: router.advertise ?? internalBind.description,
                                                 store: store, localStore: local, logger: logger)
                 services.append(.init(service: SubscriptionServer(bind: clusterBind, store: local, logger: logger, relay: clusterRelay)))
+                if let dir = subscribeDir {
+                    services.append(.init(service: SubscriptionServer(bind: clusterBind, store: local, logger: logger, relay: clusterRelay,
+                                                                      unixPath: dir + "/cluster")))
+                }
                 services.append(.init(service: InternalRouter(bind: internalBind, store: local, logger: logger, settings: router)))
                 relay = clusterRelay
             }
@@ -94,8 +106,8 @@ public struct NodeRuntime: Sendable {
             services.append(.init(service: EmperorService(emperor: Emperor(settings: settings, logger: logger))))
         }
         if let hosting = config.hosting {
-            let routes = HostingShortcuts.Routes(http: config.router.map { "\($0.subscription)" },
-                                                 cluster: config.router?.clusterSubscription.map { "\($0)" },
+            let routes = HostingShortcuts.Routes(http: config.router.map { _ in hosting.subscribeDir + "/http" },
+                                                 cluster: config.router?.clusterSubscription.map { _ in hosting.subscribeDir + "/cluster" },
                                                  digest: config.router?.signCheck?.0.rawValue ?? "SHA1")
             services.append(.init(service: HostingService(settings: hosting, emperor: emperorSettings, routes: routes,
                                                           feed: feed, logger: logger, state: state, nodeName: config.name,

@@ -40,6 +40,16 @@ def try_unshare():
     if libc.unshare(0x10000000) == 0:   # CLONE_NEWUSER
         return "allowed"
     return errno.errorcode.get(ctypes.get_errno(), "?")
+def reach(port):
+    s = socket.socket()
+    s.settimeout(1)
+    try:
+        s.connect(("127.0.0.1", port))
+        return "connected"
+    except OSError as e:
+        return type(e).__name__
+    finally:
+        s.close()
 def fill(home):
     written, error = 0, None
     chunk = b"x" * (1 << 20)
@@ -74,6 +84,7 @@ def application(env, start_response):
         "containers": os.listdir("/containers"),
         "etc": tries("/etc/legion-probe"), "usr": tries("/usr/legion-probe"), "root": tries("/legion-probe"),
         "seccomp": seccomp_status(), "unshare": try_unshare(),
+        "interfaces": sorted(os.listdir("/sys/class/net")), "store_port": reach(17302), "api_port": reach(17202),
         "home": tries(home + "/legion-probe"), "usr_local": tries("/usr/local/legion-probe"), "tmp": tries("/tmp/legion-probe"),
     }).encode()
     start_response("200 OK", [("Content-Type", "application/json"), ("Content-Length", str(len(body)))])
@@ -138,6 +149,10 @@ def test_a_container_is_isolated_limited_and_served(runc_cluster):
     assert probe["containers"] == [str(u2)], probe
     # seccomp (the hardened profile): filtering on, no new namespaces from inside.
     assert probe["seccomp"] == 2 and probe["unshare"] == "EPERM", probe
+    # Its own network namespace: loopback only; the node's store and API on the host's 127.0.0.1 are unreachable
+    # (it still subscribes through the node's unix subscription sockets and serves through its unix socket).
+    assert probe["interfaces"] == ["lo"], probe
+    assert probe["store_port"] != "connected" and probe["api_port"] != "connected", probe
     # Limits from the store: 256 MB memory and no swap on top, a pids limit.
     pid = runc_state(cid)["pid"]
     memcg = next(line.split(":", 2)[2] for line in Path(f"/proc/{pid}/cgroup").read_text().splitlines() if ":memory:" in line)

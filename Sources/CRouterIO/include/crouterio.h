@@ -56,6 +56,8 @@ int crio_close(int fd);
 /// response has been received in full.
 int crio_close_reset(int fd);
 int crio_errno(void);
+/// A bound UNIX datagram socket at `path` (an old file there is replaced), blocking, close-on-exec, mode 0666.
+int crio_bind_unix_dgram(const char *path);
 
 #ifdef __cplusplus
 }

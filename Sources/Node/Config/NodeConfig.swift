@@ -218,6 +218,7 @@ extension NodeConfig {
             if h.bundlesDir == old + "/bundles" { h.bundlesDir = dir + "/bundles" }
             if h.rootfsDir == old + "/rootfs" { h.rootfsDir = dir + "/rootfs" }
             if h.imagesDir == old + "/images" { h.imagesDir = dir + "/images" }
+            if h.subscribeDir == old + "/subscribe" { h.subscribeDir = dir + "/subscribe" }
             hosting = h
         }
     }

@@ -21,8 +21,14 @@ public enum ContainerBundle {
         public var libraryDirectories: [String]
         /// The cgroup the node keeps its containers under (absolute: never nested in the node's own memcg).
         public var cgroupParent: String
+        /// The node's unix subscription sockets (bound at their host path). With it the container gets a network
+        /// namespace of its own (loopback only): it reaches nothing of the host's network, its vassals subscribe
+        /// through these sockets and serve through unix sockets in the home.
+        public var subscribeDir: String?
 
-        public init(rootfs: String, bundle: String, home: String, legion: String, libraryDirectories: [String], cgroupParent: String) {
+        public init(rootfs: String, bundle: String, home: String, legion: String, libraryDirectories: [String], cgroupParent: String,
+                    subscribeDir: String? = nil) {
+            self.subscribeDir = subscribeDir
             self.rootfs = rootfs
             self.bundle = bundle
             self.home = home
@@ -93,6 +99,7 @@ public enum ContainerBundle {
         ]
         if paths.home != "/containers/\(uid)" { mounts.append(bind(paths.home, paths.home, readOnly: false)) }
         for dir in paths.libraryDirectories { mounts.append(bind(dir, dir, readOnly: true)) }
+        if let dir = paths.subscribeDir { mounts.append(bind(dir, dir, readOnly: false)) }
         mounts.append(bind(paths.legion, paths.legion, readOnly: true))
         let caps = ["CAP_AUDIT_WRITE", "CAP_KILL", "CAP_NET_BIND_SERVICE"]
         var linux: [String: Any] = [
@@ -103,7 +110,8 @@ public enum ContainerBundle {
                 "pids": ["limit": limits.pids],
                 "cpu": ["shares": limits.cpuShares],
             ] as [String: Any],
-            "namespaces": [["type": "pid"], ["type": "ipc"], ["type": "uts"], ["type": "mount"]],
+            "namespaces": [["type": "pid"], ["type": "ipc"], ["type": "uts"], ["type": "mount"]]
+                + (paths.subscribeDir != nil ? [["type": "network"]] : []),
             "maskedPaths": ["/proc/acpi", "/proc/asound", "/proc/kcore", "/proc/keys", "/proc/latency_stats", "/proc/timer_list",
                             "/proc/timer_stats", "/proc/sched_debug", "/sys/firmware", "/proc/scsi"],
             "readonlyPaths": ["/proc/bus", "/proc/fs", "/proc/irq", "/proc/sys", "/proc/sysrq-trigger"],

@@ -403,7 +403,8 @@ public final class HostingService: Service, Sendable {
         let uid = container.uid
         let dir = bundle(uid)
         let paths = ContainerBundle.Paths(rootfs: settings.rootfsDir, bundle: dir, home: home(uid), legion: legionPath,
-                                          libraryDirectories: libraryDirectories, cgroupParent: "/legion/\(nodeName)")
+                                          libraryDirectories: libraryDirectories, cgroupParent: "/legion/\(nodeName)",
+                                          subscribeDir: routes.http == nil && routes.cluster == nil ? nil : settings.subscribeDir)
         let args = ContainerBundle.subEmperorArgs(legion: legionPath, home: home(uid), uwsgi: settings.uwsgiBinary,
                                                   logMaxBytes: settings.logMaxBytes, rescanS: Double(settings.subEmperorRescanMs) / 1000)
         let config = ContainerBundle.config(for: container, paths: paths, args: args, seccomp: seccomp)

@@ -32,6 +32,9 @@ public struct HostingSettings: Sendable, Equatable {
     /// this kernel has no uid or project quotas). Images live here.
     public var imagesDir: String = ""
     public var homeImages: Bool = true
+    /// Unix datagram subscription sockets for hosted vassals (`http`, `cluster`), as uwsgi.it's `/subscribe/…`;
+    /// bound into runc containers, which have no network of their own. Default DATA_DIR/subscribe.
+    public var subscribeDir: String = ""
     /// With runc: a seccomp profile in OCI form (`scripts/make-seccomp OUT.json` builds the hardened one).
     public var seccompProfile: String?
 
@@ -47,6 +50,7 @@ public struct HostingSettings: Sendable, Equatable {
         out.bundlesDir = dataDir + "/bundles"
         out.rootfsDir = dataDir + "/rootfs"
         out.imagesDir = dataDir + "/images"
+        out.subscribeDir = dataDir + "/subscribe"
         if let v = try table.string("runtime") {
             guard let r = Runtime(rawValue: v) else {
                 throw .invalid(key: "hosting.runtime", problem: "'\(v)' is unknown; use \"process\" (plain processes as the container's uid) or \"runc\" (isolated containers, needs root and runc)")
@@ -57,6 +61,7 @@ public struct HostingSettings: Sendable, Equatable {
         if let v = try table.string("rootfs_dir") { out.rootfsDir = path(v) }
         if let v = try table.string("runc") { out.runcBinary = v }
         if let v = try table.string("images_dir") { out.imagesDir = path(v) }
+        if let v = try table.string("subscribe_dir") { out.subscribeDir = path(v) }
         if let v = try table.bool("home_images") { out.homeImages = v }
         if let v = try table.string("seccomp") { out.seccompProfile = path(v) }
         if let v = try table.string("containers_dir") { out.containersDir = path(v) }

@@ -1,4 +1,6 @@
+import CRouterIO
 import Foundation
+import Synchronization
 import Logging
 import NIOCore
 import NIOPosix
@@ -15,10 +17,14 @@ public final class SubscriptionServer: Service {
     let relay: ClusterRelay?
     /// Learns SNI certificates carried by subscriptions.
     let certificates: CertificateStore?
+    /// Listen on this unix datagram socket instead of UDP (uwsgi.it's `/subscribe/http`): containers without a
+    /// network of their own reach it through a bind mount; mode 0666 so any container uid may send.
+    let unixPath: String?
 
     public init(bind: NodeConfig.Endpoint, store: SubscriptionStore, logger: Logger, relay: ClusterRelay? = nil,
-                certificates: CertificateStore? = nil) {
+                certificates: CertificateStore? = nil, unixPath: String? = nil) {
         self.certificates = certificates
+        self.unixPath = unixPath
         self.bind = bind
         self.store = store
         self.logger = logger
@@ -26,6 +32,7 @@ public final class SubscriptionServer: Service {
     }
 
     public func run() async throws {
+        if let unixPath { return try await runUnix(unixPath) }
         let channel: NIOAsyncChannel<AddressedEnvelope<ByteBuffer>, AddressedEnvelope<ByteBuffer>>
         do {
             channel = try await DatagramBootstrap(group: MultiThreadedEventLoopGroup.singleton)
@@ -42,46 +49,13 @@ public final class SubscriptionServer: Service {
         logger.notice("subscription server listening", metadata: ["bind": "\(bind)", "algorithm": "\(store.algorithm.rawValue)",
                                                                    "signed": "\(store.verifier != nil)"])
         let store = self.store
-        let logger = self.logger
-        let relay = self.relay
-        let certificates = self.certificates
         try await channel.executeThenClose { inbound, _ in
             try await withThrowingTaskGroup(of: Void.self) { group in
-                group.addTask {
-                    while true {
-                        try await Task.sleep(for: .seconds(1))
-                        for node in store.expire(nowMs: SystemClock.wallMillis()) {
-                            logger.info("subscription expired", metadata: ["key": "\(node.keyString)", "address": "\(node.addressString)"])
-                        }
-                    }
-                }
+                group.addTask { try await Self.expireLoop(store: store, logger: self.logger) }
                 group.addTask {
                     var drops = RateLimitedLog()
                     for try await envelope in inbound {
-                        let now = SystemClock.now()
-                        let bytes = Array(buffer: envelope.data)
-                        let outcome = store.handle(datagram: bytes, nowMs: now.wallMs)
-                        if let relay, outcome.accepted, let packet = try? SubscriptionPacket(decoding: bytes) {
-                            relay.relay(packet, nowMs: now.wallMs)
-                        }
-                        if let certificates {
-                            switch outcome {
-                            case .created(let node), .refreshed(let node): certificates.learn(from: node)
-                            default: break
-                            }
-                        }
-                        switch outcome {
-                        case .created(let node):
-                            logger.info("new subscription", metadata: ["key": "\(node.keyString)", "address": "\(node.addressString)",
-                                                                       "weight": "\(node.weight)", "signed": "\(node.signed)"])
-                        case .removed(let node):
-                            logger.info("unsubscribed", metadata: ["key": "\(node.keyString)", "address": "\(node.addressString)"])
-                        case .refreshed:
-                            break
-                        case .rejected(let error):
-                            drops.record(error.reason, now: now.mono, logger: logger,
-                                         message: "subscription from \(envelope.remoteAddress): \(error)")
-                        }
+                        self.process(Array(buffer: envelope.data), from: "\(envelope.remoteAddress)", drops: &drops)
                     }
                 }
                 try? await gracefulShutdown()
@@ -89,4 +63,88 @@ public final class SubscriptionServer: Service {
             }
         }
     }
+
+    /// The unix datagram variant: a blocking receive loop on a thread of its own (NIO cannot name the unbound
+    /// unix sockets uWSGI sends from, and an error there must never stop the server).
+    private func runUnix(_ path: String) async throws {
+        do {
+            try FileManager.default.createDirectory(atPath: (path as NSString).deletingLastPathComponent, withIntermediateDirectories: true)
+        } catch {
+            throw NodeConfigError.invalid(key: "hosting.subscribe_dir", problem: "cannot create \((path as NSString).deletingLastPathComponent): \(error.localizedDescription)")
+        }
+        let fd = crio_bind_unix_dgram(path)
+        guard fd >= 0 else {
+            throw NodeConfigError.invalid(key: "hosting.subscribe_dir", problem: "cannot bind the unix subscription socket \(path): \(String(cString: strerror(errno)))")
+        }
+        logger.notice("subscription server listening", metadata: ["bind": "\(path)", "algorithm": "\(store.algorithm.rawValue)",
+                                                                   "signed": "\(store.verifier != nil)"])
+        let stopped = UnixReceiverState()
+        let thread = Thread { [self] in
+            var drops = RateLimitedLog()
+            var buffer = [UInt8](repeating: 0, count: 65_536)
+            while !stopped.isStopped {
+                let n = recv(fd, &buffer, buffer.count, 0)
+                if n > 0 {
+                    process(Array(buffer[0..<n]), from: "unix:\(path)", drops: &drops)
+                } else if n < 0, errno != EINTR, !stopped.isStopped {
+                    logger.warning("unix subscription socket \(path): \(String(cString: strerror(errno)))")
+                    usleep(100_000)
+                }
+            }
+            close(fd)
+        }
+        thread.name = "legion-subscribe-unix"
+        thread.start()
+        let store = self.store
+        try await withThrowingTaskGroup(of: Void.self) { group in
+            group.addTask { try await Self.expireLoop(store: store, logger: self.logger) }
+            try? await gracefulShutdown()
+            group.cancelAll()
+        }
+        stopped.stop()
+        shutdown(fd, Int32(SHUT_RDWR))   // wakes the blocking recv
+        unlink(path)
+    }
+
+    private static func expireLoop(store: SubscriptionStore, logger: Logger) async throws {
+        while true {
+            try await Task.sleep(for: .seconds(1))
+            for node in store.expire(nowMs: SystemClock.wallMillis()) {
+                logger.info("subscription expired", metadata: ["key": "\(node.keyString)", "address": "\(node.addressString)"])
+            }
+        }
+    }
+
+    /// One datagram: apply, relay cluster subscriptions, learn SNI certificates, log.
+    private func process(_ bytes: [UInt8], from sender: String, drops: inout RateLimitedLog) {
+        let now = SystemClock.now()
+        let outcome = store.handle(datagram: bytes, nowMs: now.wallMs)
+        if let relay, outcome.accepted, let packet = try? SubscriptionPacket(decoding: bytes) {
+            relay.relay(packet, nowMs: now.wallMs)
+        }
+        if let certificates {
+            switch outcome {
+            case .created(let node), .refreshed(let node): certificates.learn(from: node)
+            default: break
+            }
+        }
+        switch outcome {
+        case .created(let node):
+            logger.info("new subscription", metadata: ["key": "\(node.keyString)", "address": "\(node.addressString)",
+                                                       "weight": "\(node.weight)", "signed": "\(node.signed)"])
+        case .removed(let node):
+            logger.info("unsubscribed", metadata: ["key": "\(node.keyString)", "address": "\(node.addressString)"])
+        case .refreshed:
+            break
+        case .rejected(let error):
+            drops.record(error.reason, now: now.mono, logger: logger, message: "subscription from \(sender): \(error)")
+        }
+    }
+}
+
+/// Stop flag shared between the unix receiver thread and the service.
+private final class UnixReceiverState: Sendable {
+    private let flag = Mutex(false)
+    var isStopped: Bool { flag.withLock { $0 } }
+    func stop() { flag.withLock { $0 = true } }
 }
