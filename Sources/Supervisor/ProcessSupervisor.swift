@@ -360,13 +360,13 @@ func readAll(fd: Int32, limit: Int) -> String {
     return String(decoding: data, as: UTF8.self)
 }
 
-private func withCStrings<R>(_ strings: [String], _ body: (UnsafePointer<UnsafeMutablePointer<CChar>?>) -> R) -> R {
+private func withCStrings<R>(_ strings: [String], _ body: (UnsafePointer<UnsafeMutablePointer<CChar>?>?) -> R) -> R {
     var pointers: [UnsafeMutablePointer<CChar>?] = strings.map { strdup($0) }
     pointers.append(nil)
     defer { for p in pointers { free(p) } }
     return pointers.withUnsafeBufferPointer { buffer in
-        // The C side takes `char *const *`.
-        body(buffer.baseAddress!)
+        // The C side takes `char *const *` (never empty: the array ends with its NULL).
+        body(buffer.baseAddress)
     }
 }
 
