@@ -83,11 +83,15 @@ import Glibc
         let wall = SystemClock.wallMillis()
         let peer = try right.encode(LegionAnnounce(legion: Array("t".utf8), valor: 1, unix: wall / 1000, name: Array("ghost".utf8), pid: 2,
                                                    uuid: LegionUUID.random(), seq: 5, unixMs: wall))
-        junk.append(peer)
-        junk.append(peer)
         for start in stride(from: 0, to: junk.count, by: 100) {
             Self.sendUDP(Array(junk[start..<min(start + 100, junk.count)]), port: udp)
             try await Task.sleep(for: .milliseconds(5))
+        }
+        // The replayed pair goes after the flood, one at a time: a burst on a loaded machine may overflow the
+        // socket buffer and lose a copy, which would make "the copy is dropped" untestable.
+        for _ in 0..<2 {
+            Self.sendUDP([peer], port: udp)
+            try await Task.sleep(for: .milliseconds(20))
         }
         // Wait until every datagram has been processed (the count stops at the number sent).
         for _ in 0..<100 where state.snapshot.drops.values.reduce(0, +) < 2001 {
