@@ -161,26 +161,6 @@ int cproc_inotify_drain(int fd) {
 
 int cproc_set_subreaper(void) { return prctl(PR_SET_CHILD_SUBREAPER, 1); }
 
-int cproc_listen_unix(const char *path) {
-    struct sockaddr_un un;
-    memset(&un, 0, sizeof un);
-    un.sun_family = AF_UNIX;
-    size_t n = strlen(path);
-    if (n >= sizeof un.sun_path) { errno = ENAMETOOLONG; return -1; }
-    memcpy(un.sun_path, path, n + 1);
-    int fd = socket(AF_UNIX, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
-    if (fd < 0) return -1;
-    unlink(path);
-    if (bind(fd, (struct sockaddr *)&un, sizeof un) != 0 || listen(fd, 64) != 0) {
-        int saved = errno;
-        close(fd);
-        errno = saved;
-        return -1;
-    }
-    chmod(path, 0600);
-    return fd;
-}
-
 int cproc_write_all(int fd, const void *buf, size_t len, int timeout_ms) {
     const char *p = buf;
     int waited = 0;

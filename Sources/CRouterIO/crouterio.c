@@ -184,14 +184,15 @@ int crio_close_reset(int fd) {
 
 int crio_errno(void) { return errno; }
 
-int crio_bind_unix_dgram(const char *path) {
+/// A UNIX socket of `type` bound at `path` (an old file there is replaced), close-on-exec.
+static int bind_unix(const char *path, int type) {
     struct sockaddr_un un;
     memset(&un, 0, sizeof un);
     un.sun_family = AF_UNIX;
     size_t n = strlen(path);
     if (n >= sizeof un.sun_path) { errno = ENAMETOOLONG; return -1; }
     memcpy(un.sun_path, path, n + 1);
-    int fd = socket(AF_UNIX, SOCK_DGRAM | SOCK_CLOEXEC, 0);
+    int fd = socket(AF_UNIX, type | SOCK_CLOEXEC, 0);
     if (fd < 0) return -1;
     unlink(path);
     if (bind(fd, (struct sockaddr *)&un, sizeof un) != 0) {
@@ -200,8 +201,27 @@ int crio_bind_unix_dgram(const char *path) {
         errno = saved;
         return -1;
     }
+    return fd;
+}
+
+int crio_bind_unix_dgram(const char *path) {
+    int fd = bind_unix(path, SOCK_DGRAM);
+    if (fd < 0) return -1;
     int big = 1 << 20;
     setsockopt(fd, SOL_SOCKET, SO_RCVBUF, &big, sizeof big);
     chmod(path, 0666);
+    return fd;
+}
+
+int crio_listen_unix(const char *path) {
+    int fd = bind_unix(path, SOCK_STREAM | SOCK_NONBLOCK);
+    if (fd < 0) return -1;
+    if (listen(fd, 64) != 0) {
+        int saved = errno;
+        close(fd);
+        errno = saved;
+        return -1;
+    }
+    chmod(path, 0600);
     return fd;
 }

@@ -159,7 +159,7 @@ public final class Emperor: @unchecked Sendable {
             if let colon = address.lastIndex(of: ":"), let port = Int32(address[address.index(after: colon)...]) {
                 statsFD = crio_listen_tcp(String(address[..<colon]), port, 64)
             } else {
-                statsFD = cproc_listen_unix(address)
+                statsFD = crio_listen_unix(address)
             }
             guard statsFD >= 0 else {
                 throw EmperorError("cannot listen on the stats address \(address): \(String(cString: strerror(errno))); choose a free port or a writable path")

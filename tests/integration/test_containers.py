@@ -125,6 +125,17 @@ def store_alarms(c, uid: int, contains: str) -> list:
     return json.loads(p.stdout) if p.returncode == 0 and p.stdout.strip() else []
 
 
+def probe_container(c, name: str, domain: str, memory: int, storage: int) -> int:
+    """A container on node2 with the probe app serving `domain`; returns its uid once it answers."""
+    c.admin("domain", "add", domain, "--customer", "hoster")
+    c.admin("container", "add", name, "--customer", "hoster", "--server", "node2", "--memory", str(memory), "--storage", str(storage))
+    uid = c.containers()[name]
+    drop_probe(c, "node2", uid, domain)
+    assert wait_for(lambda: get(ROUTERS["node2"], host=domain)[0] == 200, 15), \
+        (c.home("node2", uid) / "logs" / "emperor.log").read_text(errors="replace")[-2000:]
+    return uid
+
+
 def runc_state(cid: str) -> dict | None:
     p = subprocess.run(["runc", "state", cid], capture_output=True, text=True)
     return json.loads(p.stdout) if p.returncode == 0 else None
@@ -180,12 +191,7 @@ def test_a_container_is_isolated_limited_and_served(runc_cluster):
 
 def test_storage_is_enforced_and_other_containers_are_unharmed(runc_cluster):
     c = runc_cluster
-    c.admin("domain", "add", "small.example.com", "--customer", "hoster")
-    c.admin("container", "add", "small", "--customer", "hoster", "--server", "node2", "--memory", "128", "--storage", "64")
-    uid = c.containers()["small"]
-    drop_probe(c, "node2", uid, "small.example.com")
-    assert wait_for(lambda: get(ROUTERS["node2"], host="small.example.com")[0] == 200, 15), \
-        (c.home("node2", uid) / "logs" / "emperor.log").read_text(errors="replace")[-2000:]
+    uid = probe_container(c, "small", "small.example.com", memory=128, storage=64)
     import urllib.request
     with urllib.request.urlopen(urllib.request.Request(f"http://{ROUTERS['node2']}/fill", headers={"Host": "small.example.com"}),
                                 timeout=60) as r:
@@ -211,12 +217,7 @@ def test_storage_is_enforced_and_other_containers_are_unharmed(runc_cluster):
 
 def test_out_of_memory_kills_inside_the_container_and_raises_an_alarm(runc_cluster):
     c = runc_cluster
-    c.admin("domain", "add", "hog.example.com", "--customer", "hoster")
-    c.admin("container", "add", "hog", "--customer", "hoster", "--server", "node2", "--memory", "128", "--storage", "256")
-    uid = c.containers()["hog"]
-    drop_probe(c, "node2", uid, "hog.example.com")
-    assert wait_for(lambda: get(ROUTERS["node2"], host="hog.example.com")[0] == 200, 15), \
-        (c.home("node2", uid) / "logs" / "emperor.log").read_text(errors="replace")[-2000:]
+    uid = probe_container(c, "hog", "hog.example.com", memory=128, storage=256)
     time.sleep(2.5)   # the node watches a container's memory cgroup once it exists (checked every 2 s)
     import urllib.error
     import urllib.request

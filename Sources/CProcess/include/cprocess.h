@@ -50,8 +50,6 @@ int cproc_inotify_watch(int fd, const char *dir);
 /// Drains pending inotify events; returns how many were read (0 when none).
 int cproc_inotify_drain(int fd);
 
-/// A listening UNIX stream socket at `path` (an old socket file there is replaced), non-blocking; mode 0600.
-int cproc_listen_unix(const char *path);
 /// Writes all of `len` bytes to a (possibly non-blocking) fd, waiting up to `timeout_ms` in total; 0 on success.
 int cproc_write_all(int fd, const void *buf, size_t len, int timeout_ms);
 

@@ -58,6 +58,8 @@ int crio_close_reset(int fd);
 int crio_errno(void);
 /// A bound UNIX datagram socket at `path` (an old file there is replaced), blocking, close-on-exec, mode 0666.
 int crio_bind_unix_dgram(const char *path);
+/// A listening, non-blocking UNIX stream socket at `path` (an old file there is replaced), mode 0600.
+int crio_listen_unix(const char *path);
 
 #ifdef __cplusplus
 }
