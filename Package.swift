@@ -99,7 +99,10 @@ let package = Package(
             dependencies: [
                 "Node",
                 "Legion",
+                "Store",
                 .product(name: "Hummingbird", package: "hummingbird"),
+                .product(name: "NIOPosix", package: "swift-nio"),
+                .product(name: "Crypto", package: "swift-crypto"),
             ]
         ),
         .target(

@@ -2,12 +2,22 @@ import Hummingbird
 import Logging
 import Node
 
-/// The node's HTTP API (status only for now): `GET /status`, `GET /.legion/lord`, `GET /metrics`,
-/// `GET /healthz`. Runs as a `Service` next to the Legion service.
+/// The node's HTTP API: `GET /status`, `GET /.legion/lord`, `GET /metrics`, `GET /healthz`, and — when the
+/// node has a store — the customer API under `/api/` (`CustomerAPI`) with its OpenAPI document at
+/// `/api/openapi.json`. Runs as a `Service` next to the Legion service.
 public enum NodeAPI {
     /// `subscriptions`: the HTTP router's table, for its per-domain counters in `/metrics`.
-    public static func router(state: NodeState, subscriptions: SubscriptionStore? = nil) -> Router<BasicRequestContext> {
-        let router = Router()
+    /// `services`: store access for the customer API (nil: status routes only).
+    public static func router(state: NodeState, subscriptions: SubscriptionStore? = nil, services: APIServices? = nil) -> Router<APIRequestContext> {
+        let router = Router(context: APIRequestContext.self)
+        if let services {
+            let routes = CustomerAPI.routes
+            APIDispatcher.register(routes, on: router, services: services)
+            let document = ByteBuffer(string: OpenAPIDocument.build(routes).serialized + "\n")
+            router.get("/api/openapi.json") { _, _ in
+                Response(status: .ok, headers: [.contentType: "application/json", .accessControlAllowOrigin: "*"], body: .init(byteBuffer: document))
+            }
+        }
         router.get("/healthz") { _, _ in "ok\n" }
         router.get("/status") { _, _ in
             json(state.statusJSON().serialized)
@@ -58,9 +68,9 @@ public enum NodeAPI {
         return router
     }
 
-    public static func application(state: NodeState, subscriptions: SubscriptionStore? = nil, host: String, port: Int,
-                                   logger: Logger) -> some ApplicationProtocol {
-        Application(router: router(state: state, subscriptions: subscriptions),
+    public static func application(state: NodeState, subscriptions: SubscriptionStore? = nil, services: APIServices? = nil,
+                                   host: String, port: Int, logger: Logger) -> some ApplicationProtocol {
+        Application(router: router(state: state, subscriptions: subscriptions, services: services),
                     configuration: .init(address: .hostname(host, port: port), serverName: "legion"),
                     logger: logger)
     }

@@ -18,7 +18,7 @@ struct AdminCommand: AsyncParsableCommand {
           legion admin container list --json
         Every write is one transaction applied at most once (pass --request-id to make a retry safe).
         """,
-        subcommands: [Customer.self, Server.self, Legion.self, Distro.self, Container.self, Domain.self]
+        subcommands: [Customer.self, Server.self, Legion.self, Distro.self, Container.self, Domain.self, News.self]
     )
 
     struct WriteOptions: ParsableArguments {
@@ -107,10 +107,11 @@ struct AdminCommand: AsyncParsableCommand {
             @Option(help: "Storage for containers, MB.") var storage: Int
             @Option(help: "Block device for quotas.") var hd = ""
             @Option(help: "Datacenter name (created if missing).") var datacenter: String?
+            @Option(help: "Owner (customer login) of a dedicated server: they may create containers and map ports on it.") var owner: String?
             func run() async throws {
                 let receipt = try await AdminCommand.run(options.store) { admin throws(StoreError) in
                     try await admin.addServer(name: name, address: address, memory: memory, storage: storage, hd: hd, datacenter: datacenter,
-                                              requestID: options.id)
+                                              owner: owner, requestID: options.id)
                 }
                 AdminCommand.done("server \(name) added", receipt)
             }
@@ -346,6 +347,45 @@ struct AdminCommand: AsyncParsableCommand {
             func run() async throws {
                 let receipt = try await AdminCommand.run(options.store) { admin throws(StoreError) in try await admin.deleteDomain(name: name, requestID: options.id) }
                 AdminCommand.done("domain \(name) deleted", receipt)
+            }
+        }
+    }
+
+    // MARK: news
+
+    struct News: AsyncParsableCommand {
+        static let configuration = CommandConfiguration(abstract: "News shown to customers (GET /api/news; public ones also anonymously).",
+                                                        subcommands: [Add.self, List.self, Delete.self])
+
+        struct Add: AsyncParsableCommand {
+            static let configuration = CommandConfiguration(abstract: "Publish a news item.")
+            @OptionGroup var options: WriteOptions
+            @Argument(help: "The text.") var content: String
+            @Flag(name: .customLong("public"), help: "Shown without credentials too.") var isPublic = false
+            func run() async throws {
+                let receipt = try await AdminCommand.run(options.store) { admin throws(StoreError) in
+                    try await admin.addNews(content: content, isPublic: isPublic, requestID: options.id)
+                }
+                AdminCommand.done("news \(receipt.insertIDs.first ?? 0) added", receipt)
+            }
+        }
+
+        struct List: AsyncParsableCommand {
+            static let configuration = CommandConfiguration(abstract: "List news, newest first.")
+            @OptionGroup var store: StoreOptions
+            @Flag(help: "JSON output.") var json = false
+            func run() async throws {
+                AdminCommand.printRows(try await AdminCommand.run(store) { admin throws(StoreError) in try await admin.news() }, json: json)
+            }
+        }
+
+        struct Delete: AsyncParsableCommand {
+            static let configuration = CommandConfiguration(abstract: "Delete a news item.")
+            @OptionGroup var options: WriteOptions
+            @Argument(help: "News id.") var id: Int64
+            func run() async throws {
+                let receipt = try await AdminCommand.run(options.store) { admin throws(StoreError) in try await admin.deleteNews(id: id, requestID: options.id) }
+                AdminCommand.done("news \(id) deleted", receipt)
             }
         }
     }

@@ -96,7 +96,12 @@ public struct NodeRuntime: Sendable {
             services.append(.init(service: StoreKeyVerifierService(feed: feed, verifier: verifier)))
         }
         if let api = config.api {
-            let app = NodeAPI.application(state: state, subscriptions: routerTable, host: api.host, port: api.port, logger: logger)
+            let apiServices = config.store.map { store in
+                var options = StoreClient.Options(nodes: store.addresses)
+                options.database = store.database
+                return APIServices(store: options, resolver: config.apiResolver, logger: logger)
+            }
+            let app = NodeAPI.application(state: state, subscriptions: routerTable, services: apiServices, host: api.host, port: api.port, logger: logger)
             services.append(.init(service: app))
         }
         let emperorSettings = config.emperor?.settings ?? EmperorSettings()

@@ -87,7 +87,7 @@ public struct AdminStore: Sendable {
 
     @discardableResult
     public func addServer(name: String, address: String, memory: Int, storage: Int, hd: String = "", datacenter: String? = nil,
-                          requestID: String = UUID().uuidString) async throws(StoreError) -> StoreClient.WriteReceipt {
+                          owner: String? = nil, requestID: String = UUID().uuidString) async throws(StoreError) -> StoreClient.WriteReceipt {
         try Self.checkName(name, what: "server")
         try Self.positive(memory, "memory (MB)")
         try Self.positive(storage, "storage (MB)")
@@ -95,15 +95,19 @@ public struct AdminStore: Sendable {
         if try await exists("SELECT 1 FROM servers WHERE name = ?", [.text(name)]), !(try await client.isApplied(requestID: requestID)) {
             throw .rejected("server \(name) already exists")
         }
+        if let owner, !(try await exists("SELECT 1 FROM customers WHERE username = ?", [.text(owner)])) {
+            throw .rejected("no customer named \(owner); add it first (legion admin customer add)")
+        }
         var statements: [StoreClient.Statement] = []
         if let datacenter {
             try Self.checkName(datacenter, what: "datacenter")
             statements.append(.init("INSERT OR IGNORE INTO datacenters(name, ctime_ms, mtime_ms) VALUES(?, \(Self.now), \(Self.now))", [.text(datacenter)]))
         }
         statements.append(.init("""
-            INSERT INTO servers(name, address, memory, storage, hd, uuid, datacenter_id, ctime_ms, mtime_ms)
-            VALUES(?, ?, ?, ?, ?, ?, (SELECT id FROM datacenters WHERE name = ?), \(Self.now), \(Self.now))
-            """, [.text(name), .text(address), .int(memory), .int(storage), .text(hd), .text(UUID().uuidString.lowercased()), .optional(datacenter)]))
+            INSERT INTO servers(name, address, memory, storage, hd, uuid, datacenter_id, owner_id, ctime_ms, mtime_ms)
+            VALUES(?, ?, ?, ?, ?, ?, (SELECT id FROM datacenters WHERE name = ?), (SELECT id FROM customers WHERE username = ?), \(Self.now), \(Self.now))
+            """, [.text(name), .text(address), .int(memory), .int(storage), .text(hd), .text(UUID().uuidString.lowercased()), .optional(datacenter),
+                  .optional(owner)]))
         return try await client.write(requestID: requestID, statements)
     }
 
@@ -351,6 +355,26 @@ public struct AdminStore: Sendable {
             .init("INSERT INTO alarms(container_id, unix_ms, level, color, msg) SELECT id, \(Self.now), ?, ?, ? FROM containers WHERE id = ?",
                   [.int(level), .text(color), .text(message), .integer(containerUID - Self.baseUID)], mustChange: "no container \(containerUID)"),
         ])
+    }
+
+    // MARK: News
+
+    @discardableResult
+    public func addNews(content: String, isPublic: Bool, requestID: String = UUID().uuidString) async throws(StoreError) -> StoreClient.WriteReceipt {
+        if content.isEmpty { throw .invalidInput("the news text is empty") }
+        if content.utf8.count > 65536 { throw .invalidInput("the news text is longer than 65536 bytes") }
+        return try await client.write(requestID: requestID, [
+            .init("INSERT INTO news(content, public, ctime_ms, mtime_ms) VALUES(?, ?, \(Self.now), \(Self.now))", [.text(content), .int(isPublic ? 1 : 0)]),
+        ])
+    }
+
+    public func news() async throws(StoreError) -> DqliteRows {
+        try await client.query("SELECT id, public, ctime_ms, content FROM news ORDER BY ctime_ms DESC, id DESC")
+    }
+
+    @discardableResult
+    public func deleteNews(id: Int64, requestID: String = UUID().uuidString) async throws(StoreError) -> StoreClient.WriteReceipt {
+        try await client.write(requestID: requestID, [.init("DELETE FROM news WHERE id = ?", [.integer(id)], mustChange: "no news \(id)")])
     }
 
     // MARK: Validation helpers

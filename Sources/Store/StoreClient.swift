@@ -224,88 +224,159 @@ public actor StoreClient {
 
     /// Applies `statements` in one transaction, at most once per `requestID`.
     ///
-    /// Three round trips for a one-statement write: `BEGIN` + the request-id row (literals only), the statement
-    /// with its bound parameters, then the outcome + `COMMIT`. A retry after an unknown outcome finds the id and
-    /// returns the first outcome. `SQLITE_BUSY` (another writer holds the lock) is retried on the same connection
-    /// after a short randomized pause.
+    /// A retry after an unknown outcome finds the id and returns the first outcome. `SQLITE_BUSY` (another
+    /// writer holds the lock) is retried on the same connection after a short randomized pause.
     public func write(requestID: String = UUID().uuidString, _ statements: [Statement]) async throws(StoreError) -> WriteReceipt {
+        try Self.validate(requestID: requestID)
+        let outcome = await writeBatch([BatchWrite(requestID: requestID, statements: statements)])
+        guard let first = outcome.first else { throw .rejected("the write produced no outcome") }
+        return try first.get()
+    }
+
+    /// One write of a batch: its own request id, statements and outcome.
+    public struct BatchWrite: Sendable {
+        public var requestID: String
+        public var statements: [Statement]
+        public init(requestID: String, statements: [Statement]) {
+            self.requestID = requestID
+            self.statements = statements
+        }
+    }
+
+    static func validate(requestID: String) throws(StoreError) {
         guard !requestID.isEmpty, requestID.utf8.count <= 128,
               requestID.unicodeScalars.allSatisfy({ $0.isASCII && ($0.properties.isAlphabetic || ("0"..."9").contains($0) || "-_.:".unicodeScalars.contains($0)) })
         else {
             throw .invalidInput("a request id must be 1-128 characters of A-Z a-z 0-9 - _ . : (got \"\(requestID.prefix(40))\")")
         }
+    }
+
+    /// Group commit: applies many independent writes in **one** transaction (one Raft commit), each inside its
+    /// own savepoint so each gets its own outcome — a write whose statement fails (constraint, `mustChange`) is
+    /// rolled back alone and reported alone; the others commit. Every write records its request id, so a batch
+    /// retried after an unknown outcome (leader change at commit) applies each write at most once.
+    ///
+    /// Round trips: `BEGIN` rides with the first write's savepoint, `COMMIT` with the last write's outcome, so a
+    /// batch of one costs what a single write always did (savepoint, statements, outcome + commit).
+    public func writeBatch(_ writes: [BatchWrite]) async -> [Result<WriteReceipt, StoreError>] {
+        var results = [Result<WriteReceipt, StoreError>?](repeating: nil, count: writes.count)
+        for (index, write) in writes.enumerated() {
+            do throws(StoreError) { try Self.validate(requestID: write.requestID) } catch { results[index] = .failure(error) }
+        }
         let deadline = ContinuousClock.now + options.budget
         var attempts = 0
-        var sentCommit = false
         var busyPauseMicros = 100
         while true {
+            let open = results.indices.filter { results[$0] == nil }
+            if open.isEmpty { return results.compactMap { $0 } }
             attempts += 1
+            var sentCommit = false
+            var committed = false
             var conn: DqliteConnection?
-            var inTransaction = false
+            var staged: [(Int, WriteReceipt)] = []
+            var rejectedHere: [(Int, StoreError)] = []
             do {
                 let c = try await leaderConnection(deadline: deadline)
                 conn = c
                 let timeout = options.requestTimeout
                 let nowMs = Int64(Date().timeIntervalSince1970 * 1000)
-                do {
-                    inTransaction = true
-                    try await c.exec("BEGIN; INSERT INTO store_requests(id, at_ms, insert_ids, rows_affected) VALUES('\(requestID)', \(nowMs), '', '')",
-                                     timeout: timeout)
-                } catch let error as DqliteError where error.isConstraint {
-                    _ = try? await c.exec("ROLLBACK", timeout: timeout)
-                    let rows = try await c.query("SELECT insert_ids, rows_affected FROM store_requests WHERE id = ?", [.text(requestID)], timeout: timeout)
-                    let ids = Self.numbers(rows.rows.first?[0].string)
-                    let affected = Self.numbers(rows.rows.first?[1].string)
-                    return WriteReceipt(requestID: requestID, insertIDs: ids, rowsAffected: affected, replayed: true, attempts: attempts)
-                }
-                var ids: [Int64] = []
-                var affected: [Int64] = []
-                for statement in statements {
-                    let result = try await c.exec(statement.sql, statement.parameters, timeout: timeout)
-                    if let message = statement.mustChange, result.rowsAffected == 0 {
-                        _ = try? await c.exec("ROLLBACK", timeout: timeout)
-                        throw StoreError.rejected(message)
+                for (position, index) in open.enumerated() {
+                    let write = writes[index]
+                    let id = write.requestID
+                    let isLast = position == open.count - 1
+                    let begin = position == 0 ? "BEGIN; " : ""
+                    do {
+                        try await c.exec("\(begin)SAVEPOINT w; INSERT INTO store_requests(id, at_ms, insert_ids, rows_affected) VALUES('\(id)', \(nowMs), '', '')",
+                                         timeout: timeout)
+                    } catch let error as DqliteError where error.isConstraint {
+                        // Applied by an earlier attempt: report its first outcome.
+                        try await c.exec("ROLLBACK TO w; RELEASE w", timeout: timeout)
+                        let rows = try await c.query("SELECT insert_ids, rows_affected FROM store_requests WHERE id = ?", [.text(id)], timeout: timeout)
+                        results[index] = .success(WriteReceipt(requestID: id, insertIDs: Self.numbers(rows.rows.first?[0].string),
+                                                               rowsAffected: Self.numbers(rows.rows.first?[1].string), replayed: true, attempts: attempts))
+                        continue
                     }
-                    ids.append(result.lastInsertID)
-                    affected.append(result.rowsAffected)
+                    var ids: [Int64] = []
+                    var affected: [Int64] = []
+                    var rejection: StoreError?
+                    for statement in write.statements {
+                        do {
+                            let result = try await c.exec(statement.sql, statement.parameters, timeout: timeout)
+                            if let message = statement.mustChange, result.rowsAffected == 0 {
+                                rejection = .rejected(message)
+                                break
+                            }
+                            ids.append(result.lastInsertID)
+                            affected.append(result.rowsAffected)
+                        } catch let error as DqliteError where Self.isStatementFailure(error) {
+                            rejection = Self.storeError(error)
+                            break
+                        }
+                    }
+                    if let rejection {
+                        try await c.exec("ROLLBACK TO w; RELEASE w", timeout: timeout)
+                        rejectedHere.append((index, rejection))
+                        continue
+                    }
+                    let commit = isLast ? "; COMMIT" : ""
+                    if isLast { sentCommit = true }
+                    try await c.exec("""
+                        UPDATE store_requests SET insert_ids = '\(ids.map(String.init).joined(separator: ","))',
+                          rows_affected = '\(affected.map(String.init).joined(separator: ","))' WHERE id = '\(id)';
+                        INSERT INTO change_log(request_id, at_ms) VALUES('\(id)', \(nowMs)); RELEASE w\(commit)
+                        """, timeout: timeout)
+                    if isLast { committed = true }
+                    staged.append((index, WriteReceipt(requestID: id, insertIDs: ids, rowsAffected: affected, replayed: false, attempts: attempts)))
                 }
-                sentCommit = true
-                try await c.exec("""
-                    UPDATE store_requests SET insert_ids = '\(ids.map(String.init).joined(separator: ","))',
-                      rows_affected = '\(affected.map(String.init).joined(separator: ","))' WHERE id = '\(requestID)';
-                    INSERT INTO change_log(request_id, at_ms) VALUES('\(requestID)', \(nowMs)); COMMIT
-                    """, timeout: timeout)
-                return WriteReceipt(requestID: requestID, insertIDs: ids, rowsAffected: affected, replayed: false, attempts: attempts)
+                if !committed {
+                    sentCommit = true
+                    try await c.exec("COMMIT", timeout: timeout)
+                }
+                for (index, receipt) in staged { results[index] = .success(receipt) }
+                for (index, error) in rejectedHere { results[index] = .failure(error) }
             } catch {
-                if let error = error as? StoreError {
-                    if case .noQuorum(let detail) = error, sentCommit {
-                        throw StoreError.unconfirmed(requestID: requestID, detail: "no quorum after the commit was sent: \(detail)")
-                    }
-                    throw error
-                }
                 if let dq = error as? DqliteError, Self.isBusy(dq), let conn, conn.isActive {
-                    // Another writer holds the lock: roll back and try again shortly on the same connection.
+                    // Another writer holds the lock: roll back and try the batch again shortly on the same connection.
                     _ = try? await conn.exec("ROLLBACK", timeout: options.requestTimeout)
-                    sentCommit = false
-                    if ContinuousClock.now > deadline { throw StoreError.rejected("the store stayed busy (\(dq)); retry later") }
+                    if ContinuousClock.now > deadline {
+                        for index in open where results[index] == nil {
+                            results[index] = .failure(.rejected("the store stayed busy (\(dq)); retry later"))
+                        }
+                        continue
+                    }
                     try? await Task.sleep(for: .microseconds(Int.random(in: busyPauseMicros / 2...busyPauseMicros)))
                     busyPauseMicros = min(busyPauseMicros * 2, 5_000)
                     continue
                 }
-                guard Self.isRetriable(error) else {
-                    if let conn, inTransaction { _ = try? await conn.exec("ROLLBACK", timeout: options.requestTimeout) }
-                    throw Self.storeError(error)
+                let storeError = error as? StoreError
+                if storeError == nil && !Self.isRetriable(error) {
+                    if let conn { _ = try? await conn.exec("ROLLBACK", timeout: options.requestTimeout) }
+                    for index in open where results[index] == nil { results[index] = .failure(Self.storeError(error)) }
+                    continue
                 }
                 conn?.close()
                 drop()
-                logger.debug("write retried", metadata: ["request": "\(requestID)", "attempt": "\(attempts)", "error": "\(error)"])
-                if ContinuousClock.now > deadline {
-                    if sentCommit { throw StoreError.unconfirmed(requestID: requestID, detail: "\(error)") }
-                    throw StoreError.noQuorum("the write kept failing: \(error)")
+                logger.debug("write batch retried", metadata: ["writes": "\(open.count)", "attempt": "\(attempts)", "error": "\(error)"])
+                if storeError != nil || ContinuousClock.now > deadline {
+                    for index in open where results[index] == nil {
+                        let id = writes[index].requestID
+                        if sentCommit {
+                            results[index] = .failure(.unconfirmed(requestID: id, detail: "\(storeError.map { "\($0)" } ?? "\(error)")"))
+                        } else {
+                            results[index] = .failure(storeError ?? .noQuorum("the write kept failing: \(error)"))
+                        }
+                    }
+                    continue
                 }
                 try? await Task.sleep(for: .milliseconds(20))
             }
         }
+    }
+
+    /// A statement's own failure (constraint, check, SQL error): the write is rejected, the transaction goes on.
+    static func isStatementFailure(_ error: DqliteError) -> Bool {
+        guard case .failure = error else { return false }
+        return !error.isNotLeader && !isBusy(error)
     }
 
     static func isBusy(_ error: DqliteError) -> Bool {

@@ -73,6 +73,9 @@ public struct NodeConfig: Sendable {
     public var emperor: EmperorSection?
     /// `[hosting]`: customer containers from the store (homes, sub-Emperors, shortcuts).
     public var hosting: HostingSettings?
+    /// `[api] resolver`: the DNS resolver (`host[:port]`) that checks customers' domain TXT records
+    /// (default: the first nameserver of /etc/resolv.conf).
+    public var apiResolver: String? = nil
 
     /// `[store]`: this node's member of the replicated control-plane database (dqlite).
     public struct StoreSettings: Sendable {
@@ -188,17 +191,20 @@ public struct NodeConfig: Sendable {
         try legion.rejectUnknownKeys()
 
         let vip = try top.subtable("vip").map { table throws(NodeConfigError) in try VIP.parse(table) } ?? VIP()
-        let api = try top.subtable("api").map { table throws(NodeConfigError) in try Endpoint.parseAPI(table) } ?? nil
+        let apiSection = try top.subtable("api").map { table throws(NodeConfigError) in try Endpoint.parseAPI(table) }
+        let api = apiSection?.bind
         let router = try top.subtable("router").map { table throws(NodeConfigError) in try RouterSettings.parse(table, baseDir: baseDir) }
         let store = try top.subtable("store").map { table throws(NodeConfigError) in try StoreSettings.parse(table) }
         let emperor = try top.subtable("emperor").map { table throws(NodeConfigError) in try EmperorSection.parse(table, baseDir: baseDir) }
         let hosting = try top.subtable("hosting").map { table throws(NodeConfigError) in try HostingSettings.parse(table, dataDir: dataDir, baseDir: baseDir) }
         try top.rejectUnknownKeys()
 
-        return NodeConfig(path: path, name: name, dataDir: dataDir, legionName: legionName, mode: mode, bind: bind,
+        var config = NodeConfig(path: path, name: name, dataDir: dataDir, legionName: legionName, mode: mode, bind: bind,
                           nodes: nodes, valor: UInt64(valor), quorum: quorum, secret: secret, scroll: scroll,
                           nativeTiming: native, compatTiming: compat, hooks: hooks, vip: vip, api: api, router: router, store: store,
                           emperor: emperor, hosting: hosting)
+        config.apiResolver = apiSection?.resolver
+        return config
     }
 }
 

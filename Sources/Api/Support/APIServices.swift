@@ -1,0 +1,43 @@
+import Foundation
+import Logging
+import Node
+import Store
+
+/// What the API's handlers share: store access (a reader pool and the group-commit writer), the
+/// authenticator, the domain ownership check and settings.
+public struct APIServices: Sendable {
+    public var readers: StoreClientPool
+    public var writer: GroupCommitWriter
+    public var authenticator: CustomerAuthenticator
+    public var ownership: DomainOwnershipCheck
+    public var logger: Logger
+    /// Largest request body accepted (uwsgi.it: 65536).
+    public var maxBody: Int = 65536
+
+    public init(store: StoreClient.Options, resolver: String?, logger: Logger, readers: Int = 8) {
+        self.readers = StoreClientPool(options: store, size: readers)
+        self.writer = GroupCommitWriter(client: StoreClient(options: store))
+        self.authenticator = CustomerAuthenticator(pool: self.readers)
+        self.ownership = DomainOwnershipCheck.configured(resolver)
+        self.logger = logger
+    }
+
+    /// A read; store failures become 503/409 (never a 500).
+    public func query(_ sql: String, _ parameters: [DqliteValue] = []) async throws(APIError) -> DqliteRows {
+        do {
+            return try await readers.query(sql, parameters)
+        } catch {
+            throw APIError.from(error)
+        }
+    }
+
+    /// An idempotent write through group commit. `conflict` is the message for a constraint failure.
+    @discardableResult
+    public func write(_ call: APICall, _ statements: [StoreClient.Statement], conflict: String? = nil) async throws(APIError) -> StoreClient.WriteReceipt {
+        do {
+            return try await writer.write(requestID: call.requestID, statements)
+        } catch {
+            throw APIError.from(error, conflict: conflict)
+        }
+    }
+}
