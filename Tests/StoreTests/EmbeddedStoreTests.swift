@@ -87,6 +87,66 @@ import Testing
         for node in nodes { await node.stop() }
     }
 
+    @Test func groupCommitGivesEveryWriteItsOwnOutcome() async throws {
+        let (nodes, addresses, dir) = try await Self.startNodes(1)
+        defer { try? FileManager.default.removeItem(atPath: dir) }
+        let setup = StoreClient(options: .init(nodes: addresses))
+        _ = try await StoreMigrator.migrate(setup, appliedBy: "test")
+        try await setup.exec("CREATE TABLE g (id INTEGER PRIMARY KEY, v TEXT NOT NULL UNIQUE)", retry: true)
+        let writer = GroupCommitWriter(client: StoreClient(options: .init(nodes: addresses)), maxBatch: 64)
+        // 300 concurrent writes: every 10th violates UNIQUE (v = "dup"), every 15th must change a row that is
+        // not there, and writes 0..<20 are each sent twice with the same request id.
+        let outcomes = await withTaskGroup(of: (Int, Result<StoreClient.WriteReceipt, StoreError>).self) { group in
+            for i in 0..<320 {
+                let n = i < 300 ? i : i - 300
+                group.addTask {
+                    let value = n % 10 == 9 ? "dup" : "v\(n)"
+                    var statements: [StoreClient.Statement] = [.init("INSERT INTO g(v) VALUES (?)", [.text(value)])]
+                    if n % 15 == 14 { statements.append(.init("UPDATE g SET v = v WHERE id = -1", mustChange: "no row -1")) }
+                    do throws(StoreError) {
+                        return (i, .success(try await writer.write(requestID: "g-\(n)", statements)))
+                    } catch {
+                        return (i, .failure(error))
+                    }
+                }
+            }
+            return await group.reduce(into: [Int: Result<StoreClient.WriteReceipt, StoreError>]()) { $0[$1.0] = $1.1 }
+        }
+        let rows = try await setup.query("SELECT v FROM g")
+        let stored = Set(rows.rows.compactMap { $0[0].string })
+        #expect(rows.rows.count == stored.count, "a value was stored twice")
+        var applied = 0
+        for n in 0..<300 {
+            guard let outcome = outcomes[n] else { Issue.record("write \(n) got no outcome"); continue }
+            switch outcome {
+            case .success:
+                applied += 1
+                #expect(stored.contains(n % 10 == 9 ? "dup" : "v\(n)"))
+                #expect(n % 15 != 14, "write \(n) should have failed its mustChange statement")
+            case .failure(let error):
+                // Refused alone: its own statement failed; the batch went on.
+                #expect(n % 15 == 14 || n % 10 == 9, "write \(n) failed: \(error)")
+                if n % 15 == 14 && n % 10 != 9 { #expect(!stored.contains("v\(n)"), "a refused write left its row") }
+            }
+        }
+        // The repeated ids: applied at most once, the second call reports the first outcome.
+        for n in 0..<20 {
+            if case .success(let first) = outcomes[n], case .success(let second) = outcomes[300 + n] {
+                #expect(first.insertIDs == second.insertIDs)
+                #expect(first.replayed != second.replayed)
+            }
+        }
+        #expect(stored.contains("dup"))
+        #expect(stored.count == applied)
+        let counters = writer.counters
+        #expect(counters.writes == 320)
+        #expect(counters.batches < 320, "concurrent writes were not batched")
+        #expect(counters.largestBatch > 1)
+        await writer.close()
+        await setup.close()
+        for node in nodes { await node.stop() }
+    }
+
     @Test func idempotentWritesApplyOnceAndMigrationsRunOnceCluster() async throws {
         let (nodes, addresses, dir) = try await Self.startNodes(3)
         defer { try? FileManager.default.removeItem(atPath: dir) }
