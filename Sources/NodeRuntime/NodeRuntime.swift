@@ -82,6 +82,12 @@ public struct NodeRuntime: Sendable {
                 }
                 services.append(.init(service: InternalRouter(bind: internalBind, store: local, logger: logger, settings: router)))
                 relay = clusterRelay
+                if let domain = config.apiDomain, let api = config.api {
+                    let advertised = api.host != "0.0.0.0" ? api.host
+                        : (router.advertise?.split(separator: ":").first.map(String.init) ?? (config.bind.host == "0.0.0.0" ? "127.0.0.1" : config.bind.host))
+                    services.append(.init(service: APIDomainService(domain: domain, backend: "http://\(advertised):\(api.port)", relay: clusterRelay,
+                                                                     refreshMs: max(1000, router.toleranceMs / 3), logger: logger)))
+                }
             }
             let lordState = state
             vipListener = HTTPRouter.vipListener(settings: router, store: store, logger: logger, lordBody: { lordState.lordJSON() })
@@ -148,6 +154,33 @@ struct StoreKeyVerifierService: Service {
                 verifier.replaceStoreKeys(keys)
             }
         }
+    }
+}
+
+/// `[api] domain`: this node's API announces itself to every member's router as an HTTP backend of the API
+/// domain (in process, through the legion's authenticated relay), so every router — and the Lord on the
+/// failover IP — balances the API across every node. A node that stops unsubscribes; one that dies drops out
+/// when its entry expires, and meanwhile the routers eject it on the first failed connection.
+struct APIDomainService: Service {
+    let domain: String
+    /// `http://host:port` as other nodes reach this node's API.
+    let backend: String
+    let relay: ClusterRelay
+    let refreshMs: UInt64
+    let logger: Logger
+
+    func run() async throws {
+        let packet = SubscriptionPacket(command: .subscribe, key: domain, address: backend)
+        logger.notice("API served by name through every router", metadata: ["domain": "\(domain)", "backend": "\(backend)"])
+        await cancelWhenGracefulShutdown {
+            while !Task.isCancelled {
+                relay.announce(packet, nowMs: SystemClock.wallMillis())
+                try? await Task.sleep(for: .milliseconds(Int64(refreshMs)))
+            }
+        }
+        var leave = packet
+        leave.command = .unsubscribe
+        relay.announce(leave, nowMs: SystemClock.wallMillis())
     }
 }
 

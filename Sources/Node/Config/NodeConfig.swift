@@ -76,6 +76,8 @@ public struct NodeConfig: Sendable {
     /// `[api] resolver`: the DNS resolver (`host[:port]`) that checks customers' domain TXT records
     /// (default: the first nameserver of /etc/resolv.conf).
     public var apiResolver: String? = nil
+    /// `[api] domain`: served by every router as a cluster domain whose backends are the nodes' APIs.
+    public var apiDomain: String? = nil
 
     /// `[store]`: this node's member of the replicated control-plane database (dqlite).
     public struct StoreSettings: Sendable {
@@ -204,6 +206,10 @@ public struct NodeConfig: Sendable {
                           nativeTiming: native, compatTiming: compat, hooks: hooks, vip: vip, api: api, router: router, store: store,
                           emperor: emperor, hosting: hosting)
         config.apiResolver = apiSection?.resolver
+        config.apiDomain = apiSection?.domain
+        if config.apiDomain != nil, config.router?.clusterSubscription == nil || config.router?.internalRouter == nil {
+            throw NodeConfigError.invalid(key: "api.domain", problem: "needs router.cluster_subscription and router.internal (the API is served as a cluster domain)")
+        }
         return config
     }
 }

@@ -37,6 +37,17 @@ public final class ClusterRelay: Sendable {
         if packet.command == .unsubscribe, localStore.hasExactKey(packet.key) { return }
         var rewritten = packet
         rewritten.address = Array(internalAddress.utf8)
+        broadcast(rewritten, nowMs: nowMs)
+    }
+
+    /// A node service (not a vassal) announces itself under its own address, e.g. the node's API as
+    /// `http://host:port` for `[api] domain`: applied here and on every member as is.
+    public func announce(_ packet: SubscriptionPacket, nowMs: UInt64) {
+        broadcast(packet, nowMs: nowMs)
+    }
+
+    private func broadcast(_ packet: SubscriptionPacket, nowMs: UInt64) {
+        var rewritten = packet
         rewritten.signature = nil
         rewritten.unix = nil
         rewritten.notify = nil
