@@ -11,7 +11,7 @@ public enum NodeAPI {
     public static func router(state: NodeState, subscriptions: SubscriptionStore? = nil, services: APIServices? = nil) -> Router<APIRequestContext> {
         let router = Router(context: APIRequestContext.self)
         if let services {
-            let routes = CustomerAPI.routes
+            let routes = allRoutes
             APIDispatcher.register(routes, on: router, services: services)
             let document = ByteBuffer(string: OpenAPIDocument.build(routes).serialized + "\n")
             router.get("/api/openapi.json") { _, _ in
@@ -74,6 +74,9 @@ public enum NodeAPI {
                     configuration: .init(address: .hostname(host, port: port), serverName: "legion"),
                     logger: logger)
     }
+
+    /// Every route of the customer and admin APIs (the router and `/api/openapi.json` are built from it).
+    public static var allRoutes: [APIRoute] { CustomerAPI.routes + AdminRoutes.routes }
 
     /// A Prometheus label value: backslash, double quote and newline escaped.
     static func label(_ value: String) -> String {

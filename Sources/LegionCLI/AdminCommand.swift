@@ -18,7 +18,7 @@ struct AdminCommand: AsyncParsableCommand {
           legion admin container list --json
         Every write is one transaction applied at most once (pass --request-id to make a retry safe).
         """,
-        subcommands: [Customer.self, Server.self, Legion.self, Distro.self, Container.self, Domain.self, News.self]
+        subcommands: [Customer.self, Server.self, Legion.self, Distro.self, Container.self, Domain.self, News.self, Token.self]
     )
 
     struct WriteOptions: ParsableArguments {
@@ -268,11 +268,12 @@ struct AdminCommand: AsyncParsableCommand {
         }
 
         struct Add: AsyncParsableCommand {
-            static let configuration = CommandConfiguration(abstract: "Add a container on a server (refused if the server lacks memory or storage).")
+            static let configuration = CommandConfiguration(abstract: "Add a container on a server, or on the least-loaded server of a legion (refused if it lacks memory or storage).")
             @OptionGroup var options: WriteOptions
             @Argument(help: "Container name.") var name: String
             @Option(help: "Owner (customer login).") var customer: String
-            @Option(help: "Server name.") var server: String
+            @Option(help: "Server name.") var server: String?
+            @Option(help: "Legion name: place the container on its server with the most free memory (instead of --server).") var legion: String?
             @Option(help: "Memory, MB.") var memory: Int
             @Option(help: "Storage, MB.") var storage: Int
             @Option(help: "Distro name.") var distro: String?
@@ -283,12 +284,21 @@ struct AdminCommand: AsyncParsableCommand {
                     guard let text = try? String(contentsOfFile: sshKeysFile, encoding: .utf8) else { throw UserFacingError("cannot read \(sshKeysFile)") }
                     keys = text
                 }
-                let receipt = try await AdminCommand.run(options.store) { admin throws(StoreError) in
-                    try await admin.addContainer(name: name, customer: customer, server: server, memory: memory, storage: storage,
-                                                 distro: distro, sshKeys: keys, requestID: options.id)
+                guard (server == nil) != (legion == nil) else { throw ValidationError("give either --server or --legion") }
+                let (receipt, placed) = try await AdminCommand.run(options.store) { admin throws(StoreError) in
+                    var target = server ?? ""
+                    if let legion {
+                        guard let found = try await admin.placement(legion: legion, memory: memory, storage: storage) else {
+                            throw StoreError.rejected("no server of legion \(legion) has \(memory) MB memory and \(storage) MB storage free")
+                        }
+                        target = found
+                    }
+                    let receipt = try await admin.addContainer(name: name, customer: customer, server: target, memory: memory, storage: storage,
+                                                               distro: distro, sshKeys: keys, requestID: options.id)
+                    return (receipt, target)
                 }
                 let id = receipt.insertIDs.first ?? 0
-                AdminCommand.done("container \(name) added: uid \(AdminStore.baseUID + id), ip \(AdminStore.containerIP(id: id))", receipt)
+                AdminCommand.done("container \(name) added on \(placed): uid \(AdminStore.baseUID + id), ip \(AdminStore.containerIP(id: id))", receipt)
             }
         }
 
@@ -386,6 +396,45 @@ struct AdminCommand: AsyncParsableCommand {
             func run() async throws {
                 let receipt = try await AdminCommand.run(options.store) { admin throws(StoreError) in try await admin.deleteNews(id: id, requestID: options.id) }
                 AdminCommand.done("news \(id) deleted", receipt)
+            }
+        }
+    }
+
+    // MARK: operator tokens
+
+    struct Token: AsyncParsableCommand {
+        static let configuration = CommandConfiguration(abstract: "Operator tokens for the admin API (/admin/…, Authorization: Bearer TOKEN).",
+                                                        subcommands: [Add.self, List.self, Delete.self])
+
+        struct Add: AsyncParsableCommand {
+            static let configuration = CommandConfiguration(abstract: "Make a token; it is printed once (only its SHA-256 is stored).")
+            @OptionGroup var options: WriteOptions
+            @Argument(help: "Token name (who or what uses it).") var name: String
+            @Option(help: "A note.") var note: String?
+            func run() async throws {
+                let (token, _) = try await AdminCommand.run(options.store) { admin throws(StoreError) in
+                    try await admin.addOperatorToken(name: name, note: note, requestID: options.id)
+                }
+                print(token)
+            }
+        }
+
+        struct List: AsyncParsableCommand {
+            static let configuration = CommandConfiguration(abstract: "List tokens (names, not the tokens).")
+            @OptionGroup var store: StoreOptions
+            @Flag(help: "JSON output.") var json = false
+            func run() async throws {
+                AdminCommand.printRows(try await AdminCommand.run(store) { admin throws(StoreError) in try await admin.operatorTokens() }, json: json)
+            }
+        }
+
+        struct Delete: AsyncParsableCommand {
+            static let configuration = CommandConfiguration(abstract: "Revoke a token.")
+            @OptionGroup var options: WriteOptions
+            @Argument(help: "Token name.") var name: String
+            func run() async throws {
+                let receipt = try await AdminCommand.run(options.store) { admin throws(StoreError) in try await admin.deleteOperatorToken(name: name, requestID: options.id) }
+                AdminCommand.done("token \(name) revoked", receipt)
             }
         }
     }

@@ -215,7 +215,7 @@ struct LocalCluster {
     func start(_ node: Node) throws -> Int32 {
         try FileManager.default.createDirectory(atPath: node.dataDir, withIntermediateDirectories: true)
         let logPath = node.dataDir + "/node.log"
-        if !FileManager.default.fileExists(atPath: logPath) { FileManager.default.createFile(atPath: logPath, contents: nil) }
+        if !FileManager.default.fileExists(atPath: logPath) { _ = FileManager.default.createFile(atPath: logPath, contents: nil) }
         let log = ProcessSupervisor.openLog(logPath)
         guard log >= 0 else { throw UserFacingError("cannot write \(logPath): \(String(cString: strerror(errno)))") }
         defer { close(log) }

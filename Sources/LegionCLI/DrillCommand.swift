@@ -346,7 +346,7 @@ final class DrillLab {
         log("fault healed after \(faultEnd - faultStart) ms; observing \(Int(observeSeconds)) s")
         Thread.sleep(forTimeInterval: observeSeconds)
         let end = Self.nowMs()
-        FileManager.default.createFile(atPath: stopFile, contents: nil)
+        _ = FileManager.default.createFile(atPath: stopFile, contents: nil)
         if probe?.waitBlocking(timeoutSeconds: 15) == nil { probe?.signal(SIGTERM) }
         sampler.stop()
 

@@ -1,3 +1,4 @@
+import Api
 import ArgumentParser
 import Foundation
 import Node
@@ -42,24 +43,7 @@ struct StoreOptions: ParsableArguments {
     }
 }
 
-extension DqliteValue {
-    var json: JSONValue {
-        switch self {
-        case .integer(let v): .int(v)
-        case .float(let v): .double(v)
-        case .text(let v): .string(v)
-        case .blob(let v): .string(Data(v).base64EncodedString())
-        case .null: .null
-        case .boolean(let v): .bool(v)
-        }
-    }
-}
-
 extension DqliteRows {
-    var json: JSONValue {
-        .array(rows.map { row in .object(zip(columns, row).map { ($0, $1.json) }) })
-    }
-
     /// A plain aligned table for humans.
     var table: String {
         guard !columns.isEmpty else { return "" }

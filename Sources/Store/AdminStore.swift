@@ -1,3 +1,4 @@
+import Crypto
 import Foundation
 
 /// Operator and API operations on the control-plane model. Every write is one idempotent transaction
@@ -355,6 +356,58 @@ public struct AdminStore: Sendable {
             .init("INSERT INTO alarms(container_id, unix_ms, level, color, msg) SELECT id, \(Self.now), ?, ?, ? FROM containers WHERE id = ?",
                   [.int(level), .text(color), .text(message), .integer(containerUID - Self.baseUID)], mustChange: "no container \(containerUID)"),
         ])
+    }
+
+    // MARK: Operator tokens (admin API)
+
+    /// Makes an operator token for the admin API; returns it (shown once: only its SHA-256 is stored).
+    public func addOperatorToken(name: String, note: String? = nil, requestID: String = UUID().uuidString) async throws(StoreError) -> (token: String, receipt: StoreClient.WriteReceipt) {
+        try Self.checkName(name, what: "token", max: 100)
+        let token = "lgn_" + (0..<32).map { _ in String(format: "%02x", UInt8.random(in: 0...255)) }.joined()
+        let receipt = try await client.write(requestID: requestID, [
+            .init("INSERT INTO operator_tokens(name, token_sha256, note, ctime_ms) VALUES(?, ?, ?, \(Self.now))",
+                  [.text(name), .text(Self.sha256Hex(token)), .optional(note)]),
+        ])
+        if receipt.replayed {
+            throw .rejected("request \(requestID) already made token \(name), which was shown then and is not stored; revoke it and make a new one")
+        }
+        return (token, receipt)
+    }
+
+    public func operatorTokens() async throws(StoreError) -> DqliteRows {
+        try await client.query("SELECT id, name, note, ctime_ms, last_used_ms FROM operator_tokens ORDER BY name")
+    }
+
+    @discardableResult
+    public func deleteOperatorToken(name: String, requestID: String = UUID().uuidString) async throws(StoreError) -> StoreClient.WriteReceipt {
+        try await client.write(requestID: requestID, [
+            .init("DELETE FROM operator_tokens WHERE name = ?", [.text(name)], mustChange: "no operator token named \(name)"),
+        ])
+    }
+
+    /// The operator a token belongs to, if any.
+    public func operatorName(token: String) async throws(StoreError) -> String? {
+        guard token.hasPrefix("lgn_"), token.utf8.count == 68 else { return nil }
+        return try await client.query("SELECT name FROM operator_tokens WHERE token_sha256 = ?", [.text(Self.sha256Hex(token))]).scalar?.string
+    }
+
+    static func sha256Hex(_ text: String) -> String {
+        SHA256.hash(data: Data(text.utf8)).map { String(format: "%02x", $0) }.joined()
+    }
+
+    /// The least-loaded server of a legion (most free memory) that fits the container; nil when none does.
+    public func placement(legion: String, memory: Int, storage: Int) async throws(StoreError) -> String? {
+        let rows = try await client.query("""
+            SELECT s.name FROM legion_nodes n JOIN legions l ON l.id = n.legion_id JOIN servers s ON s.id = n.server_id
+            WHERE l.name = ?
+              AND s.memory - (SELECT coalesce(sum(memory), 0) FROM containers WHERE server_id = s.id) >= ?
+              AND s.storage - (SELECT coalesce(sum(storage), 0) FROM containers WHERE server_id = s.id) >= ?
+            ORDER BY s.memory - (SELECT coalesce(sum(memory), 0) FROM containers WHERE server_id = s.id) DESC, s.name LIMIT 1
+            """, [.text(legion), .int(memory), .int(storage)])
+        if rows.rows.isEmpty, try await client.query("SELECT 1 FROM legions WHERE name = ?", [.text(legion)]).rows.isEmpty {
+            throw .rejected("no legion named \(legion)")
+        }
+        return rows.scalar?.string
     }
 
     // MARK: News

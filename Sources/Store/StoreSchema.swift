@@ -168,6 +168,13 @@ public enum StoreSchema {
         CREATE INDEX domains_by_customer ON domains(customer_id);
         CREATE INDEX change_log_by_time ON change_log(at_ms);
         """),
+        Migration(version: 3, name: "operator tokens for the admin API", sql: """
+        -- Only the SHA-256 of a token is stored; the token is shown once, when it is made.
+        CREATE TABLE operator_tokens (
+          id INTEGER PRIMARY KEY, name TEXT NOT NULL UNIQUE CHECK (length(name) BETWEEN 1 AND 100),
+          token_sha256 TEXT NOT NULL UNIQUE CHECK (length(token_sha256) = 64), note TEXT,
+          ctime_ms INTEGER NOT NULL, last_used_ms INTEGER);
+        """),
     ]
 
     public static var latestVersion: Int { migrations.map(\.version).max() ?? 0 }

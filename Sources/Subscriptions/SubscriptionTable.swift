@@ -290,6 +290,16 @@ public struct SubscriptionTable: Sendable {
         return nodes[c]
     }
 
+    /// Undoes a `pick` that was not used (the fast path handing the request to the general router, which picks
+    /// again): the node gets its round-robin turn back, so the hand-off does not skip it.
+    public mutating func unpick(key: [UInt8], address: [UInt8]) {
+        guard let i = slots[key]?.firstIndex(where: { $0.address == address }), var node = slots[key]?[i] else { return }
+        if node.references > 0 { node.references -= 1 }
+        if node.requests > 0 { node.requests -= 1 }
+        node.wrrCredit += 1
+        slots[key]?[i] = node
+    }
+
     /// A request routed by `pick` finished (success or not).
     public mutating func release(key: [UInt8], address: [UInt8]) {
         guard let i = slots[key]?.firstIndex(where: { $0.address == address }) else { return }

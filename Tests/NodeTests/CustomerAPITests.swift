@@ -94,7 +94,7 @@ import Testing
     }
 
     @Test func theOpenAPIDocumentHasEveryRouteOnce() throws {
-        let routes = CustomerAPI.routes
+        let routes = NodeAPI.allRoutes
         let document = OpenAPIDocument.build(routes)
         let parsed = try #require(try JSONSerialization.jsonObject(with: Data(document.serialized.utf8)) as? [String: Any])
         let paths = try #require(parsed["paths"] as? [String: [String: Any]])
@@ -106,6 +106,7 @@ import Testing
             let responses = try #require(operation["responses"] as? [String: Any])
             #expect(responses["503"] != nil && responses["400"] != nil)
             if route.auth != .none { #expect(responses["401"] != nil && responses["429"] != nil) }
+            #expect(route.path.hasPrefix("/api/") == (route.auth != .operator), "\(route.path): customer routes under /api, operator routes under /admin")
             let parameters = (operation["parameters"] as? [[String: Any]] ?? []).filter { $0["in"] as? String == "path" }.compactMap { $0["name"] as? String }
             #expect(parameters == route.pathParameters)
         }
@@ -116,7 +117,8 @@ import Testing
                      "/api/custom_distros/{uid}", "/api/custom_distro/{id}", "/api/domains", "/api/domains/{id}",
                      "/api/domains/{id}/containers", "/api/tags", "/api/tags/{id}", "/api/news", "/api/loopboxes", "/api/loopboxes/{id}",
                      "/api/alarms", "/api/alarms/{id}", "/api/alarms/raise/{uid}", "/api/alarms/trigger/{uid}", "/api/alarm_key/{uid}",
-                     "/api/metrics/container.io.write/{uid}", "/api/metrics/domain.hits/{id}"] {
+                     "/api/metrics/container.io.write/{uid}", "/api/metrics/domain.hits/{id}",
+                     "/admin/customers", "/admin/servers", "/admin/legions", "/admin/distros", "/admin/containers", "/admin/domains", "/admin/news"] {
             #expect(paths[path] != nil, "\(path) is not served")
         }
     }

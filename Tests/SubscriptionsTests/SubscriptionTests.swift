@@ -172,6 +172,27 @@ import UwsgiWire
         #expect(seq2 == ["B", "A", "B", "A"])
     }
 
+    @Test func anUnusedPickGivesTheTurnBack() {
+        // The fast path picks, sees an HTTP backend and hands the request to the general router, which picks
+        // again: with the first pick given back, requests still alternate (without it, one node got them all).
+        var t = SubscriptionTable()
+        _ = t.apply(sub("api", "http://A", weight: 1), verification: .unsigned, nowMs: 0)
+        _ = t.apply(sub("api", "http://B", weight: 1), verification: .unsigned, nowMs: 0)
+        var served: [String] = []
+        for _ in 0..<6 {
+            guard let first = t.pick(host: Array("api".utf8), algorithm: .weightedRoundRobin, nowMs: 1) else { break }
+            t.unpick(key: first.key, address: first.address)
+            if let second = t.pick(host: Array("api".utf8), algorithm: .weightedRoundRobin, nowMs: 1) {
+                served.append(second.addressString)
+                t.release(key: second.key, address: second.address)
+            }
+        }
+        #expect(served.count == 6)
+        #expect(served.filter { $0 == "http://A" }.count == 3, "\(served)")
+        #expect(zip(served, served.dropFirst()).allSatisfy { $0 != $1 }, "\(served)")
+        #expect(t.nodes(forKey: "api").allSatisfy { $0.references == 0 })
+    }
+
     @Test func dotsplitMatchingFollowsUwsgi() {
         var t = SubscriptionTable()
         for key in ["example.com", ".example.com", "www.example.com:8081"] {

@@ -551,3 +551,65 @@ def test_openapi_document_holds_against_a_live_node(api: APICluster, tmp_path: P
     print("\n" + "\n".join(line for line in summary.splitlines() if "generated" in line or "Tested" in line))
     # the store is still whole: other customers' records untouched, the node still answers
     assert call(port, "GET", "/api/me", user="bob")[0] == 200
+
+
+# ------------------------------------------------------------------------------------------------ admin API
+
+
+def test_admin_api_with_operator_tokens_matches_legion_admin(api: APICluster):
+    port = api.api[2]
+    r = api.admin("token", "add", "ops-bot")
+    assert r.returncode == 0, r.stderr
+    token = r.stdout.strip()
+    assert token.startswith("lgn_") and len(token) == 68
+    bearer = {"Authorization": f"Bearer {token}"}
+    # no token, a wrong token, customer credentials: 401
+    assert call(port, "GET", "/admin/customers")[0] == 401
+    assert call(port, "GET", "/admin/customers", headers={"Authorization": "Bearer lgn_" + "0" * 64})[0] == 401
+    assert call(port, "GET", "/admin/customers", user="alice")[0] == 401
+    # the token is stored hashed only
+    r = api.cli("store", "query", "--store", api.addresses, "--json", "SELECT token_sha256 FROM operator_tokens")
+    assert token not in r.stdout and len(json.loads(r.stdout)[0]["token_sha256"]) == 64
+    # a customer made through the admin API logs into the customer API
+    s, _, body = call(port, "POST", "/admin/customers", {"username": "dave", "password": "dave-secret-1", "email": "d@example.com"}, headers=bearer)
+    assert s == 201 and body["message"] == "customer dave added", body
+    PASSWORDS["dave"] = "dave-secret-1"
+    assert call(api.api[0], "GET", "/api/me", user="dave")[2]["email"] == "d@example.com"
+    # the same request id again: applied once, reported as a replay
+    s, _, again = call(port, "POST", "/admin/customers", {"username": "erin", "password": "erin-secret-1"},
+                       headers={**bearer, "X-Request-Id": "admin-erin-1"})
+    s2, _, replay = call(port, "POST", "/admin/customers", {"username": "erin", "password": "erin-secret-1"},
+                         headers={**bearer, "X-Request-Id": "admin-erin-1"})
+    assert (s, again["replayed"], s2, replay["replayed"]) == (201, False, 201, True)
+    # placement: a container with a legion and no server goes to the legion server with the most free memory
+    for name, address, memory in [("p1", "10.8.0.1", 1000), ("p2", "10.8.0.2", 3000)]:
+        assert call(port, "POST", "/admin/servers", {"name": name, "address": address, "memory": memory, "storage": 100000},
+                    headers=bearer)[0] == 201
+    assert call(port, "POST", "/admin/legions", {"name": "pl", "address": "10.8.0.100", "nodes": ["p1", "p2"]}, headers=bearer)[0] == 201
+    placed = []
+    for i in range(3):
+        s, _, body = call(port, "POST", "/admin/containers", {"name": f"pc{i}", "customer": "dave", "legion": "pl", "memory": 1000, "storage": 10},
+                          headers=bearer)
+        assert s == 201, body
+        placed.append(body["server"])
+    assert placed == ["p2", "p2", "p1"], placed  # free: p1 1000, p2 3000 → 2000 → 1000 (a tie goes by name)
+    s, _, body = call(port, "POST", "/admin/containers", {"name": "toobig", "customer": "dave", "legion": "pl", "memory": 5000, "storage": 10},
+                      headers=bearer)
+    assert s == 409 and "no server of legion pl" in body["reason"]
+    # what the API made, `legion admin` lists, and the other way round
+    cli = {row["name"]: row for row in json.loads(api.admin("container", "list", "--json").stdout)}
+    assert {"pc0", "pc1", "pc2"} <= set(cli)
+    assert api.admin("news", "add", "from the cli").returncode == 0
+    assert any(n["content"] == "from the cli" for n in call(port, "GET", "/admin/news", headers=bearer)[2])
+    # errors name the problem
+    s, _, body = call(port, "POST", "/admin/servers", {"name": "p1", "address": "10.8.0.9", "memory": 1, "storage": 1}, headers=bearer)
+    assert s == 409 and "already exists" in body["reason"]
+    s, _, body = call(port, "POST", "/admin/containers", {"name": "x", "customer": "dave", "memory": 1, "storage": 1}, headers=bearer)
+    assert s == 400 and "legion" in body["reason"]
+    uid = cli["pc2"]["uid"]
+    assert call(port, "POST", f"/admin/containers/{uid}/resize", {"memory": 100}, headers=bearer)[0] == 200
+    assert call(port, "DELETE", f"/admin/containers/{uid}", headers=bearer)[0] == 200
+    assert "pc2" not in {row["name"] for row in json.loads(api.admin("container", "list", "--json").stdout)}
+    # a revoked token stops working at once
+    assert api.admin("token", "delete", "ops-bot").returncode == 0
+    assert call(port, "GET", "/admin/customers", headers=bearer)[0] == 401

@@ -118,3 +118,42 @@ def test_cluster_domain_is_balanced_across_nodes_and_survives_the_lord(cluster: 
     assert set(after) == {"node2", "node3"}, f"after failover both nodes must still serve: {after}"
     status, body = get("unknown.example.org")
     assert status == 404 and "no application" in body
+
+
+def test_api_is_served_by_name_through_the_vip_across_every_node(cluster: Path, legion_bin, repo_root):
+    """`[api] domain = "api.local-3.test"`: each node's API announces itself to every router, so the Lord's router on
+    the VIP balances the API across the three nodes, and keeps serving it after the Lord is SIGKILLed."""
+    def answered_by() -> str | None:
+        status, body = get("api.local-3.test", "/status", timeout=1.0)
+        if status != 200:
+            return None
+        import json
+        return json.loads(body)["name"]
+
+    deadline = time.monotonic() + 10
+    seen: set[str] = set()
+    while time.monotonic() < deadline and len(seen) < 3:
+        name = answered_by()
+        if name:
+            seen.add(name)
+        else:
+            time.sleep(0.05)
+    assert seen == {"node1", "node2", "node3"}, f"the API through the VIP was answered by {seen} only"
+    # the customer API itself, by name through the VIP
+    admin = subprocess.run([str(legion_bin), "admin", "customer", "add", "vipuser", "--password-stdin"], cwd=repo_root,
+                           input="vip-password-1\n", capture_output=True, text=True, timeout=30)
+    assert admin.returncode == 0, admin.stderr
+    import base64
+    req = urllib.request.Request(f"http://{VIP}/api/me", headers={
+        "Host": "api.local-3.test", "Authorization": "Basic " + base64.b64encode(b"vipuser:vip-password-1").decode()})
+    with urllib.request.urlopen(req, timeout=5) as r:
+        assert r.status == 200 and b'"containers":[]' in r.read()
+    # the Lord dies: the new Lord's router serves the API from the two survivors, no request fails once it answers
+    os.kill(int((cluster / "node1" / "node.pid").read_text()), signal.SIGKILL)
+    t0 = time.monotonic()
+    while time.monotonic() - t0 < 3 and answered_by() is None:
+        time.sleep(0.01)
+    assert time.monotonic() - t0 < 1.5, "the API was unavailable through the VIP for more than 1.5 s after the Lord was killed"
+    names = [answered_by() for _ in range(20)]
+    assert None not in names, f"some API requests failed after the failover: {names}"
+    assert set(names) == {"node2", "node3"}, names

@@ -8,6 +8,7 @@ quorum and a restarted node keep serving from the local snapshot.
 """
 from __future__ import annotations
 
+import base64
 import json
 import os
 import shutil
@@ -241,8 +242,19 @@ def test_customer_app_is_hosted_on_two_nodes_and_removed_cleanly(cluster: Cluste
     assert wait_for(lambda: "second@test" in (home2 / ".ssh" / "uwsgi_authorized_keys").read_text(), 5)
     assert sub_emperor_pid(c, u2) == before
 
+    # The customer API makes the same changes (by name through the VIP, as a customer would): keys, then a reboot.
+    def api(body: dict) -> int:
+        req = urllib.request.Request(f"http://{VIP}/api/containers/{u2}", data=json.dumps(body).encode(), method="POST", headers={
+            "Host": "api.local-3.test", "Content-Type": "application/json",
+            "Authorization": "Basic " + base64.b64encode(b"hoster:hoster-password-1").decode()})
+        with urllib.request.urlopen(req, timeout=10) as r:
+            return r.status
+
+    assert api({"ssh_keys": ["ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIThirdKeyFromTheCustomerAPI third@test"]}) == 200
+    assert wait_for(lambda: "third@test" in (home2 / ".ssh" / "uwsgi_authorized_keys").read_text(), 5)
+    assert sub_emperor_pid(c, u2) == before
     # A reboot restarts the container's sub-Emperor (new pid) and its vassal serves again.
-    c.admin("container", "reboot", str(u2))
+    assert api({"reboot": 1}) == 200
     assert wait_for(lambda: (p := sub_emperor_pid(c, u2)) is not None and p != before, 10), c.log("node2")[-2000:]
     assert wait_for(lambda: get(ROUTERS["node2"])[0] == 200, 10)
 

@@ -19,13 +19,14 @@ extension JSONInput {
 }
 
 extension DqliteValue {
-    var json: JSONValue {
+    /// The value as JSON (blobs as base64).
+    public var json: JSONValue {
         switch self {
         case .integer(let v): .int(v)
         case .float(let v): .double(v)
         case .text(let v): .string(v)
         case .boolean(let v): .bool(v)
-        case .blob(let b): .string(String(decoding: b, as: UTF8.self))
+        case .blob(let b): .string(Data(b).base64EncodedString())
         case .null: .null
         }
     }
@@ -42,6 +43,13 @@ extension DqliteValue {
     }
 
     var millisAsSeconds: JSONValue { .int((int ?? 0) / 1000) }
+}
+
+extension DqliteRows {
+    /// Rows as a JSON array of objects keyed by column name.
+    public var json: JSONValue {
+        .array(rows.map { row in .object(zip(columns, row).map { ($0, $1.json) }) })
+    }
 }
 
 extension APIRoute.Outcome {

@@ -30,7 +30,7 @@ public enum OpenAPIDocument {
         return .object([
             ("openapi", .string("3.1.0")),
             ("info", .object([
-                ("title", .string("legion customer API (uwsgi.it-compatible)")),
+                ("title", .string("legion customer API (uwsgi.it-compatible, /api) and admin API (/admin)")),
                 ("version", .string("1.0.0")),
                 ("description", .string("Every node answers from the replicated store. Writes are idempotent per X-Request-Id.")),
             ])),
@@ -40,6 +40,8 @@ public enum OpenAPIDocument {
                 ("securitySchemes", .object([
                     ("basic", .object([("type", .string("http")), ("scheme", .string("basic"))])),
                     ("alarmKey", .object([("type", .string("apiKey")), ("in", .string("query")), ("name", .string("key"))])),
+                    ("operatorToken", .object([("type", .string("http")), ("scheme", .string("bearer")),
+                                               ("description", .string("legion admin token add NAME"))])),
                 ])),
             ])),
         ])
@@ -53,7 +55,7 @@ public enum OpenAPIDocument {
         ]
         var parameters: [JSONValue] = route.pathParameters.map { name in
             .object([("name", .string(name)), ("in", .string("path")), ("required", .bool(true)),
-                     ("schema", name == "ip" ? Schema.string : Schema.integer(minimum: 0))])
+                     ("schema", name == "ip" || name == "name" ? Schema.string : Schema.integer(minimum: 0))])
         }
         parameters += route.query.map { parameter in
             .object([("name", .string(parameter.name)), ("in", .string("query")), ("required", .bool(false)),
@@ -75,6 +77,7 @@ public enum OpenAPIDocument {
         case .optionalCustomer: fields.append(("security", .array([.object([]), .object([("basic", .array([]))])])))
         case .customerOrAlarmKey:
             fields.append(("security", .array([.object([("basic", .array([]))]), .object([("alarmKey", .array([]))])])))
+        case .operator: fields.append(("security", .array([.object([("operatorToken", .array([]))])])))
         }
         var responses: [(String, JSONValue)] = []
         var seen = Set<Int>()

@@ -30,6 +30,7 @@ public enum APIDispatcher {
             let body = try await readBody(&request, limit: services.maxBody, expected: route.body)
             let client = context.client(request)
             var customer: CustomerIdentity?
+            var operatorName: String?
             let credentials = CustomerAuthenticator.credentials(in: request.headers)
             switch route.auth {
             case .none:
@@ -41,6 +42,8 @@ public enum APIDispatcher {
                 if let credentials {
                     customer = try? await services.authenticator.authenticate(credentials, client: client)
                 }
+            case .operator:
+                operatorName = try await services.operators.authenticate(request.headers, client: client)
             case .customerOrAlarmKey:
                 // A `?key=` decides alone (clients that always send some credentials still work with a key).
                 if request.uri.queryParameters["key"] == nil {
@@ -52,7 +55,7 @@ public enum APIDispatcher {
             for (key, value) in request.uri.queryParameters { query[String(key)] = String(value) }
             var parameters: [String: String] = [:]
             for name in route.pathParameters { parameters[name] = context.parameters.get(name) }
-            let call = APICall(customer: customer, parameters: parameters, query: query, body: body, headers: request.headers,
+            let call = APICall(customer: customer, operatorName: operatorName, parameters: parameters, query: query, body: body, headers: request.headers,
                                requestID: requestID(request.headers), services: services)
             return try await route.handler(call)
         } catch {

@@ -18,6 +18,8 @@ public struct APIRoute: Sendable {
         case optionalCustomer
         /// A customer's credentials or the container's `?key=` alarm key.
         case customerOrAlarmKey
+        /// An operator token (`Authorization: Bearer lgn_…`, made with `legion admin token add`).
+        case `operator`
     }
 
     public enum Body: Sendable {
@@ -70,6 +72,8 @@ public struct APIRoute: Sendable {
 /// What a handler gets: who calls, the parameters, the body.
 public struct APICall: Sendable {
     public var customer: CustomerIdentity?
+    /// The operator token's name (admin routes).
+    public var operatorName: String?
     public var parameters: [String: String]
     public var query: [String: String]
     public var body: [UInt8]

@@ -9,6 +9,7 @@ public struct APIServices: Sendable {
     public var readers: StoreClientPool
     public var writer: GroupCommitWriter
     public var authenticator: CustomerAuthenticator
+    public var operators: OperatorAuthenticator
     public var ownership: DomainOwnershipCheck
     public var logger: Logger
     /// Largest request body accepted (uwsgi.it: 65536).
@@ -18,6 +19,7 @@ public struct APIServices: Sendable {
         self.readers = StoreClientPool(options: store, size: readers)
         self.writer = GroupCommitWriter(client: StoreClient(options: store))
         self.authenticator = CustomerAuthenticator(pool: self.readers)
+        self.operators = OperatorAuthenticator(pool: self.readers)
         self.ownership = DomainOwnershipCheck.configured(resolver)
         self.logger = logger
     }
@@ -26,6 +28,15 @@ public struct APIServices: Sendable {
     public func query(_ sql: String, _ parameters: [DqliteValue] = []) async throws(APIError) -> DqliteRows {
         do {
             return try await readers.query(sql, parameters)
+        } catch {
+            throw APIError.from(error)
+        }
+    }
+
+    /// An operator operation: the same `AdminStore` code `legion admin` runs, on a pooled client.
+    public func admin<T: Sendable>(_ body: (AdminStore) async throws(StoreError) -> T) async throws(APIError) -> T {
+        do {
+            return try await readers.with { client throws(StoreError) in try await body(AdminStore(client: client)) }
         } catch {
             throw APIError.from(error)
         }

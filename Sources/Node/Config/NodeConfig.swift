@@ -210,6 +210,9 @@ public struct NodeConfig: Sendable {
         if config.apiDomain != nil, config.router?.clusterSubscription == nil || config.router?.internalRouter == nil {
             throw NodeConfigError.invalid(key: "api.domain", problem: "needs router.cluster_subscription and router.internal (the API is served as a cluster domain)")
         }
+        if config.apiDomain != nil, let api = config.api, api.host.hasPrefix("127."), !config.bind.host.hasPrefix("127.") {
+            throw NodeConfigError.invalid(key: "api.domain", problem: "other nodes' routers forward to this node's API, so api.bind must be an address they reach, not \(api.host)")
+        }
         return config
     }
 }

@@ -20,6 +20,8 @@ public final class ClusterRelay: Sendable {
     private let outgoing: AsyncStream<[UInt8]>.Continuation
     public let outbox: AsyncStream<[UInt8]>
     private let state = Mutex<(seq: UInt64, lastSeq: [String: UInt64], addresses: [String: [UInt8]])>((0, [:], [:]))
+    /// Node services announced under their own address (re-sent when a member joins).
+    private let announced = Mutex<[String: SubscriptionPacket]>([:])
 
     public init(origin: String, internalAddress: String, store: SubscriptionStore, localStore: SubscriptionStore, logger: Logger) {
         self.localStore = localStore
@@ -43,6 +45,8 @@ public final class ClusterRelay: Sendable {
     /// A node service (not a vassal) announces itself under its own address, e.g. the node's API as
     /// `http://host:port` for `[api] domain`: applied here and on every member as is.
     public func announce(_ packet: SubscriptionPacket, nowMs: UInt64) {
+        let id = packet.keyString + " " + packet.addressString
+        announced.withLock { $0[id] = packet.command == .unsubscribe ? nil : packet }
         broadcast(packet, nowMs: nowMs)
     }
 
@@ -107,6 +111,7 @@ public final class ClusterRelay: Sendable {
             packet.weight = node.weight
             relay(packet, nowMs: now)
         }
+        for packet in announced.withLock({ Array($0.values) }) { broadcast(packet, nowMs: now) }
     }
 
     /// A legion member left (expired or announced death): its cluster backends go now.

@@ -80,6 +80,11 @@ public final class SubscriptionStore: Sendable {
         return table.withLock { $0.pick(host: host, algorithm: algorithm, nowMs: nowMs, excluding: exclude) }
     }
 
+    /// Gives back a pick that was not used (see `SubscriptionTable.unpick`).
+    public func unpick(_ node: SubscriptionTable.Node) {
+        table.withLock { $0.unpick(key: node.key, address: node.address) }
+    }
+
     public func release(_ node: SubscriptionTable.Node) {
         table.withLock { $0.release(key: node.key, address: node.address) }
     }

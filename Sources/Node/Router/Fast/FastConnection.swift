@@ -176,7 +176,7 @@ final class FastConnection {
             // An HTTP/1.1 backend (`http://…`) or a host name: the general router serves it (before any attempt;
             // on a retry it counts as one more failed node).
             if attempts == 0 {
-                store.release(picked)
+                store.unpick(picked)  // the general router picks again: the same node, its turn given back
                 handOff(loop)
             } else {
                 connectFailed(loop, node: picked, reason: "not an IP literal or UNIX socket address", timedOut: false)
