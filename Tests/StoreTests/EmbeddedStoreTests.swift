@@ -112,16 +112,20 @@ import Testing
             }
             return await group.reduce(into: [Int: Result<StoreClient.WriteReceipt, StoreError>]()) { $0[$1.0] = $1.1 }
         }
-        let rows = try await setup.query("SELECT v FROM g")
+        let rows = try await setup.query("SELECT v, id FROM g")
         let stored = Set(rows.rows.compactMap { $0[0].string })
+        let idOf = Dictionary(uniqueKeysWithValues: rows.rows.compactMap { row in row[0].string.flatMap { v in row[1].int.map { (v, $0) } } })
         #expect(rows.rows.count == stored.count, "a value was stored twice")
         var applied = 0
         for n in 0..<300 {
             guard let outcome = outcomes[n] else { Issue.record("write \(n) got no outcome"); continue }
             switch outcome {
-            case .success:
+            case .success(let receipt):
                 applied += 1
                 #expect(stored.contains(n % 10 == 9 ? "dup" : "v\(n)"))
+                // Each write's own last_insert_rowid and changes, whichever path it took.
+                #expect(receipt.insertIDs == [idOf[n % 10 == 9 ? "dup" : "v\(n)"] ?? -1], "write \(n): \(receipt)")
+                #expect(receipt.rowsAffected == [1])
                 #expect(n % 15 != 14, "write \(n) should have failed its mustChange statement")
             case .failure(let error):
                 // Refused alone: its own statement failed; the batch went on.

@@ -62,3 +62,4 @@ import Testing
         #expect(hash.split(separator: "$").count == 4)
     }
 }
+
