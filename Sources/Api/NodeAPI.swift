@@ -29,6 +29,8 @@ public enum NodeAPI {
         }
         router.get("/metrics") { _, _ in
             let s = state.snapshot
+            let writer = services?.writer
+            let busy = await writer?.busyRetries() ?? 0
             var lines: [String] = []
             func metric(_ name: String, _ help: String, _ type: String, _ values: [(String, String)]) {
                 lines.append("# HELP \(name) \(help)")
@@ -59,6 +61,14 @@ public enum NodeAPI {
                 metric("legion_subscriptions_accepted_total", "subscription packets applied", "counter", [("", String(stats.accepted))])
                 metric("legion_subscriptions_rejected_total", "subscription packets refused, by reason", "counter",
                        stats.rejected.sorted { $0.key < $1.key }.map { ("{reason=\"\(label($0.key))\"}", String($0.value)) })
+            }
+            if let writer {
+                let counters = writer.counters
+                metric("legion_api_writes_total", "API writes committed through group commit", "counter", [("", String(counters.writes))])
+                metric("legion_api_write_batches_total", "store transactions those writes took", "counter", [("", String(counters.batches))])
+                metric("legion_api_write_batch_max", "largest batch so far", "gauge", [("", String(counters.largestBatch))])
+                metric("legion_api_write_busy_retries_total", "batches retried because another node's writer held the store lock", "counter",
+                       [("", String(busy))])
             }
             var response = Response(status: .ok, headers: [.contentType: "text/plain; version=0.0.4"],
                                     body: .init(byteBuffer: ByteBuffer(string: lines.joined(separator: "\n") + "\n")))

@@ -74,6 +74,9 @@ public final class GroupCommitWriter: Sendable {
         }
     }
 
+    /// Batches retried because a writer elsewhere held the store's lock.
+    public func busyRetries() async -> Int { await client.busyRetries }
+
     public func close() async { await client.close() }
 }
 

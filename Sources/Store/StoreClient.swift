@@ -30,6 +30,8 @@ public actor StoreClient {
     private var connection: DqliteConnection?
     private var known: [String]
     private let clientID = UInt64.random(in: 1...UInt64.max)
+    /// Batches rolled back and retried because another writer held the lock (SQLITE_BUSY).
+    public private(set) var busyRetries = 0
 
     public init(options: Options, group: EventLoopGroup = MultiThreadedEventLoopGroup.singleton, logger: Logger = Logger(label: "legion.store.client")) {
         self.options = options
@@ -265,7 +267,7 @@ public actor StoreClient {
         }
         let deadline = ContinuousClock.now + options.budget
         var attempts = 0
-        var busyPauseMicros = 100
+        var busyPauseMicros = 1000  // about one commit: retrying sooner only finds the lock still held
         // Writes that can go in the one-request fast path (no `mustChange`, every parameter inlinable).
         let inlined: [[String]?] = writes.map { write in
             var out: [String] = []
@@ -359,6 +361,7 @@ public actor StoreClient {
             } catch {
                 if let dq = error as? DqliteError, Self.isBusy(dq), let conn, conn.isActive {
                     // Another writer holds the lock: roll back and try the batch again shortly on the same connection.
+                    busyRetries += 1
                     _ = try? await conn.exec("ROLLBACK", timeout: options.requestTimeout)
                     if ContinuousClock.now > deadline {
                         for index in open where results[index] == nil {
