@@ -157,3 +157,53 @@ def test_api_is_served_by_name_through_the_vip_across_every_node(cluster: Path, 
     names = [answered_by() for _ in range(20)]
     assert None not in names, f"some API requests failed after the failover: {names}"
     assert set(names) == {"node2", "node3"}, names
+
+
+def test_api_is_served_over_https_by_every_router(legion_bin, repo_root, tmp_path):
+    """With `[router] https`, the API domain is served over TLS (SNI picks the API's certificate) by any node's
+    router, balanced across the three nodes' APIs."""
+    import json
+    import ssl
+    from conftest import free_port
+    from test_router_https import make_cert
+
+    certs = tmp_path / "certs"
+    certs.mkdir()
+    default = make_cert(tmp_path, "default.test")
+    make_cert(certs, "api.local-3.test")
+    configs, run_dir = tmp_path / "configs", tmp_path / "run"
+    configs.mkdir()
+    ports = {n: free_port() for n in (1, 2, 3)}
+    for n in (1, 2, 3):
+        text = (repo_root / "cluster-configs" / "local-3" / f"node{n}.toml").read_text()
+        text = text.replace("\n[router]\n", f'\n[router]\nhttps = "127.0.0.1:{ports[n]}"\nhttps_certificate = "{default[0]}"\n'
+                                            f'https_key = "{default[1]}"\ncertificates = "{certs}"\n')
+        (configs / f"node{n}.toml").write_text(text)
+    subprocess.run([str(legion_bin), "cluster", "down"], cwd=repo_root, capture_output=True, timeout=30)
+    up = subprocess.run([str(legion_bin), "cluster", "up", "--config-dir", str(configs), "--run-dir", str(run_dir)], cwd=repo_root,
+                        capture_output=True, text=True, timeout=60, stdin=subprocess.DEVNULL)
+    try:
+        assert up.returncode == 0, up.stdout + up.stderr
+        context = ssl.create_default_context(cafile=str(certs / "api.local-3.test.crt"))
+        seen: set[str] = set()
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline and len(seen) < 3:
+            raw = socket.create_connection(("127.0.0.1", ports[2]), timeout=2)
+            try:
+                with context.wrap_socket(raw, server_hostname="api.local-3.test") as s:  # verifies the API's certificate
+                    s.sendall(b"GET /status HTTP/1.1\r\nHost: api.local-3.test\r\nConnection: close\r\n\r\n")
+                    data = b""
+                    while chunk := s.recv(65536):
+                        data += chunk
+            except (OSError, ssl.SSLError):
+                time.sleep(0.1)
+                continue
+            head, _, body = data.partition(b"\r\n\r\n")
+            if head.startswith(b"HTTP/1.1 200"):
+                seen.add(json.loads(body)["name"])
+            else:
+                time.sleep(0.1)
+        assert seen == {"node1", "node2", "node3"}, f"over HTTPS the API was answered by {seen}"
+    finally:
+        subprocess.run([str(legion_bin), "cluster", "down", "--config-dir", str(configs), "--run-dir", str(run_dir)], cwd=repo_root,
+                       capture_output=True, timeout=60)
