@@ -14,6 +14,7 @@ public enum NodeAPI {
             let routes = allRoutes
             APIDispatcher.register(routes, on: router, services: services)
             let document = ByteBuffer(string: OpenAPIDocument.build(routes).serialized + "\n")
+            router.post(RouterPath(StoreWriteForwarder.path)) { request, _ in await services.acceptForwarded(request) }
             router.get("/api/openapi.json") { _, _ in
                 Response(status: .ok, headers: [.contentType: "application/json", .accessControlAllowOrigin: "*"], body: .init(byteBuffer: document))
             }

@@ -105,10 +105,18 @@ public struct NodeRuntime: Sendable {
             let apiServices = config.store.map { store in
                 var options = StoreClient.Options(nodes: store.addresses)
                 options.database = store.database
-                return APIServices(store: options, resolver: config.apiResolver, logger: logger)
+                var services = APIServices(store: options, resolver: config.apiResolver, logger: logger)
+                // API writes go to the store leader's node: one group-commit writer for the whole cluster.
+                let host = api.host == "0.0.0.0" ? (config.bind.host == "0.0.0.0" ? "127.0.0.1" : config.bind.host) : api.host
+                services.forwarder = StoreWriteForwarder(secret: config.secret.secret, state: state, nodeName: config.name,
+                                                         ownStoreAddress: store.bind.description, ownURL: "http://\(host):\(api.port)", logger: logger)
+                return services
             }
             let app = NodeAPI.application(state: state, subscriptions: routerTable, services: apiServices, host: api.host, port: api.port, logger: logger)
             services.append(.init(service: app))
+            if let apiServices {
+                services.append(.init(service: APIEndpointRegistration(services: apiServices), successTerminationBehavior: .ignore))
+            }
         }
         let emperorSettings = config.emperor?.settings ?? EmperorSettings()
         if let dirs = config.emperor?.vassalDirectories, !dirs.isEmpty {
@@ -181,6 +189,15 @@ struct APIDomainService: Service {
         var leave = packet
         leave.command = .unsubscribe
         relay.announce(leave, nowMs: SystemClock.wallMillis())
+    }
+}
+
+/// Records in the store where this node's API answers (so other nodes can send it writes while it leads).
+struct APIEndpointRegistration: Service {
+    let services: APIServices
+
+    func run() async throws {
+        await cancelWhenGracefulShutdown { await services.registerEndpoint() }
     }
 }
 

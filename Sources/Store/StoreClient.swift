@@ -222,6 +222,14 @@ public actor StoreClient {
         public var replayed: Bool
         /// How many attempts it took.
         public var attempts: Int
+
+        public init(requestID: String, insertIDs: [Int64], rowsAffected: [Int64], replayed: Bool, attempts: Int) {
+            self.requestID = requestID
+            self.insertIDs = insertIDs
+            self.rowsAffected = rowsAffected
+            self.replayed = replayed
+            self.attempts = attempts
+        }
     }
 
     /// Applies `statements` in one transaction, at most once per `requestID`.

@@ -175,6 +175,12 @@ public enum StoreSchema {
           token_sha256 TEXT NOT NULL UNIQUE CHECK (length(token_sha256) = 64), note TEXT,
           ctime_ms INTEGER NOT NULL, last_used_ms INTEGER);
         """),
+        Migration(version: 4, name: "node endpoints", sql: """
+        -- Where each node's API answers, by its store address: API writes go to the store leader's node, whose
+        -- group-commit writer then batches the whole cluster's writes (one writer, no lock contention).
+        CREATE TABLE node_endpoints (
+          store_address TEXT PRIMARY KEY, node TEXT NOT NULL, api_url TEXT NOT NULL, mtime_ms INTEGER NOT NULL);
+        """),
     ]
 
     public static var latestVersion: Int { migrations.map(\.version).max() ?? 0 }

@@ -613,3 +613,31 @@ def test_admin_api_with_operator_tokens_matches_legion_admin(api: APICluster):
     # a revoked token stops working at once
     assert api.admin("token", "delete", "ops-bot").returncode == 0
     assert call(port, "GET", "/admin/customers", headers=bearer)[0] == 401
+
+
+def metric(port: int, name: str) -> int:
+    s, _, text = call(port, "GET", "/metrics")
+    for line in str(text).splitlines():
+        if line.startswith(name + " "):
+            return int(float(line.split()[1]))
+    return 0
+
+
+def test_writes_on_any_node_are_committed_by_the_store_leaders_writer(api: APICluster):
+    """One group-commit writer for the cluster: a node that is not the store leader's sends API writes (signed with the
+    legion secret) to the leader's node, so concurrent writes from every node share its batches."""
+    leader = api.leader_index()
+    assert leader is not None
+    follower = (leader + 1) % 3
+    before = {i: metric(api.api[i], "legion_api_writes_total") for i in range(3)}
+    for i in range(20):
+        s, _, body = call(api.api[follower], "POST", "/api/tags", {"name": f"fwd-{i}"}, user="carol")
+        assert s == 201, body
+    after = {i: metric(api.api[i], "legion_api_writes_total") for i in range(3)}
+    assert after[leader] - before[leader] >= 20, (before, after)
+    assert after[follower] - before[follower] == 0, (before, after)
+    # the internal endpoint refuses unsigned and forged writes
+    forged = {"requestID": "x", "statements": [{"sql": "DELETE FROM customers", "params": []}]}
+    assert call(api.api[leader], "POST", "/.legion/store/write", forged)[0] == 403
+    assert call(api.api[leader], "POST", "/.legion/store/write", forged, headers={"X-Legion-Signature": "00" * 32})[0] == 403
+    assert call(api.api[0], "GET", "/api/me", user="alice")[0] == 200

@@ -64,13 +64,19 @@ def procs_with(text: str) -> list[int]:
 
 
 def wait_for(pred, timeout: float, interval: float = 0.05):
+    """Polls `pred` until it is true; a file not there yet (OSError) counts as not yet."""
+    def attempt():
+        try:
+            return pred()
+        except OSError:
+            return False
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
-        value = pred()
+        value = attempt()
         if value:
             return value
         time.sleep(interval)
-    return pred()
+    return attempt()
 
 
 class Cluster:

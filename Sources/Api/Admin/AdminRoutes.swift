@@ -27,6 +27,16 @@ public enum AdminRoutes {
                  })
     }
 
+    /// `DELETE /admin/<things>/{name}`: one `AdminStore` delete by name.
+    static func deleteNamed(_ path: String, _ what: String, _ summary: String,
+                            _ operation: @escaping @Sendable (AdminStore, String, String) async throws(StoreError) -> StoreClient.WriteReceipt) -> APIRoute {
+        write(.delete, path, summary) { call throws(APIError) in
+            let name = call.parameters["name"] ?? ""
+            let receipt = try await call.services.admin { admin throws(StoreError) in try await operation(admin, name, call.requestID) }
+            return message("\(what) \(name) deleted", receipt)
+        }
+    }
+
     static func message(_ text: String, _ receipt: StoreClient.WriteReceipt, _ extra: [(String, JSONValue)] = []) -> JSONValue {
         .object([("message", .string(text)), ("replayed", .bool(receipt.replayed))] + extra)
     }
@@ -47,11 +57,7 @@ public enum AdminRoutes {
                 }
                 return message("customer \(username) added", receipt, [("id", .int(receipt.insertIDs.first ?? 0))])
             },
-            write(.delete, "/admin/customers/{name}", "Delete a customer (refused while they have containers)") { call throws(APIError) in
-                let name = call.parameters["name"] ?? ""
-                let receipt = try await call.services.admin { admin throws(StoreError) in try await admin.deleteCustomer(username: name, requestID: call.requestID) }
-                return message("customer \(name) deleted", receipt)
-            },
+            deleteNamed("/admin/customers/{name}", "customer", "Delete a customer (refused while they have containers)") { admin, name, id throws(StoreError) in try await admin.deleteCustomer(username: name, requestID: id) },
             // servers
             list("/admin/servers", "Servers with used memory and storage") { call throws(APIError) in try await call.services.admin { admin throws(StoreError) in try await admin.servers() } },
             write(.post, "/admin/servers", "Add a server (a node that hosts containers)",
@@ -70,11 +76,7 @@ public enum AdminRoutes {
                 }
                 return message("server \(name) added", receipt)
             },
-            write(.delete, "/admin/servers/{name}", "Delete a server (refused while it hosts containers)") { call throws(APIError) in
-                let name = call.parameters["name"] ?? ""
-                let receipt = try await call.services.admin { admin throws(StoreError) in try await admin.deleteServer(name: name, requestID: call.requestID) }
-                return message("server \(name) deleted", receipt)
-            },
+            deleteNamed("/admin/servers/{name}", "server", "Delete a server (refused while it hosts containers)") { admin, name, id throws(StoreError) in try await admin.deleteServer(name: name, requestID: id) },
             // legions
             list("/admin/legions", "Legions and their servers") { call throws(APIError) in try await call.services.admin { admin throws(StoreError) in try await admin.legions() } },
             write(.post, "/admin/legions", "Add a legion (a failover IP shared by servers)",
@@ -88,11 +90,7 @@ public enum AdminRoutes {
                 }
                 return message("legion \(name) added", receipt)
             },
-            write(.delete, "/admin/legions/{name}", "Delete a legion") { call throws(APIError) in
-                let name = call.parameters["name"] ?? ""
-                let receipt = try await call.services.admin { admin throws(StoreError) in try await admin.deleteLegion(name: name, requestID: call.requestID) }
-                return message("legion \(name) deleted", receipt)
-            },
+            deleteNamed("/admin/legions/{name}", "legion", "Delete a legion") { admin, name, id throws(StoreError) in try await admin.deleteLegion(name: name, requestID: id) },
             // distros
             list("/admin/distros", "Shared distros") { call throws(APIError) in try await call.services.admin { admin throws(StoreError) in try await admin.distros() } },
             write(.post, "/admin/distros", "Add a distro (a directory under /distros)",
@@ -102,11 +100,7 @@ public enum AdminRoutes {
                 let receipt = try await call.services.admin { admin throws(StoreError) in try await admin.addDistro(name: name, path: path, requestID: call.requestID) }
                 return message("distro \(name) added", receipt)
             },
-            write(.delete, "/admin/distros/{name}", "Delete a distro") { call throws(APIError) in
-                let name = call.parameters["name"] ?? ""
-                let receipt = try await call.services.admin { admin throws(StoreError) in try await admin.deleteDistro(name: name, requestID: call.requestID) }
-                return message("distro \(name) deleted", receipt)
-            },
+            deleteNamed("/admin/distros/{name}", "distro", "Delete a distro") { admin, name, id throws(StoreError) in try await admin.deleteDistro(name: name, requestID: id) },
             // containers
             list("/admin/containers", "Containers (optionally of one server)",
                  query: [.init(name: "server", schema: s.string, description: "only this server's")]) { call throws(APIError) in
@@ -182,11 +176,7 @@ public enum AdminRoutes {
                 let receipt = try await call.services.admin { admin throws(StoreError) in try await admin.addDomain(name: name, customer: customer, requestID: call.requestID) }
                 return message("domain \(name) added", receipt)
             },
-            write(.delete, "/admin/domains/{name}", "Delete a domain") { call throws(APIError) in
-                let name = call.parameters["name"] ?? ""
-                let receipt = try await call.services.admin { admin throws(StoreError) in try await admin.deleteDomain(name: name, requestID: call.requestID) }
-                return message("domain \(name) deleted", receipt)
-            },
+            deleteNamed("/admin/domains/{name}", "domain", "Delete a domain") { admin, name, id throws(StoreError) in try await admin.deleteDomain(name: name, requestID: id) },
             // news
             list("/admin/news", "News, newest first") { call throws(APIError) in try await call.services.admin { admin throws(StoreError) in try await admin.news() } },
             write(.post, "/admin/news", "Publish a news item", body: s.object([("content", s.string), ("public", s.boolean)], required: ["content"]),

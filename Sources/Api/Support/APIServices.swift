@@ -1,4 +1,5 @@
 import Foundation
+import Hummingbird
 import Logging
 import Node
 import Store
@@ -14,6 +15,8 @@ public struct APIServices: Sendable {
     public var logger: Logger
     /// Largest request body accepted (uwsgi.it: 65536).
     public var maxBody: Int = 65536
+    /// Sends writes to the store leader's node (nil: always write here).
+    public var forwarder: StoreWriteForwarder?
 
     public init(store: StoreClient.Options, resolver: String?, logger: Logger, readers: Int = 8) {
         self.readers = StoreClientPool(options: store, size: readers)
@@ -46,9 +49,38 @@ public struct APIServices: Sendable {
     @discardableResult
     public func write(_ call: APICall, _ statements: [StoreClient.Statement], conflict: String? = nil) async throws(APIError) -> StoreClient.WriteReceipt {
         do {
+            if let forwarder, let outcome = await forwarder.forward(ForwardedWrite(requestID: call.requestID, statements: statements), services: self) {
+                return try outcome.get()
+            }
             return try await writer.write(requestID: call.requestID, statements)
         } catch {
             throw APIError.from(error, conflict: conflict)
         }
+    }
+
+    /// Records this node's API address for the forwarders of the other nodes.
+    public func registerEndpoint() async {
+        await forwarder?.register(self)
+    }
+
+    /// `POST /.legion/store/write`: a write another node sent to this node's writer (signed with the legion secret).
+    func acceptForwarded(_ request: Request) async -> Response {
+        var request = request
+        guard let forwarder, let signature = request.headers.first(where: { $0.name.canonicalName == "x-legion-signature" })?.value,
+              let buffer = try? await request.collectBody(upTo: 1 << 20) else {
+            return APIError.forbidden("not a signed store write").response
+        }
+        let body = Array(buffer.readableBytesView)
+        guard forwarder.verify(body, signature: signature), let write = try? JSONDecoder().decode(ForwardedWrite.self, from: Data(body)) else {
+            return APIError.forbidden("bad signature or body").response
+        }
+        let result: Result<StoreClient.WriteReceipt, StoreError>
+        do {
+            result = .success(try await writer.write(requestID: write.requestID, write.storeStatements))
+        } catch {
+            result = .failure(error)
+        }
+        let data = (try? JSONEncoder().encode(ForwardedOutcome(result, requestID: write.requestID))) ?? Data()
+        return Response(status: .ok, headers: [.contentType: "application/json"], body: .init(byteBuffer: ByteBuffer(bytes: data)))
     }
 }
