@@ -641,3 +641,38 @@ def test_writes_on_any_node_are_committed_by_the_store_leaders_writer(api: APICl
     assert call(api.api[leader], "POST", "/.legion/store/write", forged)[0] == 403
     assert call(api.api[leader], "POST", "/.legion/store/write", forged, headers={"X-Legion-Signature": "00" * 32})[0] == 403
     assert call(api.api[0], "GET", "/api/me", user="alice")[0] == 200
+
+
+def test_port_mappings_relation_routes_and_containers_on_an_owned_server(api: APICluster):
+    port = api.api[1]
+    a1, a2 = api.uids["a1"], api.uids["a2"]
+    s, _, body = call(port, "POST", "/api/portmappings/10.9.0.1", {"proto": "tcp", "public_port": 4000, "private_port": 8080, "container": a1},
+                      user="alice")
+    assert s == 201, body
+    s, _, listed = call(port, "GET", "/api/portmappings/10.9.0.1", user="alice")
+    assert s == 200 and [(m["public_port"], m["private_port"], m["container"], m["container_ip"]) for m in listed] == \
+        [(4000, 8080, a1, f"10.0.0.{a1 - 30000 + 2}")]
+    # the public port is the server's: another container cannot take it (uwsgi.it checked per container only)
+    s, _, body = call(port, "POST", "/api/portmappings/10.9.0.1", {"proto": "tcp", "public_port": 4000, "private_port": 9090, "container": a2},
+                      user="alice")
+    assert s == 409, body
+    assert call(port, "POST", "/api/portmappings/10.9.0.1", {"proto": "udp", "public_port": 4000, "private_port": 9090, "container": a2},
+                user="alice")[0] == 201
+    for bad in [{"proto": "sctp", "public_port": 4001, "private_port": 8080, "container": a1},
+                {"proto": "tcp", "public_port": 3022, "private_port": 8080, "container": a1},
+                {"proto": "tcp", "public_port": 80, "private_port": 8080, "container": a1},
+                {"proto": "tcp", "public_port": 4002, "private_port": 8080, "container": api.uids["b1"]}]:
+        assert call(port, "POST", "/api/portmappings/10.9.0.1", bad, user="alice")[0] == 403, bad
+    s, _, _ = call(port, "DELETE", "/api/portmappings/10.9.0.1", {"id": listed[0]["id"]}, user="alice")
+    assert s == 200
+    assert [m["proto"] for m in call(port, "GET", "/api/portmappings/10.9.0.1", user="alice")[2]] == ["udp"]
+    # a container made by the customer on their own server (me/containers is the same view)
+    s, _, made = call(port, "POST", "/api/me/containers", {"server": "10.9.0.1", "name": "mine", "memory": 32, "storage": 32}, user="alice")
+    assert s == 201, made
+    assert made["uid"] in [c["uid"] for c in call(port, "GET", "/api/me/containers", user="alice")[2]]
+    # the "today" relation routes: no per-container hits recorded yet → empty, yours only
+    s, _, doms = call(port, "GET", f"/api/containers/{a1}/domains", user="alice")
+    assert (s, doms) == (200, [])
+    dom = call(port, "GET", "/api/domains", user="alice")[2]
+    if dom:
+        assert call(port, "GET", f"/api/domains/{dom[0]['id']}/containers", user="alice")[:3:2] == (200, [])
