@@ -564,7 +564,8 @@ def test_admin_api_with_operator_tokens_matches_legion_admin(api: APICluster):
     assert token.startswith("lgn_") and len(token) == 68
     bearer = {"Authorization": f"Bearer {token}"}
     # no token, a wrong token, customer credentials: 401
-    assert call(port, "GET", "/admin/customers")[0] == 401
+    s, headers, body = call(port, "GET", "/admin/customers")
+    assert s == 401 and headers["www-authenticate"].startswith("Bearer") and "token add" in body["reason"]
     assert call(port, "GET", "/admin/customers", headers={"Authorization": "Bearer lgn_" + "0" * 64})[0] == 401
     assert call(port, "GET", "/admin/customers", user="alice")[0] == 401
     # the token is stored hashed only

@@ -19,7 +19,7 @@ public final class OperatorAuthenticator: Sendable {
             throw .tooManyRequests(retryAfterSeconds: wait)
         }
         guard let value = headers[.authorization], value.count > 7, value.prefix(7).lowercased() == "bearer " else {
-            throw .unauthorized
+            throw .unauthorizedOperator
         }
         let token = String(value.dropFirst(7)).trimmingCharacters(in: .whitespaces)
         let name: String?
@@ -30,7 +30,7 @@ public final class OperatorAuthenticator: Sendable {
         }
         guard let name else {
             throttle.withLock { $0.recordFailure(client: client, user: "-operator-", nowMs: now) }
-            throw .unauthorized
+            throw .unauthorizedOperator
         }
         return name
     }

@@ -10,6 +10,8 @@ public enum APIError: Error, Sendable, Equatable {
     /// Malformed JSON, a wrong type, an unknown field (uwsgi.it answered 500 or ignored them).
     case badRequest(String)
     case unauthorized
+    /// The admin API without a valid operator token.
+    case unauthorizedOperator
     /// Not yours, or input uwsgi.it rejects with 403 (missing required keys, failed checks).
     case forbidden(String?)
     case notFound(String?)
@@ -24,7 +26,7 @@ public enum APIError: Error, Sendable, Equatable {
     public var status: HTTPResponse.Status {
         switch self {
         case .badRequest: .badRequest
-        case .unauthorized: .unauthorized
+        case .unauthorized, .unauthorizedOperator: .unauthorized
         case .forbidden: .forbidden
         case .notFound: .notFound
         case .methodNotAllowed: .methodNotAllowed
@@ -43,6 +45,7 @@ public enum APIError: Error, Sendable, Equatable {
         switch self {
         case .badRequest(let why): return error("Bad Request", why)
         case .unauthorized: return error("Unauthorized", nil)
+        case .unauthorizedOperator: return error("Unauthorized", "send Authorization: Bearer TOKEN (legion admin token add NAME makes one)")
         case .forbidden(let why): return error("Forbidden", why)
         case .notFound(let why): return error("Not found", why)
         case .methodNotAllowed: return error("Method not allowed", nil)
@@ -59,6 +62,8 @@ public enum APIError: Error, Sendable, Equatable {
         switch self {
         case .unauthorized:
             response.headers[.wwwAuthenticate] = "Basic realm=\"uwsgi.it api\""
+        case .unauthorizedOperator:
+            response.headers[.wwwAuthenticate] = "Bearer realm=\"legion admin\""
         case .tooManyRequests(let seconds):
             response.headers[.retryAfter] = String(seconds)
         case .unavailable:
