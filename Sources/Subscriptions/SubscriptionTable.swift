@@ -223,6 +223,24 @@ public struct SubscriptionTable: Sendable {
     /// The slot key that serves `host`: the exact key, then (with dotsplit) parent wildcards
     /// `.b.example.com`, `.example.com`, … — at most 5 lookups in all, as uWSGI.
     public func matchKey(for host: [UInt8]) -> [UInt8]? {
+        if let key = match(host) { return key }
+        // nginx's server_name behaviour: `example.com:8080` (a client that wrote the port, default or not) finds
+        // `example.com` when no key has that port. Keys with a port (uWSGI's `example.com:8443`) still win.
+        if let bare = Self.strippingPort(host) { return match(bare) }
+        return nil
+    }
+
+    /// `host` without a trailing `:digits` port (`[v6]:port` too); nil when it has none.
+    static func strippingPort(_ host: [UInt8]) -> [UInt8]? {
+        guard let colon = host.lastIndex(of: 0x3a), colon > 0, colon < host.count - 1,
+              host[(colon + 1)...].allSatisfy({ (0x30...0x39).contains($0) }) else { return nil }
+        if host.first == 0x5b {  // '[v6]:port'
+            return host[colon - 1] == 0x5d ? Array(host[..<colon]) : nil
+        }
+        return host[..<colon].contains(0x3a) ? nil : Array(host[..<colon])  // a bare IPv6 address has no port
+    }
+
+    private func match(_ host: [UInt8]) -> [UInt8]? {
         if slots[host] != nil { return host }
         guard policy.dotsplit else { return nil }
         var candidate = host

@@ -172,6 +172,22 @@ import UwsgiWire
         #expect(seq2 == ["B", "A", "B", "A"])
     }
 
+    @Test func aHostWithAPortFindsThePortlessKey() {
+        var t = SubscriptionTable()
+        _ = t.apply(sub("example.com", "A"), verification: .unsigned, nowMs: 0)
+        _ = t.apply(sub("shop.example.com:8443", "B"), verification: .unsigned, nowMs: 0)
+        func key(_ host: String) -> String? { t.matchKey(for: Array(host.utf8)).map { String(decoding: $0, as: UTF8.self) } }
+        #expect(key("example.com:80") == "example.com")
+        #expect(key("example.com:443") == "example.com")
+        #expect(key("example.com:8080") == "example.com")
+        #expect(key("shop.example.com:8443") == "shop.example.com:8443")  // a key with the port still wins
+        #expect(key("shop.example.com") == nil)
+        #expect(key("example.com:") == nil)
+        #expect(key("example.com:8x") == nil)
+        #expect(SubscriptionTable.strippingPort(Array("[::1]:8080".utf8)).map { String(decoding: $0, as: UTF8.self) } == "[::1]")
+        #expect(SubscriptionTable.strippingPort(Array("::1".utf8)) == nil)
+    }
+
     @Test func anUnusedPickGivesTheTurnBack() {
         // The fast path picks, sees an HTTP backend and hands the request to the general router, which picks
         // again: with the first pick given back, requests still alternate (without it, one node got them all).
@@ -201,7 +217,7 @@ import UwsgiWire
         func match(_ host: String) -> String? { t.matchKey(for: Array(host.utf8)).map { String(decoding: $0, as: UTF8.self) } }
         #expect(match("example.com") == "example.com")
         #expect(match("EXAMPLE.com") == nil)
-        #expect(match("example.com:8080") == nil)
+        #expect(match("example.com:8080") == "example.com")  // a port the key lacks: the port-less key (nginx; uWSGI gave 404)
         #expect(match("a.b.example.com") == ".example.com")
         #expect(match("a.b.c.d.example.com") == ".example.com")
         #expect(match("a.b.c.d.e.example.com") == nil)

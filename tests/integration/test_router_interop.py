@@ -399,7 +399,9 @@ def test_error_answers(main: Setup):
         assert r.status == 404 and b"unknown.test" in r.body and len(r.body) < 1024, r
         r = request(port, host="EXAMPLE.com", conn=conn)  # keys are exact, case-sensitive (spec 3.9)
         assert r.status == 404, r
-        r = request(port, host="example.com:8080", conn=conn)  # port is part of the key
+        r = request(port, host="example.com:8080", conn=conn)  # a port no key has: the port-less key (nginx's server_name)
+        assert r.status == 200 and r.info["host"] == "example.com:8080", r  # the backend still sees the Host as sent
+        r = request(port, host="unknown.test:8080", conn=conn)
         assert r.status == 404, r
         r = request(port, path="/after-404", conn=conn)  # 404 keeps the connection usable
         assert r.status == 200 and r.info["path"] == "/after-404", r
