@@ -92,6 +92,8 @@ public struct NodeRuntime: Sendable {
             let lordState = state
             vipListener = HTTPRouter.vipListener(settings: router, store: store, logger: logger, lordBody: { lordState.lordJSON() })
         }
+        services.append(.init(service: ReadinessNotifier(state: state, hasStore: config.store != nil, logger: logger),
+                              successTerminationBehavior: .ignore))
         let legion = try LegionService(config: config, state: state, logger: logger, relay: relay, vipListener: vipListener)
         services.insert(.init(service: legion, successTerminationBehavior: .gracefullyShutdownGroup), at: 0)
         if let store = config.store {
@@ -189,6 +191,33 @@ struct APIDomainService: Service {
         var leave = packet
         leave.command = .unsubscribe
         relay.announce(leave, nowMs: SystemClock.wallMillis())
+    }
+}
+
+/// Tells systemd (`Type=notify`) the node is ready — its Legion service runs and, with a store, the store is
+/// reachable (or 30 s passed: a node without quorum still routes and hosts from its snapshot) — and, on shutdown,
+/// that it is stopping. Without `$NOTIFY_SOCKET` it does nothing.
+struct ReadinessNotifier: Service {
+    let state: NodeState
+    let hasStore: Bool
+    let logger: Logger
+
+    func run() async throws {
+        guard ProcessInfo.processInfo.environment["NOTIFY_SOCKET"] != nil else { return }
+        await cancelWhenGracefulShutdown {
+            let started = ContinuousClock.now
+            while !Task.isCancelled {
+                let snapshot = state.snapshot
+                let storeReady = !hasStore || snapshot.store?.reachable == true || ContinuousClock.now - started > .seconds(30)
+                if snapshot.legion != nil && storeReady { break }
+                try? await Task.sleep(for: .milliseconds(50))
+            }
+            guard !Task.isCancelled else { return }
+            SystemdNotifier.notify("READY=1\nSTATUS=serving (\(state.snapshot.nodeName))")
+            logger.info("told systemd the node is ready")
+            try? await gracefulShutdown()
+        }
+        SystemdNotifier.notify("STOPPING=1")
     }
 }
 
