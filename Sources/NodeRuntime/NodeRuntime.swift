@@ -39,6 +39,14 @@ public struct NodeRuntime: Sendable {
     /// Where hosting's unix subscription sockets live (`http`, `cluster`), when the node hosts containers.
     public var subscribeDir: String? { config.hosting.map { $0.subscribeDir } }
 
+    /// This node's API as other nodes reach it: its bind address, or for a wildcard bind the router's advertised
+    /// host, else the Legion bind host (loopback when that is a wildcard too).
+    func apiURL(_ api: NodeConfig.Endpoint) -> String {
+        let fallback = config.bind.host == "0.0.0.0" ? "127.0.0.1" : config.bind.host
+        let host = api.host != "0.0.0.0" ? api.host : (config.router?.advertise?.split(separator: ":").first.map(String.init) ?? fallback)
+        return "http://\(host):\(api.port)"
+    }
+
     public func services() throws -> [ServiceGroupConfiguration.ServiceConfiguration] {
         var services: [ServiceGroupConfiguration.ServiceConfiguration] = []
         var relay: ClusterRelay?
@@ -83,9 +91,7 @@ public struct NodeRuntime: Sendable {
                 services.append(.init(service: InternalRouter(bind: internalBind, store: local, logger: logger, settings: router)))
                 relay = clusterRelay
                 if let domain = config.apiDomain, let api = config.api {
-                    let advertised = api.host != "0.0.0.0" ? api.host
-                        : (router.advertise?.split(separator: ":").first.map(String.init) ?? (config.bind.host == "0.0.0.0" ? "127.0.0.1" : config.bind.host))
-                    services.append(.init(service: APIDomainService(domain: domain, backend: "http://\(advertised):\(api.port)", relay: clusterRelay,
+                    services.append(.init(service: APIDomainService(domain: domain, backend: apiURL(api), relay: clusterRelay,
                                                                      refreshMs: max(1000, router.toleranceMs / 3), logger: logger)))
                 }
             }
@@ -109,9 +115,8 @@ public struct NodeRuntime: Sendable {
                 options.database = store.database
                 var services = APIServices(store: options, resolver: config.apiResolver, logger: logger)
                 // API writes go to the store leader's node: one group-commit writer for the whole cluster.
-                let host = api.host == "0.0.0.0" ? (config.bind.host == "0.0.0.0" ? "127.0.0.1" : config.bind.host) : api.host
                 services.forwarder = StoreWriteForwarder(secret: config.secret.secret, state: state, nodeName: config.name,
-                                                         ownStoreAddress: store.bind.description, ownURL: "http://\(host):\(api.port)", logger: logger)
+                                                         ownStoreAddress: store.bind.description, ownURL: apiURL(api), logger: logger)
                 return services
             }
             let app = NodeAPI.application(state: state, subscriptions: routerTable, services: apiServices, host: api.host, port: api.port, logger: logger)

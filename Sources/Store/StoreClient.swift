@@ -253,7 +253,8 @@ public actor StoreClient {
         }
     }
 
-    static func validate(requestID: String) throws(StoreError) {
+    /// 1-128 characters of A-Z a-z 0-9 - _ . : (ids are written into SQL literals).
+    public static func validate(requestID: String) throws(StoreError) {
         guard !requestID.isEmpty, requestID.utf8.count <= 128,
               requestID.unicodeScalars.allSatisfy({ $0.isASCII && ($0.properties.isAlphabetic || ("0"..."9").contains($0) || "-_.:".unicodeScalars.contains($0)) })
         else {

@@ -51,8 +51,7 @@ public final class CustomerAuthenticator: Sendable {
             else { return nil }
             return Credentials(username: String(text[..<colon]), password: String(text[text.index(after: colon)...]))
         }
-        func field(_ name: String) -> String? { headers.first { $0.name.canonicalName == name }?.value }
-        if let user = field("x-uwsgi-it-username"), let pass = field("x-uwsgi-it-password"),
+        if let user = headers.value(named: "x-uwsgi-it-username"), let pass = headers.value(named: "x-uwsgi-it-password"),
            let username = hexDecode(user), let password = hexDecode(pass) {
             return Credentials(username: username, password: password)
         }

@@ -100,12 +100,11 @@ enum LoopboxRoutes {
         let me = try call.me
         let id = try call.number("id")
         _ = try await one(call, id: id)
-        guard case .object(let fields) = try JSONInput.parse(call.body) else { throw .badRequest("the request body must be a JSON object") }
-        let others = fields.keys.filter { $0 != "tags" }.sorted()
-        if !others.isEmpty {
+        let input = try JSONInput.parse(call.body)
+        if case .object(let fields) = input, case let others = fields.keys.filter({ $0 != "tags" }).sorted(), !others.isEmpty {
             throw .forbidden("only tags can change on a loopbox (\(others.joined(separator: ", ")) cannot); delete it and create a new one")
         }
-        let body = try call.json(allowed: ["tags"])
+        let body = try BodyReader(input, allowed: ["tags"])
         if let tags = try body.stringList("tags") {
             try await call.services.write(call, [
                 .init("DELETE FROM loopbox_tags WHERE loopbox_id = ?", [.integer(id)]),

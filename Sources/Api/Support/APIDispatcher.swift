@@ -2,6 +2,7 @@ import Foundation
 import HTTPTypes
 import Hummingbird
 import Node
+import Store
 
 /// Turns the route table into Hummingbird routes: body limits, authentication, request ids, CORS and the
 /// error mapping happen here once for every route.
@@ -68,8 +69,7 @@ public enum APIDispatcher {
 
     /// The client's `X-Request-Id` (so a retried write applies once), or a fresh one.
     static func requestID(_ headers: HTTPFields) -> String {
-        if let value = headers.first(where: { $0.name.canonicalName == "x-request-id" })?.value, !value.isEmpty, value.utf8.count <= 100,
-           value.unicodeScalars.allSatisfy({ $0.isASCII && ($0.properties.isAlphabetic || ("0"..."9").contains($0) || "-_.:".unicodeScalars.contains($0)) }) {
+        if let value = headers.value(named: "x-request-id"), value.utf8.count <= 100, (try? StoreClient.validate(requestID: value)) != nil {
             return "api:" + value
         }
         return UUID().uuidString

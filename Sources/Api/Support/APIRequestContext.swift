@@ -17,7 +17,7 @@ public struct APIRequestContext: RequestContext, RemoteAddressRequestContext {
     /// is a loopback router (the API routed through the failover IP).
     func client(_ request: Request) -> String {
         let peer = remoteAddress?.ipAddress ?? "unknown"
-        if peer == "127.0.0.1" || peer == "::1", let forwarded = request.headers.first(where: { $0.name.canonicalName == "x-forwarded-for" })?.value {
+        if peer == "127.0.0.1" || peer == "::1", let forwarded = request.headers.value(named: "x-forwarded-for") {
             return forwarded.split(separator: ",").last.map { $0.trimmingCharacters(in: .whitespaces) } ?? peer
         }
         return peer

@@ -66,7 +66,7 @@ public struct APIServices: Sendable {
     /// `POST /.legion/store/write`: a write another node sent to this node's writer (signed with the legion secret).
     func acceptForwarded(_ request: Request) async -> Response {
         var request = request
-        guard let forwarder, let signature = request.headers.first(where: { $0.name.canonicalName == "x-legion-signature" })?.value,
+        guard let forwarder, let signature = request.headers.value(named: "x-legion-signature"),
               let buffer = try? await request.collectBody(upTo: 1 << 20) else {
             return APIError.forbidden("not a signed store write").response
         }
