@@ -131,7 +131,8 @@ public struct NodeRuntime: Sendable {
             settings.monitors = dirs
             services.append(.init(service: EmperorService(emperor: Emperor(settings: settings, logger: logger))))
         }
-        if let hosting = config.hosting {
+        if var hosting = config.hosting {
+            hosting.openPorts = [config.router?.http.port, config.router?.https?.port].compactMap { $0 }
             let routes = HostingShortcuts.Routes(http: config.router.map { _ in hosting.subscribeDir + "/http" },
                                                  cluster: config.router?.clusterSubscription.map { _ in hosting.subscribeDir + "/cluster" },
                                                  digest: config.router?.signCheck?.0.rawValue ?? "SHA1")

@@ -61,6 +61,35 @@ public struct DesiredState: Codable, Sendable, Equatable {
     public var domains: [Domain]
     /// Customer name → RSA public key (PEM), to verify signed subscriptions.
     public var customerKeys: [String: String]
+    /// Two-sided links of this server's containers (A linked B and B linked A), with the peer's server address
+    /// (nil in snapshots written before container networking existed).
+    public var links: [Link]?
+    /// Port mappings (public port → container port) of this server's containers.
+    public var portMappings: [PortMapping]?
+
+    public struct Link: Codable, Sendable, Equatable, Hashable {
+        public var local: Int64
+        public var peer: Int64
+        public var peerAddress: String
+        public init(local: Int64, peer: Int64, peerAddress: String) {
+            self.local = local
+            self.peer = peer
+            self.peerAddress = peerAddress
+        }
+    }
+
+    public struct PortMapping: Codable, Sendable, Equatable, Hashable {
+        public var proto: String
+        public var publicPort: Int64
+        public var uid: Int64
+        public var privatePort: Int64
+        public init(proto: String, publicPort: Int64, uid: Int64, privatePort: Int64) {
+            self.proto = proto
+            self.publicPort = publicPort
+            self.uid = uid
+            self.privatePort = privatePort
+        }
+    }
 
     public static func empty(server: String) -> DesiredState {
         DesiredState(version: -1, fetchedAtMs: 0, server: server, containers: [], domains: [], customerKeys: [:])
@@ -78,6 +107,18 @@ public struct DesiredState: Codable, Sendable, Equatable {
             SELECT d.name, c.username FROM domains d JOIN customers c ON c.id = d.customer_id ORDER BY d.name
             """)
         let keys = try await client.query("SELECT username, rsa_pubkey FROM customers WHERE id IN (SELECT customer_id FROM domains)")
+        let links = try await client.query("""
+            SELECT l.container_id, l.to_id, ps.address FROM container_links l
+            JOIN container_links r ON r.container_id = l.to_id AND r.to_id = l.container_id
+            JOIN containers k ON k.id = l.container_id JOIN servers s ON s.id = k.server_id
+            JOIN containers p ON p.id = l.to_id JOIN servers ps ON ps.id = p.server_id
+            WHERE s.name = ? ORDER BY l.container_id, l.to_id
+            """, [.text(server)])
+        let portmaps = try await client.query("""
+            SELECT m.proto, m.public_port, m.container_id, m.private_port FROM portmaps m
+            JOIN containers k ON k.id = m.container_id JOIN servers s ON s.id = k.server_id
+            WHERE s.name = ? ORDER BY m.proto, m.public_port, m.container_id
+            """, [.text(server)])
         var state = DesiredState(version: version, fetchedAtMs: Int64(Date().timeIntervalSince1970 * 1000), server: server,
                                  containers: [], domains: [], customerKeys: [:])
         for row in domains.rows where row.count == 2 {
@@ -97,6 +138,14 @@ public struct DesiredState: Codable, Sendable, Equatable {
         }
         for row in keys.rows where row.count == 2 {
             if let name = row[0].string, let key = row[1].string { state.customerKeys[name] = key }
+        }
+        state.links = links.rows.compactMap { row in
+            guard row.count == 3, let a = row[0].int, let b = row[1].int, let address = row[2].string else { return nil }
+            return Link(local: AdminStore.baseUID + a, peer: AdminStore.baseUID + b, peerAddress: address)
+        }
+        state.portMappings = portmaps.rows.compactMap { row in
+            guard row.count == 4, let proto = row[0].string, let pub = row[1].int, let id = row[2].int, let priv = row[3].int else { return nil }
+            return PortMapping(proto: proto, publicPort: pub, uid: AdminStore.baseUID + id, privatePort: priv)
         }
         return state
     }

@@ -25,10 +25,14 @@ public enum ContainerBundle {
         /// namespace of its own (loopback only): it reaches nothing of the host's network, its vassals subscribe
         /// through these sockets and serve through unix sockets in the home.
         public var subscribeDir: String?
+        /// A network namespace made by the node (`/run/netns/…`, `ContainerNetwork`): the container joins it instead
+        /// of getting a loopback-only one.
+        public var networkNamespace: String?
 
         public init(rootfs: String, bundle: String, home: String, legion: String, libraryDirectories: [String], cgroupParent: String,
-                    subscribeDir: String? = nil) {
+                    subscribeDir: String? = nil, networkNamespace: String? = nil) {
             self.subscribeDir = subscribeDir
+            self.networkNamespace = networkNamespace
             self.rootfs = rootfs
             self.bundle = bundle
             self.home = home
@@ -111,7 +115,7 @@ public enum ContainerBundle {
                 "cpu": ["shares": limits.cpuShares],
             ] as [String: Any],
             "namespaces": [["type": "pid"], ["type": "ipc"], ["type": "uts"], ["type": "mount"]]
-                + (paths.subscribeDir != nil ? [["type": "network"]] : []),
+                + (paths.networkNamespace.map { [["type": "network", "path": $0]] } ?? (paths.subscribeDir != nil ? [["type": "network"]] : [])),
             "maskedPaths": ["/proc/acpi", "/proc/asound", "/proc/kcore", "/proc/keys", "/proc/latency_stats", "/proc/timer_list",
                             "/proc/timer_stats", "/proc/sched_debug", "/sys/firmware", "/proc/scsi"],
             "readonlyPaths": ["/proc/bus", "/proc/fs", "/proc/irq", "/proc/sys", "/proc/sysrq-trigger"],

@@ -29,6 +29,8 @@ public final class HostingService: Service, Sendable {
     private let appliedLimits = Mutex<[Int64: ContainerBundle.Limits]>([:])
     private var useImages: Bool { useRunc && settings.homeImages }
     private let oom: OOMWatcher?
+    /// Containers' addresses, links, NAT and port mappings (`[hosting] network = "routed"` with runc).
+    private let networker: ContainerNetworker?
     private let alarmSink: (any AlarmSink)?
     private let quota = Mutex(QuotaAlarms())
     private let placed = Mutex<[DesiredState.Container]>([])
@@ -61,6 +63,8 @@ public final class HostingService: Service, Sendable {
         } else {
             oom = nil
         }
+        networker = useRunc && settings.network == .routed
+            ? ContainerNetworker(node: nodeName, openPorts: settings.openPorts, rulesetPath: settings.bundlesDir + "/firewall.nft", logger: logger) : nil
         state?.update { $0.hosting = NodeState.HostingStatus(containersDir: settings.containersDir) }
         self.routes = routes
         self.feed = feed
@@ -104,6 +108,7 @@ public final class HostingService: Service, Sendable {
             guard resolveExecutable(settings.runcBinary) != nil else {
                 throw EmperorError("hosting: runtime = \"runc\" but \(settings.runcBinary) is not installed; apt-get install runc (scripts/setup --test does)")
             }
+            try await networker?.prepare()
             if let path = settings.seccompProfile, seccomp == nil {
                 throw EmperorError("hosting: [hosting] seccomp = \(path) cannot be read as a JSON profile; build it with scripts/make-seccomp \(path)")
             }
@@ -146,6 +151,9 @@ public final class HostingService: Service, Sendable {
                 group.cancelAll()
             }
             if useImages { await unmountHomes() }
+            if let networker {
+                for container in placed.withLock({ $0 }) { await networker.teardown(uid: container.uid) }
+            }
         } onGracefulShutdown: {
             emperor.shutdown()
         }
@@ -177,6 +185,7 @@ public final class HostingService: Service, Sendable {
         if useRunc {
             for container in desired.containers { await writeBundle(container) }
         }
+        await networker?.apply(desired)
         placed.withLock { $0 = desired.containers }
         let list = HostingReconciler.vassals(desired: desired.containers, home: home, uidOwned: asRoot && !useRunc)
         vassals.files = list
@@ -260,6 +269,7 @@ public final class HostingService: Service, Sendable {
             _ = await ProcessSupervisor.shared.run(SpawnSpec(executable: settings.runcBinary, arguments: ["delete", "--force", id]),
                                                    timeoutSeconds: 10, captureOutput: true)
             try? FileManager.default.removeItem(atPath: bundle(uid))
+            await networker?.teardown(uid: uid)
             _ = appliedLimits.withLock { $0.removeValue(forKey: uid) }
         }
         let stamp = Int(Date().timeIntervalSince1970)
@@ -404,7 +414,8 @@ public final class HostingService: Service, Sendable {
         let dir = bundle(uid)
         let paths = ContainerBundle.Paths(rootfs: settings.rootfsDir, bundle: dir, home: home(uid), legion: legionPath,
                                           libraryDirectories: libraryDirectories, cgroupParent: "/legion/\(nodeName)",
-                                          subscribeDir: routes.http == nil && routes.cluster == nil ? nil : settings.subscribeDir)
+                                          subscribeDir: routes.http == nil && routes.cluster == nil && networker == nil ? nil : settings.subscribeDir,
+                                          networkNamespace: networker == nil ? nil : ContainerNetwork.namespacePath(node: nodeName, uid: uid))
         let args = ContainerBundle.subEmperorArgs(legion: legionPath, home: home(uid), uwsgi: settings.uwsgiBinary,
                                                   logMaxBytes: settings.logMaxBytes, rescanS: Double(settings.subEmperorRescanMs) / 1000)
         let config = ContainerBundle.config(for: container, paths: paths, args: args, seccomp: seccomp)
@@ -424,6 +435,13 @@ public final class HostingService: Service, Sendable {
             let json = try JSONSerialization.data(withJSONObject: config, options: [.sortedKeys, .prettyPrinted])
             try writeIfChanged(dir + "/config.json", json)
             try writeIfChanged(dir + "/start.sh", Data(startScript(container).utf8))
+            if networker != nil {
+                guard let network = ContainerNetwork.setupScript(node: nodeName, uid: uid, ip: container.ip) else {
+                    logger.error("hosting: container \(uid): address \(container.ip) is not in \(ContainerNetwork.network); it is not started")
+                    return
+                }
+                try writeIfChanged(dir + "/network.sh", Data(network.utf8))
+            }
         } catch {
             logger.error("hosting: cannot write the runc bundle of container \(uid) in \(dir): \(error.localizedDescription)")
             return
@@ -473,6 +491,9 @@ public final class HostingService: Service, Sendable {
                 "  mountpoint -q \"$home\" || mount -o loop,noatime,nosuid,nodev \"$img\" \"$home\"",
                 "fi",
             ]
+        }
+        if networker != nil {
+            lines.append("/bin/sh '\(bundle(uid))/network.sh' || { echo \"legion: container \(uid): cannot set up its network (above)\" >&2; exit 1; }")
         }
         lines.append("exec \(runc) run --preserve-fds 1 --bundle '\(bundle(uid))' \(id)")
         return lines.joined(separator: "\n") + "\n"

@@ -38,6 +38,19 @@ public struct HostingSettings: Sendable, Equatable {
     /// With runc: a seccomp profile in OCI form (`scripts/make-seccomp OUT.json` builds the hardened one).
     public var seccompProfile: String?
 
+    public enum Network: String, Sendable, Equatable, CaseIterable {
+        /// A network namespace with loopback only: vassals serve and subscribe through unix sockets.
+        case none
+        /// Also a veth with the container's store address (10.0.0.0 | id+2), routed by the node: outbound NAT,
+        /// two-sided links (nftables, live), port mappings (DNAT); see `ContainerNetwork`.
+        case routed
+    }
+
+    /// With runc: the containers' network (`ContainerNetwork`).
+    public var network: Network = .none
+    /// TCP ports of this node that containers may reach (its routers'); set from `[router]` by the runtime.
+    public var openPorts: [Int] = []
+
     public init(containersDir: String, archiveDir: String) {
         self.containersDir = containersDir
         self.archiveDir = archiveDir
@@ -64,6 +77,12 @@ public struct HostingSettings: Sendable, Equatable {
         if let v = try table.string("subscribe_dir") { out.subscribeDir = path(v) }
         if let v = try table.bool("home_images") { out.homeImages = v }
         if let v = try table.string("seccomp") { out.seccompProfile = path(v) }
+        if let v = try table.string("network") {
+            guard let n = Network(rawValue: v) else {
+                throw .invalid(key: "hosting.network", problem: "'\(v)' is unknown; use \"none\" (loopback only) or \"routed\" (an address per container, NAT, links, port mappings; needs nftables)")
+            }
+            out.network = n
+        }
         if let v = try table.string("containers_dir") { out.containersDir = path(v) }
         if let v = try table.string("archive_dir") { out.archiveDir = path(v) }
         if let v = try table.string("uwsgi") { out.uwsgiBinary = v }
