@@ -17,7 +17,7 @@ struct LegionCommand: AsyncParsableCommand {
         Run one node of a real cluster:
           legion node --config /etc/legion/node.toml
         """,
-        subcommands: [NodeCommand.self, ClusterCommand.self, EmperorCommand.self, StoreCommand.self, AdminCommand.self, DrillCommand.self, ConfigCommand.self, SimulateCommand.self,
+        subcommands: [NodeCommand.self, ClusterCommand.self, EmperorCommand.self, StoreCommand.self, AdminCommand.self, ContainerCommand.self, DrillCommand.self, ConfigCommand.self, SimulateCommand.self,
                       DrillProbeCommand.self,
                       VIPFenceCommand.self]
     )

@@ -123,7 +123,8 @@ def hosting_cluster(legion_bin, repo_root, runtime: str | None = None, hosting_e
         text = text.replace("\n[router]\n", f'\n[router]\nsign_check = "SHA1:{run_dir / "signkeys"}"\n')
         if runtime:
             assert "\n[hosting]\n" in text
-            text = text.replace("\n[hosting]\n", f'\n[hosting]\nruntime = "{runtime}"\n{hosting_extra}')
+            # hosting_extra may name the node: "{node}" becomes node1, node2, node3.
+            text = text.replace("\n[hosting]\n", f'\n[hosting]\nruntime = "{runtime}"\n{hosting_extra.replace("{node}", f"node{n}")}')
         (configs / f"node{n}.toml").write_text(text)
     subprocess.run([str(legion_bin), "cluster", "down"], cwd=repo_root, capture_output=True, timeout=30)
     try:

@@ -40,6 +40,51 @@ def test_install_lays_out_binary_unit_and_config(legion_bin, repo_root, tmp_path
     assert config.read_text().endswith("# edited\n")
 
 
+def test_install_ssh_lays_out_nss_helper_and_sshd(legion_bin, repo_root, tmp_path):
+    root = tmp_path / "root"
+    (root / "etc").mkdir(parents=True)
+    (root / "etc/nsswitch.conf").write_text("passwd:         files\ngroup:          files\nhosts:          files dns\n")
+    r = subprocess.run([str(repo_root / "scripts" / "install"), "--root", str(root), "--binary", str(legion_bin), "--ssh"],
+                       capture_output=True, text=True, timeout=120)
+    assert r.returncode == 0, r.stdout + r.stderr
+    helper = root / "usr/local/lib/legion/legion-shell"
+    assert helper.stat().st_mode & 0o4000 and helper.stat().st_uid == 0, "legion-shell must be setuid root"
+    assert (root / "usr/lib/x86_64-linux-gnu/libnss_legion.so.2").exists()
+    nss = (root / "etc/nsswitch.conf").read_text()
+    assert "passwd:         files legion" in nss and "group:          files legion" in nss and "hosts:          files dns\n" in nss
+    # a second install does not add it twice
+    subprocess.run([str(repo_root / "scripts" / "install"), "--root", str(root), "--binary", str(legion_bin), "--ssh"], check=True,
+                   capture_output=True, timeout=120)
+    assert (root / "etc/nsswitch.conf").read_text() == nss
+    config = root / "etc/ssh/sshd_legion.conf"
+    assert "ForceCommand /usr/local/lib/legion/legion-shell" in config.read_text()
+    assert 'ssh_keys_dir = "/run/legion/ssh-keys"' in (root / "etc/legion/node.toml").read_text()
+    if Path("/usr/sbin/sshd").exists():   # scripts/setup --test installs it: the shipped config is valid for sshd
+        t = subprocess.run(["/usr/sbin/sshd", "-t", "-f", str(config)], capture_output=True, text=True)
+        assert t.returncode == 0 or "no hostkeys available" in t.stderr, t.stderr
+    # the NSS module answers the containers' range and nothing else (loaded as glibc would)
+    probe = subprocess.run(["python3", "-c", PROBE_NSS, str(root / "usr/lib/x86_64-linux-gnu/libnss_legion.so.2")],
+                           capture_output=True, text=True, timeout=30)
+    assert probe.stdout.split() == ["30001:30001:/:/bin/sh", "notfound", "notfound", "notfound", "30042"], probe.stdout + probe.stderr
+
+
+PROBE_NSS = r'''
+import ctypes, sys
+lib = ctypes.CDLL(sys.argv[1])
+class Passwd(ctypes.Structure):
+    _fields_ = [("name", ctypes.c_char_p), ("passwd", ctypes.c_char_p), ("uid", ctypes.c_uint), ("gid", ctypes.c_uint),
+                ("gecos", ctypes.c_char_p), ("dir", ctypes.c_char_p), ("shell", ctypes.c_char_p)]
+def getpwnam(name):
+    pw, buf, err = Passwd(), ctypes.create_string_buffer(1024), ctypes.c_int(0)
+    status = lib._nss_legion_getpwnam_r(name.encode(), ctypes.byref(pw), buf, 1024, ctypes.byref(err))
+    return f"{pw.uid}:{pw.gid}:{pw.dir.decode()}:{pw.shell.decode()}" if status == 1 else "notfound"
+def getpwuid(uid):
+    pw, buf, err = Passwd(), ctypes.create_string_buffer(1024), ctypes.c_int(0)
+    return pw.name.decode() if lib._nss_legion_getpwuid_r(uid, ctypes.byref(pw), buf, 1024, ctypes.byref(err)) == 1 else "notfound"
+print(getpwnam("30001"), getpwnam("root"), getpwnam("030001"), getpwnam("30000"), getpwuid(30042))
+'''
+
+
 def test_node_tells_systemd_when_it_is_ready_and_when_it_stops(legion_bin, tmp_path):
     sock_path = tmp_path / "notify.sock"
     listener = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)

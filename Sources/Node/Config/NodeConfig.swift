@@ -234,6 +234,7 @@ extension NodeConfig {
             if h.rootfsDir == old + "/rootfs" { h.rootfsDir = dir + "/rootfs" }
             if h.imagesDir == old + "/images" { h.imagesDir = dir + "/images" }
             if h.subscribeDir == old + "/subscribe" { h.subscribeDir = dir + "/subscribe" }
+            if h.sshKeysDir == old + "/ssh-keys" { h.sshKeysDir = dir + "/ssh-keys" }
             hosting = h
         }
     }

@@ -186,6 +186,7 @@ public final class HostingService: Service, Sendable {
             for container in desired.containers { await writeBundle(container) }
         }
         await networker?.apply(desired)
+        syncSSHKeys(desired.containers)
         placed.withLock { $0 = desired.containers }
         let list = HostingReconciler.vassals(desired: desired.containers, home: home, uidOwned: asRoot && !useRunc)
         vassals.files = list
@@ -246,6 +247,37 @@ public final class HostingService: Service, Sendable {
             return
         }
         logger.info("hosting: container \(uid): wrote \(file.path)\(file.secret ? " (secret, contents not logged)" : "")")
+    }
+
+    /// sshd's view of the store's keys: `<ssh_keys_dir>/<uid>` for each placed container (root-owned, 0644, replaced
+    /// atomically), nothing for the others, so a key removed in the store (or a container gone) locks the login out.
+    private func syncSSHKeys(_ containers: [DesiredState.Container]) {
+        let dir = settings.sshKeysDir
+        do {
+            try FileManager.default.createDirectory(atPath: dir, withIntermediateDirectories: true, attributes: [.posixPermissions: 0o755])
+        } catch {
+            logger.error("hosting: cannot create \(dir) for ssh keys: \(error.localizedDescription)")
+            return
+        }
+        var wanted: [String: String] = [:]
+        for container in containers {
+            let keys = (container.sshKeys ?? "").split(whereSeparator: \.isNewline).map { $0.trimmingCharacters(in: .whitespaces) }
+                .filter { !$0.isEmpty && !$0.hasPrefix("#") }
+            if !keys.isEmpty { wanted["\(container.uid)"] = keys.joined(separator: "\n") + "\n" }
+        }
+        for (name, text) in wanted {
+            let path = dir + "/" + name
+            if FileManager.default.contents(atPath: path) == Data(text.utf8) { continue }
+            do {
+                try writeIfChanged(path, Data(text.utf8))
+                logger.info("hosting: container \(name): ssh keys for sshd updated (\(text.split(separator: "\n").count) keys)")
+            } catch {
+                logger.error("hosting: cannot write \(path): \(error.localizedDescription)")
+            }
+        }
+        for name in (try? FileManager.default.contentsOfDirectory(atPath: dir)) ?? [] where wanted[name] == nil && Int64(name) != nil {
+            if unlink(dir + "/" + name) == 0 { logger.info("hosting: container \(name): no ssh keys any more; ssh login closed") }
+        }
     }
 
     private func chownIfRoot(_ path: String, uid: Int64) {

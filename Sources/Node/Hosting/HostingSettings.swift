@@ -46,6 +46,10 @@ public struct HostingSettings: Sendable, Equatable {
         case routed
     }
 
+    /// Each placed container's authorized ssh keys from the store, one file per uid (root-owned, 0644), for sshd's
+    /// `AuthorizedKeysFile <dir>/%u` (packaging/ssh/sshd_legion.conf). Outside the homes: a customer cannot add keys
+    /// by editing files. Default DATA_DIR/ssh-keys.
+    public var sshKeysDir: String = ""
     /// With runc: the containers' network (`ContainerNetwork`).
     public var network: Network = .none
     /// TCP ports of this node that containers may reach (its routers'); set from `[router]` by the runtime.
@@ -64,6 +68,7 @@ public struct HostingSettings: Sendable, Equatable {
         out.rootfsDir = dataDir + "/rootfs"
         out.imagesDir = dataDir + "/images"
         out.subscribeDir = dataDir + "/subscribe"
+        out.sshKeysDir = dataDir + "/ssh-keys"
         if let v = try table.string("runtime") {
             guard let r = Runtime(rawValue: v) else {
                 throw .invalid(key: "hosting.runtime", problem: "'\(v)' is unknown; use \"process\" (plain processes as the container's uid) or \"runc\" (isolated containers, needs root and runc)")
@@ -75,6 +80,7 @@ public struct HostingSettings: Sendable, Equatable {
         if let v = try table.string("runc") { out.runcBinary = v }
         if let v = try table.string("images_dir") { out.imagesDir = path(v) }
         if let v = try table.string("subscribe_dir") { out.subscribeDir = path(v) }
+        if let v = try table.string("ssh_keys_dir") { out.sshKeysDir = path(v) }
         if let v = try table.bool("home_images") { out.homeImages = v }
         if let v = try table.string("seccomp") { out.seccompProfile = path(v) }
         if let v = try table.string("network") {
