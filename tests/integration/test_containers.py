@@ -67,8 +67,54 @@ def fill(home):
     except OSError:
         pass
     return {"written": written, "error": error}
+BOMB = (
+    "import json, os, sys, time\n"
+    "n, err = 0, None\n"
+    "while True:\n"
+    "    try:\n"
+    "        child = os.fork()\n"
+    "    except OSError as e:\n"
+    "        err = e.errno\n"
+    "        break\n"
+    "    if child == 0:\n"
+    "        time.sleep(20)\n"
+    "        os._exit(0)\n"
+    "    n += 1\n"
+    "print(json.dumps({'forked': n, 'errno': err}), flush=True)\n"
+    "sys.stdout.close()\n"
+    "time.sleep(20)\n"
+)
+def forkbomb():
+    # Forks until the kernel refuses; the children hold their slots 20 s. Its own process (no inherited sockets).
+    import subprocess, sys
+    p = subprocess.Popen(["/usr/bin/python3", "-c", BOMB], stdout=subprocess.PIPE, start_new_session=True)
+    out = p.stdout.readline()
+    return json.loads(out or b"{}")
+def raise_limits():
+    # What a customer would try to lift its own limits.
+    import resource
+    out = {}
+    for path in ("/sys/fs/cgroup/memory/memory.limit_in_bytes", "/sys/fs/cgroup/pids/pids.max",
+                 "/sys/fs/cgroup/memory/legion/memory.limit_in_bytes"):
+        try:
+            with open(path, "w") as f:
+                f.write("-1")
+            out[path] = "written"
+        except OSError as e:
+            out[path] = type(e).__name__
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    try:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (hard * 2, hard * 2))
+        out["nofile"] = "raised"
+    except (ValueError, OSError) as e:
+        out["nofile"] = type(e).__name__
+    return out
 def application(env, start_response):
     home = os.environ["HOME"]
+    if env.get("PATH_INFO") in ("/forkbomb", "/limits"):
+        body = json.dumps(forkbomb() if env["PATH_INFO"] == "/forkbomb" else raise_limits()).encode()
+        start_response("200 OK", [("Content-Type", "application/json"), ("Content-Length", str(len(body)))])
+        return [body]
     if env.get("PATH_INFO") == "/oom":
         hog = bytearray(400 << 20)   # over the container's memory limit: the kernel kills this worker
         for i in range(0, len(hog), 4096):
@@ -234,6 +280,42 @@ def test_out_of_memory_kills_inside_the_container_and_raises_an_alarm(runc_clust
     assert rows and rows[0]["msg"] == f"container {uid}: OUT OF MEMORY !!!" and rows[0]["level"] == 0, rows
     # The node and the container survive: uWSGI respawns the killed worker.
     assert wait_for(lambda: get(ROUTERS["node2"], host="hog.example.com")[0] == 200, 15)
+
+
+def test_a_fork_bomb_stops_at_the_pids_limit_and_nothing_else_notices(runc_cluster):
+    import urllib.request
+    c = runc_cluster
+    bomb = probe_container(c, "bomb", "bomb.example.com", memory=256, storage=256)
+    calm = probe_container(c, "calm", "calm.example.com", memory=128, storage=256)
+    # It cannot lift its own limits first: no cgroup files to write (read-only /sys, no cgroup mount), no rlimit raise.
+    with urllib.request.urlopen(urllib.request.Request(f"http://{ROUTERS['node2']}/limits", headers={"Host": "bomb.example.com"}),
+                                timeout=30) as r:
+        tried = json.loads(r.read())
+    assert "written" not in tried.values() and tried["nofile"] != "raised", tried
+    t0 = time.monotonic()
+    try:
+        with urllib.request.urlopen(urllib.request.Request(f"http://{ROUTERS['node2']}/forkbomb", headers={"Host": "bomb.example.com"}),
+                                    timeout=60) as r:
+            result = json.loads(r.read())
+    except OSError as e:
+        logs = c.home("node2", bomb) / "logs"
+        pytest.fail(f"the fork bomb's request failed after {time.monotonic() - t0:.1f} s ({e}): "
+                    + "".join(p.read_text(errors="replace")[-1500:] for p in logs.glob("*.log")) + c.log("node2")[-3000:])
+    # Stopped by the container's pids limit (512 for the whole container, uWSGI's own processes included): EAGAIN.
+    assert result["errno"] == 11 and 300 < result["forked"] < 512, result
+    pids = Path(f"/sys/fs/cgroup/pids/legion/node2/{bomb}")
+    assert int((pids / "pids.current").read_text()) >= 500, "the bomb's children hold the container's slots"
+    # Meanwhile the node, its other containers and the API answer as before.
+    for _ in range(20):
+        t = time.monotonic()
+        assert get(ROUTERS["node2"], host="calm.example.com")[0] == 200
+        assert time.monotonic() - t < 1.0
+    status = subprocess.run([str(c.legion), "store", "status", "--json"], cwd=c.repo, capture_output=True, text=True, timeout=20)
+    assert status.returncode == 0, status.stderr
+    print(f"\nfork bomb: {result['forked']} forks, then EAGAIN in {time.monotonic() - t0:.1f} s; other container served 20/20")
+    # The bomb's children exit after 20 s: the container serves again.
+    assert wait_for(lambda: get(ROUTERS["node2"], host="bomb.example.com")[0] == 200, 40)
+    assert calm
 
 
 def test_changing_limits_in_the_store_applies_them_and_keeps_the_data(runc_cluster):
