@@ -301,3 +301,69 @@ def test_a_removed_container_leaves_no_namespace_veth_or_firewall_element(net_la
     assert wait_for(lambda: not os.path.exists(f"/run/netns/legion-n2-{uid}"), 10)
     assert wait_for(lambda: veth not in lab("n2", "nft", "list", "set", "inet", "legion_n2", "ports").stdout, 10)
     assert ip_of(uid) + " " not in lab("n2", "ip", "route").stdout
+
+
+def leak_counters() -> dict:
+    """What a container may leave behind, counted in the root namespace and in n2's."""
+    def count(argv: list[str]) -> int:
+        return len(subprocess.run(argv, capture_output=True, text=True).stdout.splitlines())
+    cgroups = Path("/sys/fs/cgroup/memory/legion/n2")
+    return {
+        "mounts": len(Path("/proc/self/mountinfo").read_text().splitlines()),
+        "loop devices": count(["losetup", "-a"]),
+        "netns": len(os.listdir("/run/netns")),
+        "n2 links": count(["ip", "netns", "exec", "lg-n2", "ip", "-o", "link"]),
+        "n2 routes": count(["ip", "netns", "exec", "lg-n2", "ip", "route"]),
+        "runc containers": count(["runc", "list", "-q"]),
+        "cgroups": len([d for d in cgroups.iterdir() if d.is_dir()]) if cgroups.exists() else 0,
+        "firewall ports": lab("n2", "nft", "list", "set", "inet", "legion_n2", "ports").stdout.count('"lv'),
+    }
+
+
+def test_100_create_delete_cycles_leave_nothing_behind(net_lab: Lab):
+    lab_ = net_lab
+    before = leak_counters()
+    t0 = time.monotonic()
+    for rnd in range(10):
+        names = [f"cyc{rnd}-{i}" for i in range(10)]
+        for name in names:
+            lab_.admin("container", "add", name, "--customer", "hoster", "--server", "n2", "--memory", "64", "--storage", "64")
+        uids = [u for n, u in lab_.containers().items() if n in names]
+        assert len(uids) == 10
+
+        def all_running() -> bool:
+            listed = subprocess.run(["runc", "list", "-q"], capture_output=True, text=True).stdout.split()
+            return all(f"legion-n2-{u}" in listed for u in uids) and all(
+                lab("n2", "ip", "link", "show", f"lv{u}").returncode == 0 for u in uids)
+        assert wait_for(all_running, 60, 0.2), lab_.log("n2")[-3000:]
+        for u in uids:
+            lab_.admin("container", "delete", str(u))
+
+        def all_gone() -> bool:
+            listed = subprocess.run(["runc", "list", "-q"], capture_output=True, text=True).stdout.split()
+            return not any(f"legion-n2-{u}" in listed or os.path.exists(f"/run/netns/legion-n2-{u}") for u in uids)
+        assert wait_for(all_gone, 60, 0.2), lab_.log("n2")[-3000:]
+    elapsed = time.monotonic() - t0
+
+    def settled() -> bool:
+        return leak_counters() == before
+    assert wait_for(settled, 30, 0.5), {k: (before[k], v) for k, v in leak_counters().items() if before[k] != v}
+    print(f"\n100 create/delete cycles (10 at a time, store → running → removed) in {elapsed:.1f} s; counters unchanged: {before}")
+
+
+def test_a_node_killed_hard_brings_every_container_back_with_its_network(net_lab: Lab):
+    lab_ = net_lab
+    u = lab_.containers()
+    a, b, c = u["a"], u["b"], u["c"]
+    node = lab_.nodes["n2"]
+    node.kill()
+    node.wait(timeout=10)
+    log = open(lab_.run_dir / "n2.log", "a")
+    cfg = lab_.run_dir / "n2.toml"
+    lab_.nodes["n2"] = subprocess.Popen(["nsenter", "--net=/run/netns/lg-n2", str(lab_.legion), "node", "--config", str(cfg)],
+                                        stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
+    for uid in (a, b):
+        assert wait_for(lambda: lab_.probe("n2", uid, "/whoami") == "10.0.0.1", 60), lab_.log("n2")[-3000:]
+    # The links hold as the store has them: a ↔ c (two nodes) open, a → b closed (b unlinked).
+    assert wait_for(lambda: lab_.fetch("n2", a, f"{ip_of(c)}:8000") == ip_of(a), 30), lab_.fetch("n2", a, f"{ip_of(c)}:8000")
+    assert lab_.fetch("n2", a, f"{ip_of(b)}:8000").startswith("failed")
