@@ -72,12 +72,15 @@ let package = Package(
                 .product(name: "ServiceLifecycle", package: "swift-service-lifecycle"),
             ]
         ),
+        // Loop mounts beneath a customer's home that follow no symlink (openat2), for loopboxes (Linux).
+        .target(name: "CMount"),
         // epoll/eventfd/socket wrappers for the router's fast path (Linux).
         .target(name: "CRouterIO"),
         .target(
             name: "Node",
             dependencies: [
                 "CRouterIO",
+                "CMount",
                 "Emperor",
                 "Supervisor",
                 "Legion",

@@ -66,6 +66,24 @@ public struct DesiredState: Codable, Sendable, Equatable {
     public var links: [Link]?
     /// Port mappings (public port → container port) of this server's containers.
     public var portMappings: [PortMapping]?
+    /// Loopboxes (ext4 images in a home, mounted in it) of this server's containers.
+    public var loopboxes: [Loopbox]?
+
+    public struct Loopbox: Codable, Sendable, Equatable, Hashable {
+        public var id: Int64
+        public var uid: Int64
+        /// Both relative to the home (the store's CHECKs refuse '..', absolute paths and reserved directories).
+        public var filename: String
+        public var mountpoint: String
+        public var readOnly: Bool
+        public init(id: Int64, uid: Int64, filename: String, mountpoint: String, readOnly: Bool) {
+            self.id = id
+            self.uid = uid
+            self.filename = filename
+            self.mountpoint = mountpoint
+            self.readOnly = readOnly
+        }
+    }
 
     public struct Link: Codable, Sendable, Equatable, Hashable {
         public var local: Int64
@@ -119,6 +137,11 @@ public struct DesiredState: Codable, Sendable, Equatable {
             JOIN containers k ON k.id = m.container_id JOIN servers s ON s.id = k.server_id
             WHERE s.name = ? ORDER BY m.proto, m.public_port, m.container_id
             """, [.text(server)])
+        let loopboxes = try await client.query("""
+            SELECT l.id, l.container_id, l.filename, l.mountpoint, l.ro FROM loopboxes l
+            JOIN containers k ON k.id = l.container_id JOIN servers s ON s.id = k.server_id
+            WHERE s.name = ? ORDER BY l.id
+            """, [.text(server)])
         var state = DesiredState(version: version, fetchedAtMs: Int64(Date().timeIntervalSince1970 * 1000), server: server,
                                  containers: [], domains: [], customerKeys: [:])
         for row in domains.rows where row.count == 2 {
@@ -142,6 +165,10 @@ public struct DesiredState: Codable, Sendable, Equatable {
         state.links = links.rows.compactMap { row in
             guard row.count == 3, let a = row[0].int, let b = row[1].int, let address = row[2].string else { return nil }
             return Link(local: AdminStore.baseUID + a, peer: AdminStore.baseUID + b, peerAddress: address)
+        }
+        state.loopboxes = loopboxes.rows.compactMap { row in
+            guard row.count == 5, let id = row[0].int, let k = row[1].int, let file = row[2].string, let mount = row[3].string else { return nil }
+            return Loopbox(id: id, uid: AdminStore.baseUID + k, filename: file, mountpoint: mount, readOnly: (row[4].int ?? 0) != 0)
         }
         state.portMappings = portmaps.rows.compactMap { row in
             guard row.count == 4, let proto = row[0].string, let pub = row[1].int, let id = row[2].int, let priv = row[3].int else { return nil }

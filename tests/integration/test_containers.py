@@ -349,3 +349,72 @@ def test_changing_limits_in_the_store_applies_them_and_keeps_the_data(runc_clust
     p = subprocess.run([str(c.legion), "admin", "container", "resize", str(uid), "--memory", "100000"], cwd=c.repo,
                        capture_output=True, text=True, timeout=30)
     assert p.returncode != 0 and "lacks the memory or storage" in p.stderr, p.stderr
+
+
+def api(method: str, path: str, body: dict | None = None, user: str = "hoster") -> tuple[int, object]:
+    import base64
+    import urllib.error
+    import urllib.request
+    req = urllib.request.Request(f"http://127.0.0.1:17202{path}", method=method, data=json.dumps(body).encode() if body is not None else None,
+                                 headers={"Authorization": "Basic " + base64.b64encode(f"{user}:{user}-password-1".encode()).decode(),
+                                          "Content-Type": "application/json"})
+    try:
+        with urllib.request.urlopen(req, timeout=20) as r:
+            return r.status, json.loads(r.read() or b"null")
+    except urllib.error.HTTPError as e:
+        return e.code, e.read().decode()
+
+
+def inside(c, uid: int, script: str) -> subprocess.CompletedProcess:
+    """A shell command inside the running container, as its user (what the customer does over ssh)."""
+    return subprocess.run([str(c.legion), "container", "enter", str(uid), "--", "sh", "-c", script], capture_output=True, text=True, timeout=60)
+
+
+def test_loopboxes_mount_in_the_running_container_and_follow_the_rules(runc_cluster):
+    c = runc_cluster
+    uid = probe_container(c, "boxes", "boxes.example.com", memory=128, storage=256)
+    home = c.home("node2", uid)
+    emperor_log = home / "logs" / "emperor.log"
+    # The customer makes an ext4 image and a mountpoint in the home (no root needed), then asks for the loopbox.
+    made = inside(c, uid, "truncate -s 16M box.img && /sbin/mkfs.ext4 -q -F box.img && mkdir -p data ro && "
+                          "cp box.img box2.img && truncate -s 512K tiny.img && ln -s /etc evil && ln -s /dev/vda dev.img && truncate -s 8M ro.img && /sbin/mkfs.ext4 -q -F ro.img")
+    assert made.returncode == 0, made.stderr
+    for filename, mountpoint, ro in (("box.img", "data", False), ("ro.img", "ro", True)):
+        s, body = api("POST", "/api/loopboxes", {"container": uid, "filename": filename, "mountpoint": mountpoint, "ro": ro})
+        assert s == 201, body
+
+    def mounted_inside(point: str) -> bool:
+        r = inside(c, uid, f"grep ' /containers/{uid}/{point} ' /proc/self/mountinfo")
+        return r.returncode == 0 and "/dev/loop" in r.stdout
+    assert wait_for(lambda: mounted_inside("data") and mounted_inside("ro"), 15), emperor_log.read_text(errors="replace")[-2000:]
+    # Usable by the customer (owned by it), inside the running container; the read-only one refuses writes.
+    w = inside(c, uid, "echo kept > data/hello && cat data/hello && stat -c %u data && (echo x > ro/f 2>&1 || true)")
+    assert w.stdout.splitlines()[:2] == ["kept", str(uid)] and "Read-only file system" in w.stdout + w.stderr, w.stdout + w.stderr
+    assert "box.img mounted on data" in emperor_log.read_text(), "the customer is told in the container's log"
+
+    # Path tricks and bad images: refused with a message, nothing mounted outside the home.
+    etc_mounts_before = [l for l in Path("/proc/self/mountinfo").read_text().splitlines() if l.split()[4] == "/etc"]
+    for filename, mountpoint in (("box2.img", "evil"), ("dev.img", "data2"), ("tiny.img", "data3")):
+        inside(c, uid, f"mkdir -p {mountpoint}" if mountpoint != "evil" else "true")
+        s, body = api("POST", "/api/loopboxes", {"container": uid, "filename": filename, "mountpoint": mountpoint})
+        assert s == 201, body
+    assert wait_for(lambda: "mountpoint evil: a path through a symlink" in emperor_log.read_text()
+                    and "image dev.img is not a regular file beneath the home" in emperor_log.read_text()
+                    and "image tiny.img is 524288 bytes; images under 1 MiB are not mounted" in emperor_log.read_text(), 15), \
+        emperor_log.read_text()[-2000:]
+    assert [l for l in Path("/proc/self/mountinfo").read_text().splitlines() if l.split()[4] == "/etc"] == etc_mounts_before
+    assert not mounted_inside("data3"), "an image under 1 MiB is not mounted"
+    # The API refuses escaping paths outright.
+    s, _ = api("POST", "/api/loopboxes", {"container": uid, "filename": "../x.img", "mountpoint": "y"})
+    assert s in (400, 403, 409), s
+
+    # Removing the loopbox unmounts it and keeps the image (and its data).
+    listed = api("GET", f"/api/loopboxes?container={uid}")[1]
+    box_id = next(b["id"] for b in listed if b["mountpoint"] == "data")
+    assert api("DELETE", f"/api/loopboxes/{box_id}")[0] == 200
+    assert wait_for(lambda: not mounted_inside("data"), 15), emperor_log.read_text()[-2000:]
+    assert (home / "box.img").exists() and not (home / "data" / "hello").exists()
+    # Deleting an image unmounts its loopbox.
+    assert inside(c, uid, "rm ro.img").returncode == 0
+    assert wait_for(lambda: not mounted_inside("ro"), 15), emperor_log.read_text()[-2000:]
+    assert "its image ro.img was deleted" in emperor_log.read_text()

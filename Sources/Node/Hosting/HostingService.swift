@@ -1,3 +1,4 @@
+import CMount
 import Emperor
 import Foundation
 import Logging
@@ -31,6 +32,9 @@ public final class HostingService: Service, Sendable {
     private let oom: OOMWatcher?
     /// Containers' addresses, links, NAT and port mappings (`[hosting] network = "routed"` with runc).
     private let networker: ContainerNetworker?
+    /// Loopboxes (with runc and home images: the home is a shared mount the container binds).
+    private let loopboxes: LoopboxMounter
+    private let wantedLoopboxes = Mutex<[DesiredState.Loopbox]>([])
     private let alarmSink: (any AlarmSink)?
     private let quota = Mutex(QuotaAlarms())
     private let placed = Mutex<[DesiredState.Container]>([])
@@ -63,6 +67,7 @@ public final class HostingService: Service, Sendable {
         } else {
             oom = nil
         }
+        loopboxes = LoopboxMounter(logger: logger)
         networker = useRunc && settings.network == .routed
             ? ContainerNetworker(node: nodeName, openPorts: settings.openPorts, rulesetPath: settings.bundlesDir + "/firewall.nft", logger: logger) : nil
         state?.update { $0.hosting = NodeState.HostingStatus(containersDir: settings.containersDir) }
@@ -143,6 +148,7 @@ public final class HostingService: Service, Sendable {
                         state?.update { $0.hosting?.subEmperors = running }
                         syncOOMWatches()
                         checkQuotas()
+                        syncLoopboxes()
                         try? await Task.sleep(for: .seconds(2))
                     }
                 }
@@ -188,6 +194,8 @@ public final class HostingService: Service, Sendable {
         await networker?.apply(desired)
         syncSSHKeys(desired.containers)
         placed.withLock { $0 = desired.containers }
+        wantedLoopboxes.withLock { $0 = desired.loopboxes ?? [] }
+        syncLoopboxes()
         let list = HostingReconciler.vassals(desired: desired.containers, home: home, uidOwned: asRoot && !useRunc)
         vassals.files = list
         emperor.rescan()
@@ -308,6 +316,7 @@ public final class HostingService: Service, Sendable {
         if useImages, FileManager.default.fileExists(atPath: image(uid)) {
             // The home is the image: unmount it and keep the image, never delete it.
             let target = settings.archiveDir + "/\(uid)-\(stamp).ext4"
+            loopboxes.unmountAll(home: home(uid))
             let umount = await ProcessSupervisor.shared.run(SpawnSpec(executable: "umount", arguments: [home(uid)]), timeoutSeconds: 10,
                                                             captureOutput: true)
             if umount.status != 0, Self.isMountpoint(home(uid)) {
@@ -344,7 +353,10 @@ public final class HostingService: Service, Sendable {
     private func ensureHomeImage(_ container: DesiredState.Container) async {
         let uid = container.uid
         let home = home(uid)
-        guard !Self.isMountpoint(home) else { return }
+        guard !Self.isMountpoint(home) else {
+            _ = cmount_make_shared(home)   // loopboxes mounted under it reach the running container
+            return
+        }
         let img = image(uid)
         let fresh = !FileManager.default.fileExists(atPath: img)
         func run(_ argv: [String]) async -> Bool {
@@ -366,6 +378,7 @@ public final class HostingService: Service, Sendable {
             return
         }
         guard await run(["mount", "-o", "loop,noatime,nosuid,nodev", img, home]) else { return }
+        if cmount_make_shared(home) != 0 { logger.warning("hosting: container \(uid): cannot make \(home) a shared mount; loopboxes will not reach the running container") }
         if fresh {
             createHome(uid: uid, name: container.name)
             logger.info("hosting: container \(uid): home is a \(Self.storageBytes(container) >> 20) MB ext4 image (\(img))")
@@ -395,6 +408,18 @@ public final class HostingService: Service, Sendable {
         }
     }
 
+    /// Loopboxes of every placed container whose home image is mounted (each apply and every 2 s, so a deleted or
+    /// resized image is noticed).
+    private func syncLoopboxes() {
+        guard useImages else { return }
+        let mounted = Self.mountpoints()
+        var homes: [Int64: String] = [:]
+        for container in placed.withLock({ $0 }) where mounted.contains(Self.escapeMountPath(home(container.uid))) {
+            homes[container.uid] = home(container.uid)
+        }
+        loopboxes.sync(homes: homes, loopboxes: wantedLoopboxes.withLock { $0 })
+    }
+
     /// Watches the memory cgroup of every running container for OOM events (their cgroups exist once runc made them).
     private func syncOOMWatches() {
         guard let oom else { return }
@@ -413,6 +438,7 @@ public final class HostingService: Service, Sendable {
         for name in names.sorted() {
             let path = settings.containersDir + "/" + name
             guard Int64(name) != nil, Self.isMountpoint(path) else { continue }
+            loopboxes.unmountAll(home: path)
             let result = await ProcessSupervisor.shared.run(SpawnSpec(executable: "umount", arguments: [path]), timeoutSeconds: 10, captureOutput: true)
             if result.status != 0 {
                 logger.warning("hosting: cannot unmount \(path) at shutdown: \(result.output.trimmingCharacters(in: .whitespacesAndNewlines))")
@@ -512,7 +538,7 @@ public final class HostingService: Service, Sendable {
                 "img='\(image(uid))'; home='\(home(uid))'; want=\(Self.storageBytes(container))",
                 "have=$(stat -c %s \"$img\" 2>/dev/null || echo \"$want\")",
                 "if [ \"$have\" -ne \"$want\" ]; then",
-                "  umount \"$home\" && e2fsck -f -p \"$img\" >/dev/null 2>&1",
+                "  umount -R \"$home\" && e2fsck -f -p \"$img\" >/dev/null 2>&1",
                 "  if [ \"$want\" -gt \"$have\" ]; then",
                 "    truncate -s \"$want\" \"$img\" && resize2fs \"$img\" >/dev/null 2>&1 && echo \"legion: container \(uid): storage grown to $want bytes\" >&2",
                 "  elif resize2fs \"$img\" $((want / 1024))K >/dev/null 2>&1; then",
@@ -521,6 +547,7 @@ public final class HostingService: Service, Sendable {
                 "    echo \"legion: container \(uid): cannot shrink storage to $want bytes: the data does not fit; keeping $have\" >&2",
                 "  fi",
                 "  mountpoint -q \"$home\" || mount -o loop,noatime,nosuid,nodev \"$img\" \"$home\"",
+                "  mount --make-shared \"$home\"",
                 "fi",
             ]
         }
