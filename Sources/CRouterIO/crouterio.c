@@ -225,3 +225,10 @@ int crio_listen_unix(const char *path) {
     chmod(path, 0600);
     return fd;
 }
+
+long crio_peer_uid(int fd) {
+    struct ucred credentials;
+    socklen_t length = sizeof credentials;
+    if (getsockopt(fd, SOL_SOCKET, SO_PEERCRED, &credentials, &length) != 0) return -1;
+    return (long)credentials.uid;
+}

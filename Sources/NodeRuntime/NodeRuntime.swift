@@ -136,13 +136,16 @@ public struct NodeRuntime: Sendable {
             let routes = HostingShortcuts.Routes(http: config.router.map { _ in hosting.subscribeDir + "/http" },
                                                  cluster: config.router?.clusterSubscription.map { _ in hosting.subscribeDir + "/cluster" },
                                                  digest: config.router?.signCheck?.0.rawValue ?? "SHA1")
+            // Container alarms: spooled on disk first, then stored (never lost while the store has no quorum).
+            let spool = config.store.map { store in
+                var options = StoreClient.Options(nodes: store.addresses)
+                options.database = store.database
+                return AlarmSpool(dir: config.dataDir + "/alarm-spool", options: options, logger: logger)
+            }
+            if let spool { services.append(.init(service: spool)) }
             services.append(.init(service: HostingService(settings: hosting, emperor: emperorSettings, routes: routes,
                                                           feed: feed, logger: logger, state: state, nodeName: config.name,
-                                                          alarms: config.store.map { store in
-                                                              var options = StoreClient.Options(nodes: store.addresses)
-                                                              options.database = store.database
-                                                              return StoreAlarmSink(options: options, logger: logger)
-                                                          })))
+                                                          alarms: spool)))
         }
         return services
     }

@@ -348,12 +348,14 @@ public struct AdminStore: Sendable {
     // MARK: Alarms
 
     @discardableResult
+    /// - Parameter atMs: when it happened (a spooled alarm stored late keeps its time); default: now.
     public func raiseAlarm(containerUID: Int64, level: Int, message: String, color: String = "#ffffff",
-                           requestID: String = UUID().uuidString) async throws(StoreError) -> StoreClient.WriteReceipt {
+                           requestID: String = UUID().uuidString, atMs: Int64? = nil) async throws(StoreError) -> StoreClient.WriteReceipt {
         guard (0...4).contains(level) else { throw .invalidInput("alarm level must be 0 (system) … 4 (log)") }
         guard color.utf8.count == 7, color.hasPrefix("#") else { throw .invalidInput("alarm color must look like #rrggbb") }
+        let at = atMs.map { "\($0)" } ?? Self.now
         return try await client.write(requestID: requestID, [
-            .init("INSERT INTO alarms(container_id, unix_ms, level, color, msg) SELECT id, \(Self.now), ?, ?, ? FROM containers WHERE id = ?",
+            .init("INSERT INTO alarms(container_id, unix_ms, level, color, msg) SELECT id, \(at), ?, ?, ? FROM containers WHERE id = ?",
                   [.int(level), .text(color), .text(message), .integer(containerUID - Self.baseUID)], mustChange: "no container \(containerUID)"),
         ])
     }

@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import signal
 import subprocess
 import time
 from pathlib import Path
@@ -418,3 +419,59 @@ def test_loopboxes_mount_in_the_running_container_and_follow_the_rules(runc_clus
     assert inside(c, uid, "rm ro.img").returncode == 0
     assert wait_for(lambda: not mounted_inside("ro"), 15), emperor_log.read_text()[-2000:]
     assert "its image ro.img was deleted" in emperor_log.read_text()
+
+
+def restart_node(c, node: str) -> None:
+    log = open(c.run_dir / node / "node.log", "ab")
+    subprocess.Popen([str(c.legion), "node", "--config", str(c.run_dir / "configs" / f"{node}.toml"), "--data-dir", str(c.run_dir / node)],
+                     stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+    log.close()
+
+
+def test_an_alarm_raised_without_store_quorum_is_spooled_survives_a_restart_and_is_stored_once(runc_cluster):
+    import urllib.request
+    c = runc_cluster
+    uid = probe_container(c, "lonely", "lonely.example.com", memory=128, storage=256)
+    time.sleep(2.5)   # the OOM watch is set up within 2 s of the container's start
+    spool = c.run_dir / "node2" / "alarm-spool"
+    # Two of three nodes die: the store has no quorum. The container runs out of memory meanwhile.
+    for n in ("node1", "node3"):
+        os.kill(c.node_pid(n), signal.SIGKILL)
+    try:
+        urllib.request.urlopen(urllib.request.Request(f"http://{ROUTERS['node2']}/oom", headers={"Host": "lonely.example.com"}), timeout=30)
+    except OSError:
+        pass
+    assert wait_for(lambda: list(spool.glob("*.json")), 10), c.log("node2")[-2000:]
+    record = json.loads(next(spool.glob("*.json")).read_text())
+    assert record["uid"] == uid and record["message"] == f"container {uid}: OUT OF MEMORY !!!", record
+    # node2 itself is killed and restarted before the store is back: the alarm waits on its disk.
+    os.kill(c.node_pid("node2"), signal.SIGKILL)
+    time.sleep(0.5)
+    restart_node(c, "node2")
+    time.sleep(3)
+    assert list(spool.glob("*.json")), "the spooled alarm must survive the restart"
+    for n in ("node1", "node3"):
+        restart_node(c, n)
+    rows = wait_for(lambda: store_alarms(c, uid, "OUT OF MEMORY"), 60, 0.5)
+    assert rows, c.log("node2")[-3000:]
+    assert wait_for(lambda: not list(spool.glob("*.json")), 20), "delivered alarms leave the spool"
+    time.sleep(2)
+    assert len(store_alarms(c, uid, "OUT OF MEMORY")) == 1, "stored exactly once"
+
+
+def test_a_crash_looping_vassal_raises_an_alarm(runc_cluster):
+    c = runc_cluster
+    c.admin("domain", "add", "loop.example.com", "--customer", "hoster")
+    c.admin("container", "add", "looper", "--customer", "hoster", "--server", "node2", "--memory", "128", "--storage", "256")
+    uid = c.containers()["looper"]
+    home = c.home("node2", uid)
+    assert wait_for(lambda: (home / "vassals").is_dir(), 15), c.log("node2")[-2000:]
+    tmp = home / ".broken.tmp"
+    # A vassal whose app cannot load: need-app makes uWSGI exit at once, every time.
+    tmp.write_text(f"[uwsgi]\nplugin = python3\ndomain = loop.example.com\nchdir = {home}\nmodule = no_such_module\nneed-app = true\n")
+    os.chown(tmp, uid, uid)
+    tmp.rename(home / "vassals" / "broken.ini")
+    rows = wait_for(lambda: store_alarms(c, uid, "crash-looping"), 60, 1.0)
+    assert rows and rows[0]["msg"].startswith(f"container {uid}: vassal broken.ini is crash-looping ("), \
+        (rows, (home / "logs" / "emperor.log").read_text(errors="replace")[-2000:])
+    assert rows[0]["level"] == 0

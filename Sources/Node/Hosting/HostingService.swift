@@ -1,3 +1,4 @@
+import CRouterIO
 import CMount
 import Emperor
 import Foundation
@@ -37,6 +38,7 @@ public final class HostingService: Service, Sendable {
     private let wantedLoopboxes = Mutex<[DesiredState.Loopbox]>([])
     private let alarmSink: (any AlarmSink)?
     private let quota = Mutex(QuotaAlarms())
+    private let crashLoops = Mutex(CrashLoopAlarms())
     private let placed = Mutex<[DesiredState.Container]>([])
     /// The seccomp profile's JSON text (`[hosting] seccomp`), parsed when a bundle is written.
     private let seccompText: String?
@@ -143,7 +145,10 @@ public final class HostingService: Service, Sendable {
                 }
                 group.addTask { [self] in
                     // /status: how many sub-Emperors run (they come and go between desired states).
+                    var tick = 0
                     while !Task.isCancelled {
+                        tick += 1
+                        if tick % 5 == 0 { checkCrashLoops() }
                         let running = emperor.vassalNames.count
                         state?.update { $0.hosting?.subEmperors = running }
                         syncOOMWatches()
@@ -418,6 +423,55 @@ public final class HostingService: Service, Sendable {
             homes[container.uid] = home(container.uid)
         }
         loopboxes.sync(homes: homes, loopboxes: wantedLoopboxes.withLock { $0 })
+    }
+
+    /// Crash loops (every 10 s): each running sub-Emperor's stats (its unix socket in the home, answered only if the
+    /// peer really is the container's uid — the customer owns that path) list its throttled vassals.
+    private func checkCrashLoops() {
+        guard alarmSink != nil else { return }
+        let now = Int64(Date().timeIntervalSince1970)
+        let running = Set(emperor.vassalNames)
+        for container in placed.withLock({ $0 }) where running.contains("\(container.uid)") {
+            let expected = asRoot ? uid_t(container.uid) : getuid()
+            guard let stats = Self.readStats(path: home(container.uid) + "/run/emperor.stats", peerUID: expected) else { continue }
+            let messages = crashLoops.withLock {
+                $0.check(uid: container.uid, throttled: CrashLoopAlarms.throttled(statsJSON: stats), freqS: container.alarmFreq ?? 60, nowS: now)
+            }
+            for message in messages {
+                logger.warning("\(message)")
+                if let sink = alarmSink { Task { await sink.raise(uid: container.uid, level: 0, message: message) } }
+            }
+        }
+    }
+
+    /// Reads a stats document from a unix stream socket (at most 1 MiB, 1 s), only from a peer running as `peerUID`.
+    static func readStats(path: String, peerUID: uid_t) -> Data? {
+        guard path.utf8.count < 108 else { return nil }
+        let fd = socket(AF_UNIX, Int32(SOCK_STREAM.rawValue) | Int32(SOCK_CLOEXEC.rawValue), 0)
+        guard fd >= 0 else { return nil }
+        defer { close(fd) }
+        var timeout = timeval(tv_sec: 1, tv_usec: 0)
+        _ = setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &timeout, socklen_t(MemoryLayout<timeval>.size))
+        _ = setsockopt(fd, SOL_SOCKET, SO_SNDTIMEO, &timeout, socklen_t(MemoryLayout<timeval>.size))
+        var address = sockaddr_un()
+        address.sun_family = sa_family_t(AF_UNIX)
+        let bytes = Array(path.utf8)
+        withUnsafeMutableBytes(of: &address.sun_path) { raw in
+            for (index, byte) in bytes.enumerated() { raw[index] = byte }
+        }
+        let connected = withUnsafePointer(to: &address) { pointer in
+            pointer.withMemoryRebound(to: sockaddr.self, capacity: 1) { connect(fd, $0, socklen_t(MemoryLayout<sockaddr_un>.size)) }
+        }
+        guard connected == 0 else { return nil }
+        guard crio_peer_uid(fd) == Int(peerUID) else { return nil }
+        var data = Data()
+        var buffer = [UInt8](repeating: 0, count: 65536)
+        while data.count < 1 << 20 {
+            let n = read(fd, &buffer, buffer.count)
+            if n <= 0 { break }
+            data.append(contentsOf: buffer[0..<n])
+        }
+        return data.isEmpty ? nil : data
     }
 
     /// Watches the memory cgroup of every running container for OOM events (their cgroups exist once runc made them).

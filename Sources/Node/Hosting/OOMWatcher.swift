@@ -8,43 +8,9 @@ import Glibc
 #endif
 
 /// Where container alarms go: the store's alarms table (uwsgi.it's system alarms, level 0), so the API and the
-/// alarm delivery see them wherever they run.
+/// alarm delivery see them wherever they run — through the node's `AlarmSpool`.
 public protocol AlarmSink: Sendable {
     func raise(uid: Int64, level: Int, message: String) async
-}
-
-/// Writes alarms into the store, retrying (with one request id, so a retry never stores it twice) while the store
-/// has no quorum, for up to about two minutes; then the alarm is only logged.
-public struct StoreAlarmSink: AlarmSink {
-    let options: StoreClient.Options
-    let logger: Logger
-
-    public init(options: StoreClient.Options, logger: Logger) {
-        self.options = options
-        self.logger = logger
-    }
-
-    public func raise(uid: Int64, level: Int, message: String) async {
-        let requestID = UUID().uuidString
-        var delay = Duration.milliseconds(500)
-        for attempt in 1...20 {
-            let client = StoreClient(options: options, logger: logger)
-            do {
-                try await AdminStore(client: client).raiseAlarm(containerUID: uid, level: level, message: message, requestID: requestID)
-                await client.close()
-                logger.notice("alarm stored", metadata: ["container": "\(uid)", "message": "\(message)"])
-                return
-            } catch {
-                await client.close()
-                if attempt == 20 {
-                    logger.error("alarm not stored (the store keeps failing: \(error)); it is only in this log", metadata: ["container": "\(uid)", "message": "\(message)"])
-                    return
-                }
-            }
-            try? await Task.sleep(for: delay)
-            delay = min(delay * 2, .seconds(8))
-        }
-    }
 }
 
 /// Out-of-memory events of containers' memory cgroups (v1: an eventfd registered on `memory.oom_control`

@@ -1,0 +1,177 @@
+import Foundation
+import Logging
+import ServiceLifecycle
+import Store
+import Synchronization
+
+/// Where this node's container alarms go (OOM kills, storage over the threshold, crash loops): first to a local
+/// spool — one file per alarm, written and fsynced before `raise` returns, named by time — then into the store's
+/// alarms table by one drainer, oldest first, each with its own request id (a retry after a crash between the
+/// store write and the file's removal stores it once). While the store has no quorum, or the node restarts, the
+/// spool keeps them: an alarm is never lost, and it keeps the time it happened. An alarm the store refuses for
+/// good (its container was deleted meanwhile) is dropped with a log line; an unreadable spool file is moved aside.
+public final class AlarmSpool: AlarmSink, Service, Sendable {
+    struct Record: Codable, Equatable {
+        var requestID: String
+        var uid: Int64
+        var level: Int
+        var message: String
+        var atMs: Int64
+    }
+
+    private let dir: String
+    private let options: StoreClient.Options
+    private let logger: Logger
+    private let wake = WakeSignal()
+
+    public init(dir: String, options: StoreClient.Options, logger: Logger) {
+        self.dir = dir
+        self.options = options
+        self.logger = logger
+    }
+
+    public func raise(uid: Int64, level: Int, message: String) async {
+        let record = Record(requestID: "alarm-" + UUID().uuidString.lowercased(), uid: uid, level: level, message: message,
+                            atMs: Int64(Date().timeIntervalSince1970 * 1000))
+        do {
+            try spool(record)
+        } catch {
+            logger.error("alarm spool: cannot write to \(dir) (\(error)); the alarm goes to the store directly and is lost if that fails",
+                         metadata: ["container": "\(uid)", "message": "\(message)"])
+            _ = await deliver(record)
+            return
+        }
+        wake.notify()
+    }
+
+    /// Alarms waiting in the spool (for status and tests).
+    public var pending: Int { files().count }
+
+    public func run() async throws {
+        try FileManager.default.createDirectory(atPath: dir, withIntermediateDirectories: true, attributes: [.posixPermissions: 0o700])
+        let waiting = files().count
+        if waiting > 0 { logger.notice("alarm spool: \(waiting) alarm(s) from before the restart to store") }
+        let wake = self.wake
+        await withGracefulShutdownHandler {
+            var delay = Duration.milliseconds(500)
+            while !Task.isCancelled && !Task.isShuttingDownGracefully {
+                if await drain() {
+                    delay = .milliseconds(500)
+                    await wake.wait(timeout: .seconds(60))   // a new alarm, or a file dropped in by hand
+                } else {
+                    await wake.wait(timeout: delay)
+                    delay = min(delay * 2, .seconds(8))
+                }
+            }
+        } onGracefulShutdown: {
+            wake.notify()
+        }
+        let left = files().count
+        if left > 0 { logger.notice("alarm spool: \(left) alarm(s) kept in \(dir) for the next start") }
+    }
+
+    /// Stores every spooled alarm, oldest first; false when the store could not be reached (try again later).
+    func drain() async -> Bool {
+        for name in files() {
+            let path = dir + "/" + name
+            guard let data = FileManager.default.contents(atPath: path) else { continue }
+            guard let record = try? JSONDecoder().decode(Record.self, from: data) else {
+                let aside = dir + "/unreadable-" + name
+                _ = rename(path, aside)
+                logger.error("alarm spool: \(path) is not an alarm record; moved to \(aside)")
+                continue
+            }
+            switch await deliver(record) {
+            case .stored, .refused:
+                _ = unlink(path)
+            case .unreachable:
+                return false
+            }
+        }
+        return true
+    }
+
+    enum Outcome { case stored, refused, unreachable }
+
+    private func deliver(_ record: Record) async -> Outcome {
+        let client = StoreClient(options: options, logger: logger)
+        defer { Task { await client.close() } }
+        do {
+            _ = try await AdminStore(client: client).raiseAlarm(containerUID: record.uid, level: record.level, message: record.message,
+                                                                requestID: record.requestID, atMs: record.atMs)
+            logger.notice("alarm stored", metadata: ["container": "\(record.uid)", "message": "\(record.message)"])
+            return .stored
+        } catch .invalidInput(let why), .rejected(let why) {
+            logger.warning("alarm dropped: the store refuses it (\(why))", metadata: ["container": "\(record.uid)", "message": "\(record.message)"])
+            return .refused
+        } catch {
+            return .unreachable
+        }
+    }
+
+    private func spool(_ record: Record) throws {
+        try FileManager.default.createDirectory(atPath: dir, withIntermediateDirectories: true, attributes: [.posixPermissions: 0o700])
+        let name = String(format: "%013lld-", record.atMs) + record.requestID + ".json"
+        let temporary = dir + "/." + name
+        let data = try JSONEncoder().encode(record)
+        let fd = open(temporary, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0o600)
+        guard fd >= 0 else { throw CocoaError(.fileWriteNoPermission, userInfo: [NSFilePathErrorKey: temporary]) }
+        let written = data.withUnsafeBytes { write(fd, $0.baseAddress, $0.count) }
+        let synced = fsync(fd) == 0
+        close(fd)
+        guard written == data.count, synced, rename(temporary, dir + "/" + name) == 0 else {
+            _ = unlink(temporary)
+            throw CocoaError(.fileWriteUnknown, userInfo: [NSFilePathErrorKey: temporary])
+        }
+        let dirFD = open(dir, O_RDONLY | O_DIRECTORY | O_CLOEXEC)
+        if dirFD >= 0 {
+            _ = fsync(dirFD)
+            close(dirFD)
+        }
+    }
+
+    private func files() -> [String] {
+        ((try? FileManager.default.contentsOfDirectory(atPath: dir)) ?? []).filter { $0.hasSuffix(".json") && !$0.hasPrefix(".") && !$0.hasPrefix("unreadable-") }.sorted()
+    }
+}
+
+/// Wakes one waiter (or the next one, if nobody waits yet); a wait also ends after its timeout or on cancellation.
+final class WakeSignal: Sendable {
+    private let state = Mutex<(pending: Bool, waiter: CheckedContinuation<Void, Never>?)>((false, nil))
+
+    func notify() {
+        let waiter = state.withLock { s -> CheckedContinuation<Void, Never>? in
+            guard let w = s.waiter else {
+                s.pending = true
+                return nil
+            }
+            s.waiter = nil
+            return w
+        }
+        waiter?.resume()
+    }
+
+    func wait(timeout: Duration) async {
+        let timer = Task { [weak self] in
+            try? await Task.sleep(for: timeout)
+            if !Task.isCancelled { self?.notify() }
+        }
+        await withTaskCancellationHandler {
+            await withCheckedContinuation { (c: CheckedContinuation<Void, Never>) in
+                let now = state.withLock { s -> Bool in
+                    if s.pending {
+                        s.pending = false
+                        return true
+                    }
+                    precondition(s.waiter == nil, "one waiter at a time")
+                    s.waiter = c
+                    return false
+                }
+                if now { c.resume() }
+            }
+        } onCancel: {
+            notify()
+        }
+        timer.cancel()
+    }
+}

@@ -1,0 +1,49 @@
+import Foundation
+import Logging
+import Store
+import Testing
+@testable import Node
+
+@Suite struct AlarmTests {
+    static let stats = Data("""
+        {"version":"2.0","vassals":[],"blacklist":[],"throttled":[
+          {"id":"broken.ini","delay_ms":4000,"fast_deaths":4},{"id":"flaky.ini","delay_ms":1000,"fast_deaths":1}]}
+        """.utf8)
+
+    @Test func aVassalWithThreeFastDeathsRaisesOncePerAlarmFreqAndAgainAfterRecovering() {
+        var alarms = CrashLoopAlarms()
+        let throttled = CrashLoopAlarms.throttled(statsJSON: Self.stats)
+        #expect(throttled.map(\.vassal) == ["broken.ini", "flaky.ini"])
+        let first = alarms.check(uid: 30001, throttled: throttled, freqS: 60, nowS: 1000)
+        #expect(first == ["container 30001: vassal broken.ini is crash-looping (4 fast deaths in a row, next start in 4 s); see logs/emperor.log"])
+        #expect(alarms.check(uid: 30001, throttled: throttled, freqS: 60, nowS: 1059).isEmpty, "at most once per alarm_freq")
+        #expect(alarms.check(uid: 30001, throttled: throttled, freqS: 60, nowS: 1060).count == 1)
+        #expect(alarms.check(uid: 30002, throttled: throttled, freqS: 60, nowS: 1060).count == 1, "per container")
+        // Recovered (no longer throttled), then crashing again: a new alarm at once.
+        #expect(alarms.check(uid: 30001, throttled: [], freqS: 60, nowS: 1070).isEmpty)
+        #expect(alarms.check(uid: 30001, throttled: throttled, freqS: 60, nowS: 1071).count == 1)
+        #expect(CrashLoopAlarms.throttled(statsJSON: Data("not json".utf8)).isEmpty)
+    }
+
+    @Test func anAlarmIsOnDiskBeforeRaiseReturnsAndWaitsThereWhileTheStoreIsUnreachable() async throws {
+        let dir = NSTemporaryDirectory() + "spool-\(UUID().uuidString)"
+        defer { try? FileManager.default.removeItem(atPath: dir) }
+        var options = StoreClient.Options(nodes: ["127.0.0.1:1"])   // nothing listens there
+        options.budget = .milliseconds(300)
+        options.noLeaderGrace = .milliseconds(100)
+        let spool = AlarmSpool(dir: dir, options: options, logger: Logger(label: "test"))
+        await spool.raise(uid: 30001, level: 0, message: "container 30001: OUT OF MEMORY !!!")
+        await spool.raise(uid: 30001, level: 0, message: "second")
+        #expect(spool.pending == 2)
+        let names = try FileManager.default.contentsOfDirectory(atPath: dir).sorted()
+        let record = try JSONDecoder().decode(AlarmSpool.Record.self, from: try #require(FileManager.default.contents(atPath: dir + "/" + names[0])))
+        #expect(record.uid == 30001 && record.message == "container 30001: OUT OF MEMORY !!!" && record.requestID.hasPrefix("alarm-"))
+        #expect(await spool.drain() == false, "the store is unreachable: nothing is dropped")
+        #expect(spool.pending == 2)
+        // A file that is not an alarm is moved aside, not retried forever and not deleted.
+        FileManager.default.createFile(atPath: dir + "/0000000000000-junk.json", contents: Data("{".utf8))
+        _ = await spool.drain()
+        #expect(FileManager.default.fileExists(atPath: dir + "/unreadable-0000000000000-junk.json"))
+        #expect(spool.pending == 2)
+    }
+}
