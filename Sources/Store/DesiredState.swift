@@ -24,10 +24,14 @@ public struct DesiredState: Codable, Sendable, Equatable {
         public var quotaThreshold: Int64?
         /// At most one alarm of a kind per this many seconds (`alarm_freq`, ≥ 60).
         public var alarmFreq: Int64?
+        /// The distro's directory name (under the node's distros directory); nil: the node's host-/usr template.
+        public var distroPath: String?
 
         public init(uid: Int64, name: String, customer: String, memory: Int64, storage: Int64, distro: String?, ip: String,
                     lastRebootMs: Int64, sshKeys: String?, rsaKey: String? = nil, rsaPubkey: String? = nil,
-                    customerDomains: [String]? = nil, customerUUID: String? = nil, quotaThreshold: Int64? = nil, alarmFreq: Int64? = nil) {
+                    customerDomains: [String]? = nil, customerUUID: String? = nil, quotaThreshold: Int64? = nil, alarmFreq: Int64? = nil,
+                    distroPath: String? = nil) {
+            self.distroPath = distroPath
             self.uid = uid
             self.name = name
             self.customer = customer
@@ -117,7 +121,7 @@ public struct DesiredState: Codable, Sendable, Equatable {
     public static func fetch(_ client: StoreClient, server: String, version: Int64) async throws(StoreError) -> DesiredState {
         let containers = try await client.query("""
             SELECT k.id, k.name, c.username, k.memory, k.storage, d.name, k.last_reboot_ms, k.ssh_keys_raw,
-                   c.rsa_key, c.rsa_pubkey, c.uuid, k.quota_threshold, k.alarm_freq
+                   c.rsa_key, c.rsa_pubkey, c.uuid, k.quota_threshold, k.alarm_freq, d.path
             FROM containers k JOIN customers c ON c.id = k.customer_id JOIN servers s ON s.id = k.server_id
             LEFT JOIN distros d ON d.id = k.distro_id WHERE s.name = ? ORDER BY k.id
             """, [.text(server)])
@@ -149,7 +153,7 @@ public struct DesiredState: Codable, Sendable, Equatable {
         }
         var domainsByCustomer: [String: [String]] = [:]
         for d in state.domains { domainsByCustomer[d.customer, default: []].append(d.name) }
-        for row in containers.rows where row.count == 13 {
+        for row in containers.rows where row.count == 14 {
             let id = row[0].int ?? 0
             let customer = row[2].string ?? ""
             state.containers.append(Container(uid: AdminStore.baseUID + id, name: row[1].string ?? "", customer: customer,
@@ -157,7 +161,7 @@ public struct DesiredState: Codable, Sendable, Equatable {
                                               ip: AdminStore.containerIP(id: id), lastRebootMs: row[6].int ?? 0, sshKeys: row[7].string,
                                               rsaKey: row[8].string, rsaPubkey: row[9].string,
                                               customerDomains: domainsByCustomer[customer] ?? [], customerUUID: row[10].string,
-                                              quotaThreshold: row[11].int, alarmFreq: row[12].int))
+                                              quotaThreshold: row[11].int, alarmFreq: row[12].int, distroPath: row[13].string))
         }
         for row in keys.rows where row.count == 2 {
             if let name = row[0].string, let key = row[1].string { state.customerKeys[name] = key }

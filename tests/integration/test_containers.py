@@ -11,6 +11,7 @@ import os
 import shutil
 import signal
 import subprocess
+import tempfile
 import time
 from pathlib import Path
 
@@ -133,6 +134,7 @@ def application(env, start_response):
         "seccomp": seccomp_status(), "unshare": try_unshare(),
         "interfaces": sorted(os.listdir("/sys/class/net")), "store_port": reach(17302), "api_port": reach(17202),
         "home": tries(home + "/legion-probe"), "usr_local": tries("/usr/local/legion-probe"), "tmp": tries("/tmp/legion-probe"),
+        "distro": open("/etc/legion-distro").readline().strip() if os.path.exists("/etc/legion-distro") else "host",
     }).encode()
     start_response("200 OK", [("Content-Type", "application/json"), ("Content-Length", str(len(body)))])
     return [body]
@@ -475,3 +477,54 @@ def test_a_crash_looping_vassal_raises_an_alarm(runc_cluster):
     assert rows and rows[0]["msg"].startswith(f"container {uid}: vassal broken.ini is crash-looping ("), \
         (rows, (home / "logs" / "emperor.log").read_text(errors="replace")[-2000:])
     assert rows[0]["level"] == 0
+
+
+@pytest.fixture(scope="module")
+def distros_dir(repo_root) -> Path:
+    """A real Debian 12 distro with uWSGI and python3 built by scripts/make-distro (~15 s), and a copy of it."""
+    d = Path(tempfile.mkdtemp(prefix="ldistros", dir="/tmp"))
+    d.chmod(0o755)
+    t0 = time.monotonic()
+    p = subprocess.run([str(repo_root / "scripts" / "make-distro"), "bookworm", "--dir", str(d)], capture_output=True, text=True, timeout=900)
+    assert p.returncode == 0, p.stdout + p.stderr
+    print(f"\nmake-distro bookworm: {time.monotonic() - t0:.1f} s")
+    subprocess.run(["cp", "-a", str(d / "bookworm"), str(d / "bookworm-b")], check=True)
+    (d / "bookworm-b" / "etc" / "legion-distro").write_text("name=bookworm-b\n")
+    yield d
+    shutil.rmtree(d, ignore_errors=True)
+
+
+@pytest.fixture
+def distro_cluster(legion_bin, repo_root, seccomp_profile, distros_dir):
+    yield from hosting_cluster(legion_bin, repo_root, runtime="runc",
+                               hosting_extra=f'seccomp = "{seccomp_profile}"\ndistros_dir = "{distros_dir}"\n')
+
+
+def test_a_container_runs_on_its_distro_and_a_distro_change_keeps_its_data(distro_cluster, distros_dir):
+    c = distro_cluster
+    c.admin("distro", "add", "Debian 12", "--path", "bookworm")
+    c.admin("distro", "add", "Debian 12 (b)", "--path", "bookworm-b")
+    c.admin("domain", "add", "deb.example.com", "--customer", "hoster")
+    c.admin("container", "add", "deb", "--customer", "hoster", "--server", "node2", "--memory", "128", "--storage", "256",
+            "--distro", "Debian 12")
+    uid = c.containers()["deb"]
+    drop_probe(c, "node2", uid, "deb.example.com")
+    assert wait_for(lambda: get(ROUTERS["node2"], host="deb.example.com")[0] == 200, 30), c.log("node2")[-3000:]
+
+    def seen() -> dict:
+        return json.loads(get(ROUTERS["node2"], host="deb.example.com")[1])
+    probe = seen()
+    # The distro is the root: its own /etc and /usr (uWSGI and python3 from Debian's packages), read-only; the
+    # container's identity bound over it.
+    assert probe["distro"] == "name=bookworm", probe
+    assert probe["uid"] == uid and probe["hostname"] == "deb" and probe["usr"] == "refused" and probe["etc"] == "refused", probe
+    (c.home("node2", uid) / "kept.txt").write_text("data\n")
+    # The customer changes its distro (API): the container restarts on the other one, the home is the same.
+    distros = {d["name"]: d["id"] for d in api("GET", "/api/distros")[1]}
+    s, body = api("POST", f"/api/containers/{uid}", {"distro": distros["Debian 12 (b)"]})
+    assert s == 200, body
+    assert wait_for(lambda: get(ROUTERS["node2"], host="deb.example.com")[0] == 200 and seen()["distro"] == "name=bookworm-b", 30), \
+        c.log("node2")[-3000:]
+    assert (c.home("node2", uid) / "kept.txt").read_text() == "data\n"
+    # The shared distro was not written by the container.
+    assert not (distros_dir / "bookworm-b" / "legion-probe").exists()

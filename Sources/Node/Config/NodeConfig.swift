@@ -235,6 +235,7 @@ extension NodeConfig {
             if h.imagesDir == old + "/images" { h.imagesDir = dir + "/images" }
             if h.subscribeDir == old + "/subscribe" { h.subscribeDir = dir + "/subscribe" }
             if h.sshKeysDir == old + "/ssh-keys" { h.sshKeysDir = dir + "/ssh-keys" }
+            if h.distrosDir == old + "/distros" { h.distrosDir = dir + "/distros" }
             hosting = h
         }
     }

@@ -28,9 +28,13 @@ public enum ContainerBundle {
         /// A network namespace made by the node (`/run/netns/…`, `ContainerNetwork`): the container joins it instead
         /// of getting a loopback-only one.
         public var networkNamespace: String?
+        /// The container's distro (a complete root filesystem, `scripts/make-distro`): the root instead of the
+        /// template, with its own `/usr` and `/etc`; only the identity files of the generated `/etc` are bound over.
+        public var distro: String?
 
         public init(rootfs: String, bundle: String, home: String, legion: String, libraryDirectories: [String], cgroupParent: String,
-                    subscribeDir: String? = nil, networkNamespace: String? = nil) {
+                    subscribeDir: String? = nil, networkNamespace: String? = nil, distro: String? = nil) {
+            self.distro = distro
             self.subscribeDir = subscribeDir
             self.networkNamespace = networkNamespace
             self.rootfs = rootfs
@@ -88,11 +92,19 @@ public enum ContainerBundle {
              "options": ["nosuid", "noexec", "nodev", "mode=1777", "size=\(limits.memoryBytes)"]],
             ["destination": "/dev/mqueue", "type": "mqueue", "source": "mqueue", "options": ["nosuid", "noexec", "nodev"]],
             ["destination": "/sys", "type": "sysfs", "source": "sysfs", "options": ["nosuid", "noexec", "nodev", "ro"]],
-            bind("/usr", "/usr", readOnly: true),
-            bind(paths.bundle + "/etc", "/etc", readOnly: true),
-            bind("/etc/alternatives", "/etc/alternatives", readOnly: true),
-            bind("/etc/ssl", "/etc/ssl", readOnly: true),
-            bind("/etc/ld.so.cache", "/etc/ld.so.cache", readOnly: true),
+        ]
+        if paths.distro == nil {
+            mounts += [
+                bind("/usr", "/usr", readOnly: true),
+                bind(paths.bundle + "/etc", "/etc", readOnly: true),
+                bind("/etc/alternatives", "/etc/alternatives", readOnly: true),
+                bind("/etc/ssl", "/etc/ssl", readOnly: true),
+                bind("/etc/ld.so.cache", "/etc/ld.so.cache", readOnly: true),
+            ]
+        } else {
+            for name in identityFiles { mounts.append(bind(paths.bundle + "/etc/" + name, "/etc/" + name, readOnly: true)) }
+        }
+        mounts += [
             ["destination": "/containers", "type": "tmpfs", "source": "tmpfs", "options": ["nosuid", "nodev", "noexec", "mode=755", "size=16k"]],
             bind(paths.home, "/containers/\(uid)", readOnly: false),
             bind(paths.home, "/usr/local", readOnly: false),
@@ -134,12 +146,15 @@ public enum ContainerBundle {
                 "rlimits": [["type": "RLIMIT_NOFILE", "hard": 16384, "soft": 16384]],
                 "noNewPrivileges": true,
             ] as [String: Any],
-            "root": ["path": paths.rootfs, "readonly": true],
+            "root": ["path": paths.distro ?? paths.rootfs, "readonly": true],
             "hostname": container.name.isEmpty ? "c\(uid)" : hostname(container.name),
             "mounts": mounts,
             "linux": linux,
         ]
     }
+
+    /// The generated `/etc` files bound over a distro's own (its `/etc` keeps the rest: alternatives, ssl, ld.so.cache…).
+    public static let identityFiles = ["passwd", "group", "hostname", "hosts", "resolv.conf", "nsswitch.conf"]
 
     /// Mountpoints the generated `/etc` must hold (it is bound read-only, so runc cannot create them).
     public static let etcMountpoints: [(path: String, directory: Bool)] = [("alternatives", true), ("ssl", true), ("ld.so.cache", false)]

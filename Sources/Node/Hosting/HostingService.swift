@@ -39,6 +39,8 @@ public final class HostingService: Service, Sendable {
     private let alarmSink: (any AlarmSink)?
     private let quota = Mutex(QuotaAlarms())
     private let crashLoops = Mutex(CrashLoopAlarms())
+    /// "container/distro" pairs already warned about (a distro not installed here).
+    private let missingDistros = Mutex<Set<String>>([])
     private let placed = Mutex<[DesiredState.Container]>([])
     /// The seccomp profile's JSON text (`[hosting] seccomp`), parsed when a bundle is written.
     private let seccompText: String?
@@ -527,7 +529,8 @@ public final class HostingService: Service, Sendable {
         let paths = ContainerBundle.Paths(rootfs: settings.rootfsDir, bundle: dir, home: home(uid), legion: legionPath,
                                           libraryDirectories: libraryDirectories, cgroupParent: "/legion/\(nodeName)",
                                           subscribeDir: routes.http == nil && routes.cluster == nil && networker == nil ? nil : settings.subscribeDir,
-                                          networkNamespace: networker == nil ? nil : ContainerNetwork.namespacePath(node: nodeName, uid: uid))
+                                          networkNamespace: networker == nil ? nil : ContainerNetwork.namespacePath(node: nodeName, uid: uid),
+                                          distro: distroRoot(container))
         let args = ContainerBundle.subEmperorArgs(legion: legionPath, home: home(uid), uwsgi: settings.uwsgiBinary,
                                                   logMaxBytes: settings.logMaxBytes, rescanS: Double(settings.subEmperorRescanMs) / 1000)
         let config = ContainerBundle.config(for: container, paths: paths, args: args, seccomp: seccomp)
@@ -575,6 +578,22 @@ public final class HostingService: Service, Sendable {
                 logger.warning("hosting: container \(uid): runc update failed (\(result.output.trimmingCharacters(in: .whitespacesAndNewlines))); the new limits apply at its next start")
             }
         }
+    }
+
+    /// The container's distro root, if it has one and this node has it installed; otherwise nil (the host template),
+    /// said once per container and distro.
+    private func distroRoot(_ container: DesiredState.Container) -> String? {
+        guard let path = container.distroPath, !path.isEmpty, !path.contains("/"), path != ".", path != ".." else { return nil }
+        let root = settings.distrosDir + "/" + path
+        var isDirectory: ObjCBool = false
+        if FileManager.default.fileExists(atPath: root + "/usr/bin", isDirectory: &isDirectory), isDirectory.boolValue {
+            missingDistros.withLock { _ = $0.remove("\(container.uid)/\(path)") }
+            return root
+        }
+        if missingDistros.withLock({ $0.insert("\(container.uid)/\(path)").inserted }) {
+            logger.error("hosting: container \(container.uid): distro \(container.distro ?? path) is not installed on this node (\(root)); it runs on the host template until it is: scripts/make-distro \(path) --dir \(settings.distrosDir)")
+        }
+        return nil
     }
 
     /// The container's start: delete a leftover of the same id, apply a storage size change offline, run.

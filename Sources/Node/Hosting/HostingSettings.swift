@@ -50,6 +50,9 @@ public struct HostingSettings: Sendable, Equatable {
     /// `AuthorizedKeysFile <dir>/%u` (packaging/ssh/sshd_legion.conf). Outside the homes: a customer cannot add keys
     /// by editing files. Default DATA_DIR/ssh-keys.
     public var sshKeysDir: String = ""
+    /// With runc: the distros (`<dir>/<distros.path>`, root filesystems built by `scripts/make-distro`). A container
+    /// with a distro runs on it; without one, on the shared template with the host's `/usr`. Default DATA_DIR/distros.
+    public var distrosDir: String = ""
     /// With runc: the containers' network (`ContainerNetwork`).
     public var network: Network = .none
     /// TCP ports of this node that containers may reach (its routers'); set from `[router]` by the runtime.
@@ -69,6 +72,7 @@ public struct HostingSettings: Sendable, Equatable {
         out.imagesDir = dataDir + "/images"
         out.subscribeDir = dataDir + "/subscribe"
         out.sshKeysDir = dataDir + "/ssh-keys"
+        out.distrosDir = dataDir + "/distros"
         if let v = try table.string("runtime") {
             guard let r = Runtime(rawValue: v) else {
                 throw .invalid(key: "hosting.runtime", problem: "'\(v)' is unknown; use \"process\" (plain processes as the container's uid) or \"runc\" (isolated containers, needs root and runc)")
@@ -81,6 +85,7 @@ public struct HostingSettings: Sendable, Equatable {
         if let v = try table.string("images_dir") { out.imagesDir = path(v) }
         if let v = try table.string("subscribe_dir") { out.subscribeDir = path(v) }
         if let v = try table.string("ssh_keys_dir") { out.sshKeysDir = path(v) }
+        if let v = try table.string("distros_dir") { out.distrosDir = path(v) }
         if let v = try table.bool("home_images") { out.homeImages = v }
         if let v = try table.string("seccomp") { out.seccompProfile = path(v) }
         if let v = try table.string("network") {
