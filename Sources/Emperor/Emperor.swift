@@ -144,7 +144,8 @@ public final class Emperor: @unchecked Sendable {
         inotifyFD = cproc_inotify_init()
         if inotifyFD >= 0 {
             _ = crio_epoll_add(epollFD, inotifyFD, Self.tokenInotify, 0, 0, 0)
-            var watched = settings.monitors
+            // A list-backed Emperor (options.source: the node's sub-Emperors) has no directory to watch; it is told to rescan.
+            var watched = options.source == nil ? settings.monitors : []
             if let owned = settings.ownedDomainsFile { watched.append((owned as NSString).deletingLastPathComponent + "/") }
             for monitor in watched {
                 var isDir: ObjCBool = false

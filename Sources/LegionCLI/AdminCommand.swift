@@ -18,7 +18,7 @@ struct AdminCommand: AsyncParsableCommand {
           legion admin container list --json
         Every write is one transaction applied at most once (pass --request-id to make a retry safe).
         """,
-        subcommands: [Customer.self, Server.self, Legion.self, Distro.self, Container.self, Domain.self, News.self, Token.self]
+        subcommands: [Customer.self, Server.self, Legion.self, Distro.self, Container.self, Rule.self, Domain.self, News.self, Token.self]
     )
 
     struct WriteOptions: ParsableArguments {
@@ -211,6 +211,54 @@ struct AdminCommand: AsyncParsableCommand {
             func run() async throws {
                 let receipt = try await AdminCommand.run(options.store) { admin throws(StoreError) in try await admin.deleteDistro(name: name, requestID: options.id) }
                 AdminCommand.done("distro \(name) deleted", receipt)
+            }
+        }
+    }
+
+    // MARK: rule
+
+    struct Rule: AsyncParsableCommand {
+        static let configuration = CommandConfiguration(
+            abstract: "Extra firewall rules for a container's traffic with the outside (routed networks; links decide container ↔ container).",
+            discussion: "Example: legion admin rule add 30001 --direction out --dst 203.0.113.0/24 --action deny",
+            subcommands: [Add.self, List.self, Delete.self])
+
+        struct Add: AsyncParsableCommand {
+            static let configuration = CommandConfiguration(abstract: "Add a rule (applied live by the container's node).")
+            @OptionGroup var options: WriteOptions
+            @Argument(help: "Container uid (30001…).") var uid: Int64
+            @Option(help: "in (to the container) or out (from it).") var direction: String
+            @Option(help: "Source: IPv4 address/CIDR or any.") var src = "any"
+            @Option(help: "Destination: IPv4 address/CIDR or any.") var dst = "any"
+            @Option(help: "allow or deny.") var action: String
+            @Option(help: "Higher first.") var priority = 0
+            @Option(help: "A note for operators.") var note: String?
+            func run() async throws {
+                let (uuid, receipt) = try await AdminCommand.run(options.store) { admin throws(StoreError) in
+                    try await admin.addRule(containerUID: uid, direction: direction, src: src, dst: dst, action: action, priority: priority,
+                                            note: note, requestID: options.id)
+                }
+                AdminCommand.done("rule \(uuid) added to container \(uid)", receipt)
+            }
+        }
+
+        struct List: AsyncParsableCommand {
+            static let configuration = CommandConfiguration(abstract: "List rules (of one container, or all).")
+            @OptionGroup var store: StoreOptions
+            @Option(help: "Container uid.") var container: Int64?
+            @Flag(help: "JSON output.") var json = false
+            func run() async throws {
+                AdminCommand.printRows(try await AdminCommand.run(store) { admin throws(StoreError) in try await admin.rules(containerUID: container) }, json: json)
+            }
+        }
+
+        struct Delete: AsyncParsableCommand {
+            static let configuration = CommandConfiguration(abstract: "Delete a rule by its uuid.")
+            @OptionGroup var options: WriteOptions
+            @Argument(help: "Rule uuid (legion admin rule list).") var uuid: String
+            func run() async throws {
+                let receipt = try await AdminCommand.run(options.store) { admin throws(StoreError) in try await admin.deleteRule(uuid: uuid, requestID: options.id) }
+                AdminCommand.done("rule \(uuid) deleted", receipt)
             }
         }
     }

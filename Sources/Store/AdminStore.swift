@@ -195,6 +195,62 @@ public struct AdminStore: Sendable {
         ])
     }
 
+    // MARK: Firewall rules (admin only, as uwsgi.it's preliminary `Rule`)
+
+    /// An extra firewall rule for one container's traffic with the outside (container ↔ container traffic is decided
+    /// by links alone): `out` = from the container, `in` = to it; `src`/`dst` are IPv4 CIDRs or `any`; `allow` or `deny`;
+    /// higher `priority` first. uwsgi.it's `gateway` action (a UDP tunnel of its tuntap router) has no equivalent here.
+    @discardableResult
+    public func addRule(containerUID: Int64, direction: String, src: String, dst: String, action: String, priority: Int = 0,
+                        note: String? = nil, requestID: String = UUID().uuidString) async throws(StoreError) -> (uuid: String, receipt: StoreClient.WriteReceipt) {
+        guard direction == "in" || direction == "out" else { throw .invalidInput("rule direction must be in (to the container) or out (from it)") }
+        guard action == "allow" || action == "deny" else {
+            throw .invalidInput("rule action must be allow or deny (uwsgi.it's gateway is not supported: links across servers are routed)")
+        }
+        for (what, value) in [("src", src), ("dst", dst)] where !Self.isRuleAddress(value) {
+            throw .invalidInput("rule \(what) \(value) must be an IPv4 address or CIDR (1.2.3.4, 1.2.3.0/24) or any")
+        }
+        let uuid = UUID().uuidString.lowercased()
+        let receipt = try await client.write(requestID: requestID, [
+            .init("""
+                INSERT INTO rules(container_id, direction, src, dst, action, priority, uuid, note, ctime_ms, mtime_ms)
+                SELECT id, ?, ?, ?, ?, ?, ?, ?, \(Self.now), \(Self.now) FROM containers WHERE id = ?
+                """, [.text(direction), .text(src), .text(dst), .text(action), .int(priority), .text(uuid), .optional(note),
+                      .integer(containerUID - Self.baseUID)], mustChange: "no container \(containerUID)"),
+        ])
+        return (uuid, receipt)
+    }
+
+    public func rules(containerUID: Int64? = nil) async throws(StoreError) -> DqliteRows {
+        if let containerUID {
+            return try await client.query("""
+                SELECT uuid, container_id + \(Self.baseUID) AS container, direction, src, dst, action, priority, note FROM rules
+                WHERE container_id = ? ORDER BY priority DESC, id
+                """, [.integer(containerUID - Self.baseUID)])
+        }
+        return try await client.query("""
+            SELECT uuid, container_id + \(Self.baseUID) AS container, direction, src, dst, action, priority, note FROM rules
+            ORDER BY container_id, priority DESC, id
+            """)
+    }
+
+    @discardableResult
+    public func deleteRule(uuid: String, requestID: String = UUID().uuidString) async throws(StoreError) -> StoreClient.WriteReceipt {
+        try await client.write(requestID: requestID, [.init("DELETE FROM rules WHERE uuid = ?", [.text(uuid)], mustChange: "no rule \(uuid)")])
+    }
+
+    /// `any`, or an IPv4 address with an optional /0…/32 prefix, written canonically (no leading zeros).
+    public static func isRuleAddress(_ text: String) -> Bool {
+        if text == "any" { return true }
+        let parts = text.split(separator: "/", omittingEmptySubsequences: false)
+        guard parts.count <= 2 else { return false }
+        if parts.count == 2 {
+            guard let prefix = Int(parts[1]), (0...32).contains(prefix), String(prefix) == parts[1] else { return false }
+        }
+        let octets = parts[0].split(separator: ".", omittingEmptySubsequences: false)
+        return octets.count == 4 && octets.allSatisfy { o in Int(o).map { (0...255).contains($0) && String($0) == o } ?? false }
+    }
+
     // MARK: Containers
 
     /// Creates a container; returns its receipt (insertIDs[0] is the row id; uid = 30000 + id).

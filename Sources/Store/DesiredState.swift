@@ -72,6 +72,25 @@ public struct DesiredState: Codable, Sendable, Equatable {
     public var portMappings: [PortMapping]?
     /// Loopboxes (ext4 images in a home, mounted in it) of this server's containers.
     public var loopboxes: [Loopbox]?
+    /// Admin firewall rules of this server's containers, highest priority first.
+    public var rules: [Rule]?
+
+    public struct Rule: Codable, Sendable, Equatable, Hashable {
+        public var uid: Int64
+        /// `in` (to the container) or `out` (from it).
+        public var direction: String
+        public var src: String
+        public var dst: String
+        /// `allow` or `deny`.
+        public var action: String
+        public init(uid: Int64, direction: String, src: String, dst: String, action: String) {
+            self.uid = uid
+            self.direction = direction
+            self.src = src
+            self.dst = dst
+            self.action = action
+        }
+    }
 
     public struct Loopbox: Codable, Sendable, Equatable, Hashable {
         public var id: Int64
@@ -146,6 +165,11 @@ public struct DesiredState: Codable, Sendable, Equatable {
             JOIN containers k ON k.id = l.container_id JOIN servers s ON s.id = k.server_id
             WHERE s.name = ? ORDER BY l.id
             """, [.text(server)])
+        let rules = try await client.query("""
+            SELECT r.container_id, r.direction, r.src, r.dst, r.action FROM rules r
+            JOIN containers k ON k.id = r.container_id JOIN servers s ON s.id = k.server_id
+            WHERE s.name = ? ORDER BY r.priority DESC, r.id
+            """, [.text(server)])
         var state = DesiredState(version: version, fetchedAtMs: Int64(Date().timeIntervalSince1970 * 1000), server: server,
                                  containers: [], domains: [], customerKeys: [:])
         for row in domains.rows where row.count == 2 {
@@ -169,6 +193,11 @@ public struct DesiredState: Codable, Sendable, Equatable {
         state.links = links.rows.compactMap { row in
             guard row.count == 3, let a = row[0].int, let b = row[1].int, let address = row[2].string else { return nil }
             return Link(local: AdminStore.baseUID + a, peer: AdminStore.baseUID + b, peerAddress: address)
+        }
+        state.rules = rules.rows.compactMap { row in
+            guard row.count == 5, let k = row[0].int, let d = row[1].string, let src = row[2].string, let dst = row[3].string,
+                  let action = row[4].string else { return nil }
+            return Rule(uid: AdminStore.baseUID + k, direction: d, src: src, dst: dst, action: action)
         }
         state.loopboxes = loopboxes.rows.compactMap { row in
             guard row.count == 5, let id = row[0].int, let k = row[1].int, let file = row[2].string, let mount = row[3].string else { return nil }

@@ -35,6 +35,25 @@ import Testing
         #expect(!text.contains("10.0.0.0/8"))
     }
 
+    @Test func adminRulesComeAfterLinksInPriorityOrderAndOnlyForThisNodesContainers() {
+        var inputs = Self.inputs
+        inputs.rules = [.init(uid: 30001, direction: "out", src: "any", dst: "203.0.113.0/24", action: "deny"),
+                        .init(uid: 30002, direction: "in", src: "198.51.100.7", dst: "any", action: "allow"),
+                        .init(uid: 39999, direction: "out", src: "any", dst: "any", action: "deny"),          // not here
+                        .init(uid: 30001, direction: "out", src: "any", dst: "1.2.3.4; flush", action: "deny"),  // never reaches nft
+                        .init(uid: 30001, direction: "out", src: "any", dst: "any", action: "gateway")]          // unsupported
+        let text = ContainerNetwork.ruleset(node: "n2", inputs: inputs)
+        let lines = text.split(separator: "\n").map { $0.trimmingCharacters(in: .whitespaces) }
+        let deny = try? #require(lines.firstIndex(of: #"iifname "lv30001" ip daddr 203.0.113.0/24 counter drop"#))
+        let allow = try? #require(lines.firstIndex(of: #"oifname "lv30002" ip saddr 198.51.100.7 counter accept"#))
+        let c2c = lines.firstIndex(of: "oifname @ports ip saddr @remote jump c2c") ?? Int.max
+        let closing = lines.firstIndex(of: "oifname @ports counter drop") ?? -1
+        #expect(deny.map { $0 > c2c && $0 < closing } == true && allow.map { $0 > (deny ?? 0) && $0 < closing } == true)
+        #expect(!text.contains("lv39999") && !text.contains("flush") && !text.contains("gateway"))
+        #expect(AdminStore.isRuleAddress("10.0.0.0/8") && AdminStore.isRuleAddress("any") && !AdminStore.isRuleAddress("10.0.0.0/33")
+                && !AdminStore.isRuleAddress("010.0.0.1") && !AdminStore.isRuleAddress("::1"))
+    }
+
     @Test func noContainersGiveAValidEmptyTableAndBadAddressesNeverReachTheRules() {
         let empty = ContainerNetwork.ruleset(node: "n1", inputs: .init(containers: [], links: [], portMappings: [], openPorts: []))
         #expect(empty.contains("set ports { type ifname; }"))

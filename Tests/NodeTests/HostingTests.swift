@@ -177,4 +177,28 @@ import Testing
         #expect(q.check(uid: 3, usedBytes: 99 * mb, totalBytes: 100 * mb, thresholdPercent: 50, freqS: 1, nowS: 0) != nil)
         #expect(q.check(uid: 3, usedBytes: 99 * mb, totalBytes: 100 * mb, thresholdPercent: 50, freqS: 1, nowS: 30) == nil)
     }
+
+    @Test func withAUserNamespaceTheCustomerKeepsItsUidAndMountpointsAreMadeBeforehand() throws {
+        let container = DesiredState.Container(uid: 30001, name: "web", customer: "c", memory: 128, storage: 256, distro: nil, ip: "10.0.0.3",
+                                               lastRebootMs: 1, sshKeys: nil)
+        var paths = ContainerBundle.Paths(rootfs: "/r", bundle: "/b", home: "/tmp/h/30001", legion: "/opt/legion/bin/legion",
+                                          libraryDirectories: ["/opt/swift/lib"], cgroupParent: "/legion/n", subscribeDir: "/s",
+                                          networkNamespace: "/run/netns/x")
+        paths.userNamespace = true
+        let config = ContainerBundle.config(for: container, paths: paths, args: ["x"])
+        let linux = try #require(config["linux"] as? [String: Any])
+        let maps = try #require(linux["uidMappings"] as? [[String: Int64]])
+        #expect(maps.contains(["containerID": 30001, "hostID": 30001, "size": 1]))
+        #expect(maps.contains(["containerID": 0, "hostID": 1_000_000, "size": 30001]))
+        #expect((linux["namespaces"] as? [[String: String]])?.contains(["type": "user"]) == true)
+        let mounts = try #require(config["mounts"] as? [[String: Any]])
+        #expect(mounts.contains { ($0["destination"] as? String) == "/sys" && ($0["type"] as? String) == "bind" },
+                "a netns made by the node: /sys is the host's, read-only")
+        let points = ContainerBundle.mountpoints(of: config) { $0 == "/opt/legion/bin/legion" }
+        let paths2 = points.map(\.path)
+        #expect(paths2.contains("/r/opt/swift/lib") && paths2.contains("/r/usr"))
+        #expect(points.contains { $0.path == "/r/opt/legion/bin/legion" && $0.file })
+        #expect(!paths2.contains("/r/tmp/h/30001"), "under the home's /tmp bind: made inside it at start")
+        #expect(!paths2.contains { $0.hasPrefix("/r/containers/") }, "under the /containers tmpfs")
+    }
 }

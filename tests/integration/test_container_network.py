@@ -367,3 +367,19 @@ def test_a_node_killed_hard_brings_every_container_back_with_its_network(net_lab
     # The links hold as the store has them: a ↔ c (two nodes) open, a → b closed (b unlinked).
     assert wait_for(lambda: lab_.fetch("n2", a, f"{ip_of(c)}:8000") == ip_of(a), 30), lab_.fetch("n2", a, f"{ip_of(c)}:8000")
     assert lab_.fetch("n2", a, f"{ip_of(b)}:8000").startswith("failed")
+
+
+def test_admin_rules_deny_and_allow_traffic_with_the_outside_live(net_lab: Lab):
+    lab_ = net_lab
+    a = lab_.containers()["a"]
+    assert wait_for(lambda: lab_.fetch("n2", a, f"{CLIENT}:9000") == NODES["n2"], 20)
+    out = lab_.admin("rule", "add", str(a), "--direction", "out", "--dst", f"{CLIENT}/32", "--action", "deny")
+    uuid = out.split("rule ", 1)[1].split(" ", 1)[0]
+    assert wait_for(lambda: lab_.fetch("n2", a, f"{CLIENT}:9000").startswith("failed"), 20), lab("n2", "nft", "list", "chain", "inet", "legion_n2", "forward").stdout
+    # Other containers are not affected; a bad rule is refused with a reason and changes nothing.
+    assert lab_.fetch("n2", lab_.containers()["b"], f"{CLIENT}:9000") == NODES["n2"]
+    bad = subprocess.run(["ip", "netns", "exec", "lg-c", str(lab_.legion), "admin", "rule", "add", str(a), "--direction", "out",
+                          "--dst", "1.2.3.4; flush ruleset", "--action", "deny", "--store", STORE], capture_output=True, text=True, timeout=30)
+    assert bad.returncode != 0 and "must be an IPv4 address or CIDR" in bad.stderr, bad.stderr
+    lab_.admin("rule", "delete", uuid)
+    assert wait_for(lambda: lab_.fetch("n2", a, f"{CLIENT}:9000") == NODES["n2"], 20)

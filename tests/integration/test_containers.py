@@ -332,7 +332,9 @@ def test_changing_limits_in_the_store_applies_them_and_keeps_the_data(runc_clust
     (home / "data.txt").write_text("customer data\n")
     os.chown(home / "data.txt", uid, uid)
     memcg = Path(f"/sys/fs/cgroup/memory/legion/node2/{uid}")
+    cpucg = Path(f"/sys/fs/cgroup/cpu/legion/node2/{uid}")
     assert int((memcg / "memory.limit_in_bytes").read_text()) == 128 << 20
+    assert int((cpucg / "cpu.shares").read_text()) == 512, "CPU weight follows memory: 1024 shares per 256 MB"
     before = os.statvfs(home)
     assert before.f_blocks * before.f_frsize <= 64 << 20
 
@@ -341,7 +343,7 @@ def test_changing_limits_in_the_store_applies_them_and_keeps_the_data(runc_clust
     def applied() -> bool:
         try:
             st = os.statvfs(home)
-            return (int((memcg / "memory.limit_in_bytes").read_text()) == 192 << 20
+            return (int((memcg / "memory.limit_in_bytes").read_text()) == 192 << 20 and int((cpucg / "cpu.shares").read_text()) == 768
                     and st.f_blocks * st.f_frsize > 100 << 20 and get(ROUTERS["node2"], host="grow.example.com")[0] == 200)
         except OSError:
             return False
@@ -528,3 +530,27 @@ def test_a_container_runs_on_its_distro_and_a_distro_change_keeps_its_data(distr
     assert (c.home("node2", uid) / "kept.txt").read_text() == "data\n"
     # The shared distro was not written by the container.
     assert not (distros_dir / "bookworm-b" / "legion-probe").exists()
+
+
+@pytest.fixture
+def userns_cluster(legion_bin, repo_root, seccomp_profile):
+    yield from hosting_cluster(legion_bin, repo_root, runtime="runc", hosting_extra=f'seccomp = "{seccomp_profile}"\nuser_namespace = true\n')
+
+
+def test_with_a_user_namespace_root_inside_is_nobody_outside_and_the_customer_keeps_its_uid(userns_cluster):
+    c = userns_cluster
+    uid = probe_container(c, "userns", "userns.example.com", memory=128, storage=256)
+    probe = json.loads(get(ROUTERS["node2"], host="userns.example.com")[1])
+    assert probe["uid"] == uid and probe["home"] == "writable" and probe["usr"] == "refused", probe
+    maps = inside(c, uid, "cat /proc/self/uid_map").stdout.split()
+    assert maps[:6] == ["0", "1000000", str(uid), str(uid), str(uid), "1"], maps
+    # Files the customer writes keep its uid on the host.
+    assert inside(c, uid, "echo x > owned.txt").returncode == 0
+    assert (c.home("node2", uid) / "owned.txt").stat().st_uid == uid
+    # Its processes on the host: the customer's uid, nothing as host root.
+    cid = f"legion-node2-{uid}"
+    pid = runc_state(cid)["pid"]
+    host_uids = {int(line.split()[1]) for p in Path(f"/sys/fs/cgroup/pids/legion/node2/{uid}/cgroup.procs").read_text().split()
+                 for line in Path(f"/proc/{p}/status").read_text().splitlines() if line.startswith("Uid:")}
+    assert host_uids == {uid}, host_uids
+    assert os.readlink(f"/proc/{pid}/ns/user") != os.readlink("/proc/self/ns/user"), "a user namespace of its own"

@@ -31,6 +31,10 @@ public enum ContainerBundle {
         /// The container's distro (a complete root filesystem, `scripts/make-distro`): the root instead of the
         /// template, with its own `/usr` and `/etc`; only the identity files of the generated `/etc` are bound over.
         public var distro: String?
+        /// A user namespace: the container's uid maps to itself, every other uid (root included) to the unprivileged
+        /// host range starting at `userNamespaceBase`.
+        public var userNamespace: Bool = false
+        public static let userNamespaceBase: Int64 = 1_000_000
 
         public init(rootfs: String, bundle: String, home: String, legion: String, libraryDirectories: [String], cgroupParent: String,
                     subscribeDir: String? = nil, networkNamespace: String? = nil, distro: String? = nil) {
@@ -51,10 +55,12 @@ public enum ContainerBundle {
         public var pids: Int64
         public var cpuShares: Int64
 
-        /// From the store's container row: memory in MB (0 means the default 256 MB).
+        /// From the store's container row: memory in MB (0 means the default 256 MB). The CPU weight follows the
+        /// memory the customer pays for (the store has no CPU column, as uwsgi.it had none): 1024 shares per 256 MB,
+        /// so under contention a 1 GB container gets four times the CPU of a 256 MB one; idle CPU is anyone's.
         public static func of(_ container: DesiredState.Container) -> Limits {
             let mb = container.memory > 0 ? container.memory : 256
-            return Limits(memoryBytes: mb << 20, pids: 512, cpuShares: 1024)
+            return Limits(memoryBytes: mb << 20, pids: 512, cpuShares: min(max(mb * 4, 2), 262_144))
         }
     }
 
@@ -132,6 +138,23 @@ public enum ContainerBundle {
                             "/proc/timer_stats", "/proc/sched_debug", "/sys/firmware", "/proc/scsi"],
             "readonlyPaths": ["/proc/bus", "/proc/fs", "/proc/irq", "/proc/sys", "/proc/sysrq-trigger"],
         ]
+        if paths.userNamespace {
+            // Root and the system uids inside → 1 000 000 + n outside; the customer keeps its own uid (its files, its
+            // limits' accounting); uids above it → past the base range.
+            let base = Paths.userNamespaceBase
+            let mapping: [[String: Int64]] = [
+                ["containerID": 0, "hostID": base, "size": uid],
+                ["containerID": uid, "hostID": uid, "size": 1],
+                ["containerID": uid + 1, "hostID": base + uid + 1, "size": 65536],
+            ]
+            linux["uidMappings"] = mapping
+            linux["gidMappings"] = mapping
+            linux["namespaces"] = (linux["namespaces"] as? [[String: String]] ?? []) + [["type": "user"]]
+            if paths.networkNamespace != nil, let index = mounts.firstIndex(where: { ($0["destination"] as? String) == "/sys" }) {
+                // A new sysfs cannot be mounted for a network namespace the new user namespace does not own.
+                mounts[index] = ["destination": "/sys", "type": "bind", "source": "/sys", "options": ["rbind", "ro", "nosuid", "nodev", "noexec"]]
+            }
+        }
         if let seccomp { linux["seccomp"] = seccomp }
         return [
             "ociVersion": "1.0.2",
@@ -151,6 +174,24 @@ public enum ContainerBundle {
             "mounts": mounts,
             "linux": linux,
         ]
+    }
+
+    /// Mountpoints of `config` that must exist in its root before runc starts it: with a user namespace runc's init
+    /// is an unprivileged root that cannot create them in a root-owned root filesystem. A destination below an earlier
+    /// mount (`/tmp/…` under the home's `/tmp`, anything under `/containers`) is created inside that mount at start
+    /// and is left out. Returns (path in the root, whether it is a file).
+    public static func mountpoints(of config: [String: Any], isFile: (String) -> Bool) -> [(path: String, file: Bool)] {
+        guard let root = (config["root"] as? [String: Any])?["path"] as? String, let mounts = config["mounts"] as? [[String: Any]] else { return [] }
+        var earlier: [String] = []
+        var out: [(String, Bool)] = []
+        for mount in mounts {
+            guard let destination = mount["destination"] as? String, destination.hasPrefix("/") else { continue }
+            defer { earlier.append(destination) }
+            if earlier.contains(where: { destination.hasPrefix($0.hasSuffix("/") ? $0 : $0 + "/") }) { continue }
+            let file = (mount["type"] as? String) == "bind" && (mount["source"] as? String).map(isFile) == true
+            out.append((root + destination, file))
+        }
+        return out
     }
 
     /// The generated `/etc` files bound over a distro's own (its `/etc` keeps the rest: alternatives, ssl, ld.so.cache…).

@@ -13,7 +13,9 @@ import Store
 /// - containers reach the node itself only on the router ports (the store, Legion and API ports stay out of reach;
 ///   vassals subscribe through the unix sockets bound into the container);
 /// - nothing from outside reaches a container except replies and the port mappings (DNAT);
-/// - traffic leaving for anything but a linked container is masqueraded to the node's address.
+/// - traffic leaving for anything but a linked container is masqueraded to the node's address;
+/// - the admin `rules` rows (allow/deny, in/out, highest priority first) then decide a container's traffic with the
+///   outside, before the defaults (out: allowed; in: replies and port mappings only).
 ///
 /// Containers are told apart by interface (and, for remote peers, by the routed addresses), never by "10.0.0.0/8":
 /// the servers' own network may well be inside it.
@@ -36,17 +38,21 @@ public enum ContainerNetwork {
         public var portMappings: [PortMapping]
         /// TCP ports of the node containers may reach (its routers).
         public var openPorts: [Int]
+        /// Admin rules for traffic with the outside, in order (highest priority first).
+        public var rules: [DesiredState.Rule]
 
-        public init(containers: [(uid: Int64, ip: String)], links: [Link], portMappings: [PortMapping], openPorts: [Int]) {
+        public init(containers: [(uid: Int64, ip: String)], links: [Link], portMappings: [PortMapping], openPorts: [Int],
+                    rules: [DesiredState.Rule] = []) {
             self.containers = containers
             self.links = links
             self.portMappings = portMappings
             self.openPorts = openPorts
+            self.rules = rules
         }
 
         public static func == (a: Inputs, b: Inputs) -> Bool {
             a.containers.map(\.uid) == b.containers.map(\.uid) && a.containers.map(\.ip) == b.containers.map(\.ip)
-                && a.links == b.links && a.portMappings == b.portMappings && a.openPorts == b.openPorts
+                && a.links == b.links && a.portMappings == b.portMappings && a.openPorts == b.openPorts && a.rules == b.rules
         }
     }
 
@@ -108,6 +114,15 @@ public enum ContainerNetwork {
             dnat.append("    iifname != @ports \(m.proto) dport \(m.publicPort) dnat ip to \(ip):\(m.privatePort)")
         }
         let open = inputs.openPorts.filter { (1...65535).contains($0) }.sorted()
+        var ruleLines: [String] = []
+        for rule in inputs.rules where ipOf[rule.uid] != nil && AdminStore.isRuleAddress(rule.src) && AdminStore.isRuleAddress(rule.dst) {
+            guard let verdict = ["allow": "accept", "deny": "drop"][rule.action], rule.direction == "in" || rule.direction == "out" else { continue }
+            let port = "\"\(hostInterface(uid: rule.uid))\""
+            var line = "    " + (rule.direction == "out" ? "iifname \(port)" : "oifname \(port)")
+            if rule.src != "any" { line += " ip saddr \(rule.src)" }
+            if rule.dst != "any" { line += " ip daddr \(rule.dst)" }
+            ruleLines.append(line + " counter \(verdict)")
+        }
         let local = containers.map(\.ip)
         let remote = remoteRoutes(inputs.links, localUIDs: Set(containers.map(\.uid))).map(\.ip)
         var lines = [
@@ -138,6 +153,9 @@ public enum ContainerNetwork {
             "    iifname @ports oifname @ports jump c2c",
             "    iifname @ports ip daddr @remote jump c2c",
             "    oifname @ports ip saddr @remote jump c2c",
+        ]
+        lines += ruleLines   // admin rules: traffic with the outside only (c2c was decided above)
+        lines += [
             "    oifname @ports ct state established,related accept",
             "    oifname @ports ct status dnat accept",
             "    oifname @ports counter drop",

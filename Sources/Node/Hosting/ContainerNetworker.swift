@@ -39,7 +39,7 @@ final class ContainerNetworker: Sendable {
     /// Brings the firewall and the remote routes in line with the desired state (nothing runs if nothing changed).
     func apply(_ desired: DesiredState) async {
         let inputs = ContainerNetwork.Inputs(containers: desired.containers.map { (uid: $0.uid, ip: $0.ip) }, links: desired.links ?? [],
-                                             portMappings: desired.portMappings ?? [], openPorts: openPorts)
+                                             portMappings: desired.portMappings ?? [], openPorts: openPorts, rules: desired.rules ?? [])
         if applied.withLock({ $0.inputs }) != inputs {
             let text = ContainerNetwork.ruleset(node: node, inputs: inputs)
             guard FileManager.default.createFile(atPath: rulesetPath, contents: Data(text.utf8), attributes: [.posixPermissions: 0o600]) else {

@@ -526,14 +526,32 @@ public final class HostingService: Service, Sendable {
     private func writeBundle(_ container: DesiredState.Container) async {
         let uid = container.uid
         let dir = bundle(uid)
-        let paths = ContainerBundle.Paths(rootfs: settings.rootfsDir, bundle: dir, home: home(uid), legion: legionPath,
+        var paths = ContainerBundle.Paths(rootfs: settings.rootfsDir, bundle: dir, home: home(uid), legion: legionPath,
                                           libraryDirectories: libraryDirectories, cgroupParent: "/legion/\(nodeName)",
                                           subscribeDir: routes.http == nil && routes.cluster == nil && networker == nil ? nil : settings.subscribeDir,
                                           networkNamespace: networker == nil ? nil : ContainerNetwork.namespacePath(node: nodeName, uid: uid),
                                           distro: distroRoot(container))
+        paths.userNamespace = settings.userNamespace
         let args = ContainerBundle.subEmperorArgs(legion: legionPath, home: home(uid), uwsgi: settings.uwsgiBinary,
                                                   logMaxBytes: settings.logMaxBytes, rescanS: Double(settings.subEmperorRescanMs) / 1000)
         let config = ContainerBundle.config(for: container, paths: paths, args: args, seccomp: seccomp)
+        if settings.userNamespace {
+            for point in ContainerBundle.mountpoints(of: config, isFile: { path in
+                var isDirectory: ObjCBool = false
+                return FileManager.default.fileExists(atPath: path, isDirectory: &isDirectory) && !isDirectory.boolValue
+            }) where !FileManager.default.fileExists(atPath: point.path) {
+                do {
+                    if point.file {
+                        try FileManager.default.createDirectory(atPath: (point.path as NSString).deletingLastPathComponent, withIntermediateDirectories: true)
+                        FileManager.default.createFile(atPath: point.path, contents: nil)
+                    } else {
+                        try FileManager.default.createDirectory(atPath: point.path, withIntermediateDirectories: true)
+                    }
+                } catch {
+                    logger.error("hosting: container \(uid): cannot create the mountpoint \(point.path) (user namespaces need it made beforehand): \(error.localizedDescription)")
+                }
+            }
+        }
         do {
             try FileManager.default.createDirectory(atPath: dir + "/etc", withIntermediateDirectories: true)
             for (name, text) in ContainerBundle.etc(for: container) {

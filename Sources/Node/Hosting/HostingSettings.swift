@@ -53,6 +53,12 @@ public struct HostingSettings: Sendable, Equatable {
     /// With runc: the distros (`<dir>/<distros.path>`, root filesystems built by `scripts/make-distro`). A container
     /// with a distro runs on it; without one, on the shared template with the host's `/usr`. Default DATA_DIR/distros.
     public var distrosDir: String = ""
+    /// With runc: each container also gets a user namespace (uwsgi.it had none). The customer's uid maps to itself (files
+    /// in the home keep their owner on the host); every other uid inside, root included, maps to an unprivileged host
+    /// range (1 000 000 + …), so even a root inside would be nobody outside. Off by default: nothing runs as root
+    /// inside anyway, and with a routed network `/sys` has to be the host's, read-only (runc 1.1 cannot mount a new
+    /// sysfs for a network namespace it did not create).
+    public var userNamespace: Bool = false
     /// With runc: the containers' network (`ContainerNetwork`).
     public var network: Network = .none
     /// TCP ports of this node that containers may reach (its routers'); set from `[router]` by the runtime.
@@ -87,6 +93,7 @@ public struct HostingSettings: Sendable, Equatable {
         if let v = try table.string("ssh_keys_dir") { out.sshKeysDir = path(v) }
         if let v = try table.string("distros_dir") { out.distrosDir = path(v) }
         if let v = try table.bool("home_images") { out.homeImages = v }
+        if let v = try table.bool("user_namespace") { out.userNamespace = v }
         if let v = try table.string("seccomp") { out.seccompProfile = path(v) }
         if let v = try table.string("network") {
             guard let n = Network(rawValue: v) else {
