@@ -1,4 +1,5 @@
 import Foundation
+import Synchronization
 import Legion
 import Logging
 import NIOCore
@@ -127,7 +128,9 @@ public final class LegionService: Service {
 
         try await channel.executeThenClose { inbound, outbound in
             let (inputs, feed) = AsyncStream<Input>.makeStream(bufferingPolicy: .bufferingNewest(8192))
-            let tickInterval: Duration = config.mode == .native ? .milliseconds(5) : .milliseconds(100)
+            // Ticks come when the state machine's next deadline is due (its nextWakeup: announce, lease, promise,
+            // member timeouts — what the simulator schedules by), not on a fixed period: an idle node sleeps.
+            let schedule = TickSchedule()
             try await withThrowingTaskGroup(of: Void.self) { group in
                 group.addTask {
                     for try await envelope in inbound {
@@ -136,8 +139,7 @@ public final class LegionService: Service {
                 }
                 group.addTask {
                     while !Task.isCancelled {
-                        try await Task.sleep(for: tickInterval)
-                        feed.yield(.tick)
+                        if await schedule.waitUntilDue() { feed.yield(.tick) }
                     }
                 }
                 if let relay = self.relay {
@@ -150,6 +152,7 @@ public final class LegionService: Service {
                     for await input in inputs {
                         if case .shutdown = input { break }
                         await loop.handle(input)
+                        schedule.next(at: loop.machine.nextWakeup(after: SystemClock.now()))
                     }
                 } onGracefulShutdown: {
                     feed.yield(.shutdown)
@@ -165,6 +168,44 @@ public final class LegionService: Service {
         _ = await hookTask.value
         audit.record("stopped", wallMs: SystemClock.wallMillis(), fields: [("node", .string(config.name))])
         logger.notice("legion node stopped cleanly")
+    }
+}
+
+/// When the protocol loop next needs a tick: set after every input from the machine's `nextWakeup`; the ticker
+/// sleeps until then (woken early if a later input moves the deadline earlier), at most `maxSleep` (a safety net).
+final class TickSchedule: Sendable {
+    static let maxSleepNanos: UInt64 = 1_000_000_000
+    /// Monotonic nanoseconds; `.max` while a tick is on its way (the loop sets the next deadline when it handled it).
+    private let deadline = Mutex<UInt64>(0)
+    private let wake = WakeSignal()
+
+    func next(at nanos: UInt64) {
+        let earlier = deadline.withLock { current -> Bool in
+            defer { current = nanos }
+            return nanos < current
+        }
+        if earlier { wake.notify() }
+    }
+
+    /// Sleeps until the deadline; true when a tick is due now (then no other tick is due until the loop says).
+    func waitUntilDue() async -> Bool {
+        let now = SystemClock.monotonicNanos()
+        let due = deadline.withLock { d -> UInt64 in d }
+        if due <= now {
+            let mine = deadline.withLock { d -> Bool in
+                guard d <= now else { return false }
+                d = .max
+                return true
+            }
+            if mine { return true }
+        }
+        let wait = due == .max ? Self.maxSleepNanos : min(due - now, Self.maxSleepNanos)
+        await wake.wait(timeout: .nanoseconds(Int64(wait)))
+        if due == .max && deadline.withLock({ $0 }) == .max {
+            // The loop has not answered the last tick for a second (it is busy or the machine is stuck): tick again.
+            deadline.withLock { $0 = 0 }
+        }
+        return false
     }
 }
 

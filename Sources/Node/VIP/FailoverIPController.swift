@@ -27,6 +27,8 @@ public final class FailoverIPController: Sendable {
     private let shared = Mutex(Shared())
     private let pokes: AsyncStream<Void>
     private let poke: AsyncStream<Void>.Continuation
+    /// Wakes the fence timer when a new lease deadline is set.
+    private let fenceWake = WakeSignal()
 
     public init(driver: FailoverIPDriver, httpHost: String?, httpPort: Int, logger: Logger, listener: @escaping VIPListenerFactory) {
         self.driver = driver
@@ -50,6 +52,7 @@ public final class FailoverIPController: Sendable {
         // after it is removed (in `run()`).
         if held { driver.leaseChanged(heldUntil: fenceUntil ?? .max) }  // compat: no lease, fence on death only
         poke.yield()
+        fenceWake.notify()
     }
 
     public func renew(fenceUntil: UInt64) {
@@ -76,10 +79,22 @@ public final class FailoverIPController: Sendable {
     public func run() async {
         var server: VIPListener?
         var held = false
-        let fenceTicker = Task { [poke] in
+        // The self-fence: wakes at the lease deadline (renewals only move it later, a new lease wakes it), so a
+        // stalled protocol loop loses the IP on time — and an idle node, or a Lord whose lease is renewed, sleeps.
+        let fenceTicker = Task { [self] in
             while !Task.isCancelled {
-                try? await Task.sleep(for: .milliseconds(5))
-                poke.yield()
+                let until = shared.withLock { $0.wanted ? $0.fenceUntil : nil }
+                let now = SystemClock.monotonicNanos()
+                guard let until else {
+                    await fenceWake.wait(timeout: .seconds(1))
+                    continue
+                }
+                if until <= now {
+                    poke.yield()
+                    await fenceWake.wait(timeout: .milliseconds(1))   // the reconciler takes it from here
+                } else {
+                    await fenceWake.wait(timeout: .nanoseconds(Int64(min(until - now, 1_000_000_000))))
+                }
             }
         }
         defer { fenceTicker.cancel() }
