@@ -65,6 +65,8 @@ public final class NodeState: Sendable {
         /// The desired-state version (change-log seq) last applied.
         public var appliedVersion: Int64 = -1
         public var lastApplyMs: UInt64 = 0
+        /// Storage use of each container whose home is its own image (uid → bytes used, bytes in all).
+        public var storage: [Int64: (used: Int64, total: Int64)] = [:]
 
         public init(containersDir: String) { self.containersDir = containersDir }
     }
@@ -143,6 +145,9 @@ public final class NodeState: Sendable {
                     ("containers_dir", .string(h.containersDir)), ("containers", .int(Int64(h.containers))),
                     ("sub_emperors", .int(Int64(h.subEmperors))), ("applied_version", .int(h.appliedVersion)),
                     ("last_apply_ms", .uint(h.lastApplyMs)),
+                    ("storage", .object(h.storage.keys.sorted().map { uid in
+                        ("\(uid)", .object([("used_bytes", .int(h.storage[uid]?.used ?? 0)), ("total_bytes", .int(h.storage[uid]?.total ?? 0))]))
+                    })),
                 ])
             } ?? .null),
         ])

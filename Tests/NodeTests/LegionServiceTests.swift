@@ -121,4 +121,28 @@ import Glibc
         #expect(audit.contains("\"event\":\"stopped\""))
         try? FileManager.default.removeItem(atPath: dir)
     }
+
+    @Test func theTickComesAtTheMachinesDeadlineAndRacingDeadlinesNeverTrap() async {
+        let schedule = TickSchedule()
+        let start = SystemClock.monotonicNanos()
+        schedule.next(at: start + 30_000_000)   // 30 ms from now
+        _ = await schedule.waitUntilDue()        // the initial deadline (0) is replaced: this first wait sleeps
+        while !(await schedule.waitUntilDue()) {}
+        let waited = SystemClock.monotonicNanos() - start
+        #expect(waited >= 29_000_000 && waited < 1_000_000_000, "due at the deadline, not before, not a second late")
+        // Deadlines set around "now" from another task while the ticker claims them: no arithmetic trap, ticks flow.
+        let racer = Task {
+            for i in 0..<20_000 {
+                schedule.next(at: SystemClock.monotonicNanos() + UInt64(i % 3) * 50_000)
+                if i % 50 == 0 { await Task.yield() }
+            }
+        }
+        var ticks = 0
+        for _ in 0..<3_000 where await schedule.waitUntilDue() {
+            ticks += 1
+            schedule.next(at: SystemClock.monotonicNanos() + 20_000)
+        }
+        await racer.value
+        #expect(ticks > 0)
+    }
 }

@@ -127,7 +127,10 @@ class Lab:
         return self.run_dir / node / "c" / str(uid)
 
     def log(self, node: str) -> str:
-        return (self.run_dir / f"{node}.log").read_text(errors="replace")
+        """The node's log; a crash's first lines (its reason) are kept in front of the tail."""
+        text = (self.run_dir / f"{node}.log").read_text(errors="replace")
+        crash = [line for line in text.splitlines() if "Fatal error" in line or "crashed" in line or "precondition" in line]
+        return ("\n".join(crash[:5]) + "\n...\n" if crash else "") + text
 
     def probe(self, node: str, uid: int, path: str) -> str:
         """GET path from the container's probe app, from its node (the host reaches its containers)."""

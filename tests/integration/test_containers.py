@@ -250,6 +250,11 @@ def test_storage_is_enforced_and_other_containers_are_unharmed(runc_cluster):
     assert 40 << 20 <= result["written"] < 64 << 20, result
     # The container still serves (a full disk is the customer's problem, not the node's).
     assert get(ROUTERS["node2"], host="small.example.com")[0] == 200
+    # Its usage is reported in the node's status (bytes used of its own filesystem).
+    def usage() -> dict:
+        with urllib.request.urlopen("http://127.0.0.1:17202/status", timeout=5) as r:
+            return json.loads(r.read())["hosting"]["storage"].get(str(uid)) or {}
+    assert wait_for(lambda: 40 << 20 < usage().get("total_bytes", 0) <= 64 << 20, 10), usage()
 
     # Over the quota threshold (90 % by default): a quota alarm in the store.
     home = c.home("node2", uid)
@@ -452,7 +457,8 @@ def test_an_alarm_raised_without_store_quorum_is_spooled_survives_a_restart_and_
     os.kill(c.node_pid("node2"), signal.SIGKILL)
     time.sleep(0.5)
     restart_node(c, "node2")
-    time.sleep(3)
+    # Without a store, the restarted node brings its runc container back from its local snapshot.
+    assert wait_for(lambda: get(ROUTERS["node2"], host="lonely.example.com")[0] == 200, 30), c.log("node2")[-3000:]
     assert list(spool.glob("*.json")), "the spooled alarm must survive the restart"
     for n in ("node1", "node3"):
         restart_node(c, n)

@@ -398,12 +398,15 @@ public final class HostingService: Service, Sendable {
         guard useImages else { return }
         let now = Int64(Date().timeIntervalSince1970)
         let mounted = Self.mountpoints()
+        var usage: [Int64: (used: Int64, total: Int64)] = [:]
+        defer { state?.update { $0.hosting?.storage = usage } }
         for container in placed.withLock({ $0 }) {
             var st = statvfs()
             let path = home(container.uid)
             guard mounted.contains(Self.escapeMountPath(path)), statvfs(path, &st) == 0 else { continue }
             let total = Int64(st.f_blocks) * Int64(st.f_frsize)
             let used = (Int64(st.f_blocks) - Int64(st.f_bfree)) * Int64(st.f_frsize)
+            usage[container.uid] = (used, total)
             let message = quota.withLock {
                 $0.check(uid: container.uid, usedBytes: used, totalBytes: total, thresholdPercent: container.quotaThreshold ?? 90,
                          freqS: container.alarmFreq ?? 60, nowS: now)

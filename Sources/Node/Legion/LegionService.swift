@@ -190,20 +190,18 @@ final class TickSchedule: Sendable {
     /// Sleeps until the deadline; true when a tick is due now (then no other tick is due until the loop says).
     func waitUntilDue() async -> Bool {
         let now = SystemClock.monotonicNanos()
-        let due = deadline.withLock { d -> UInt64 in d }
-        if due <= now {
-            let mine = deadline.withLock { d -> Bool in
-                guard d <= now else { return false }
-                d = .max
-                return true
-            }
-            if mine { return true }
+        // One read decides: due now (claimed: the next tick waits for the loop's new deadline), or how long to sleep.
+        let due = deadline.withLock { d -> UInt64? in
+            guard d <= now else { return d }
+            d = .max
+            return nil
         }
+        guard let due else { return true }
         let wait = due == .max ? Self.maxSleepNanos : min(due - now, Self.maxSleepNanos)
         await wake.wait(timeout: .nanoseconds(Int64(wait)))
-        if due == .max && deadline.withLock({ $0 }) == .max {
+        if due == .max {
             // The loop has not answered the last tick for a second (it is busy or the machine is stuck): tick again.
-            deadline.withLock { $0 = 0 }
+            deadline.withLock { if $0 == .max { $0 = 0 } }
         }
         return false
     }
