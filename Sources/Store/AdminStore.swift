@@ -247,7 +247,12 @@ public struct AdminStore: Sendable {
         if parts.count == 2 {
             guard let prefix = Int(parts[1]), (0...32).contains(prefix), String(prefix) == parts[1] else { return false }
         }
-        let octets = parts[0].split(separator: ".", omittingEmptySubsequences: false)
+        return isIPv4Literal(String(parts[0]))
+    }
+
+    /// A dotted-quad IPv4 address written canonically (no leading zeros, each octet 0…255): safe to put in a rule.
+    public static func isIPv4Literal(_ text: String) -> Bool {
+        let octets = text.split(separator: ".", omittingEmptySubsequences: false)
         return octets.count == 4 && octets.allSatisfy { o in Int(o).map { (0...255).contains($0) && String($0) == o } ?? false }
     }
 

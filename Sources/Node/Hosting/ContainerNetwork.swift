@@ -75,12 +75,7 @@ public enum ContainerNetwork {
     /// The container's address, if it is a valid 10.0.0.0/8 IPv4 literal (anything else is refused: it would land
     /// in a firewall rule).
     static func checkedIP(_ ip: String) -> String? {
-        let parts = ip.split(separator: ".", omittingEmptySubsequences: false)
-        guard parts.count == 4, parts[0] == "10" else { return nil }
-        for part in parts {
-            guard let v = Int(part), (0...255).contains(v), String(v) == part else { return nil }
-        }
-        return ip
+        ip.hasPrefix("10.") && AdminStore.isIPv4Literal(ip) ? ip : nil
     }
 
     /// The mutual links in the direction pairs the firewall lets through (both ways for each link).
@@ -181,15 +176,10 @@ public enum ContainerNetwork {
     public static func remoteRoutes(_ links: [Link], localUIDs: Set<Int64>) -> [(ip: String, via: String)] {
         var out: [String: String] = [:]
         for link in links where !localUIDs.contains(link.peer) {
-            guard let ip = checkedIP(AdminStore.containerIP(id: link.peer - AdminStore.baseUID)), isIPv4(link.peerAddress) else { continue }
+            guard let ip = checkedIP(AdminStore.containerIP(id: link.peer - AdminStore.baseUID)), AdminStore.isIPv4Literal(link.peerAddress) else { continue }
             out[ip] = link.peerAddress
         }
         return out.keys.sorted().map { (ip: $0, via: out[$0] ?? "") }
-    }
-
-    static func isIPv4(_ text: String) -> Bool {
-        let parts = text.split(separator: ".", omittingEmptySubsequences: false)
-        return parts.count == 4 && parts.allSatisfy { Int($0).map { (0...255).contains($0) } ?? false }
     }
 
     /// Creates (idempotently) the container's namespace, its veth pair, addresses and routes. `sh -e`.

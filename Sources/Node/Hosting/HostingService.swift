@@ -282,9 +282,8 @@ public final class HostingService: Service, Sendable {
         }
         for (name, text) in wanted {
             let path = dir + "/" + name
-            if FileManager.default.contents(atPath: path) == Data(text.utf8) { continue }
             do {
-                try writeIfChanged(path, Data(text.utf8))
+                guard try writeIfChanged(path, Data(text.utf8)) else { continue }
                 logger.info("hosting: container \(name): ssh keys for sshd updated (\(text.split(separator: "\n").count) keys)")
             } catch {
                 logger.error("hosting: cannot write \(path): \(error.localizedDescription)")
@@ -652,13 +651,16 @@ public final class HostingService: Service, Sendable {
         return lines.joined(separator: "\n") + "\n"
     }
 
-    private func writeIfChanged(_ path: String, _ data: Data) throws {
-        if FileManager.default.contents(atPath: path) == data { return }
+    /// Replaces the file atomically unless it already holds `data`; true when it was written.
+    @discardableResult
+    private func writeIfChanged(_ path: String, _ data: Data) throws -> Bool {
+        if FileManager.default.contents(atPath: path) == data { return false }
         let temporary = path + ".legion-tmp"
         guard FileManager.default.createFile(atPath: temporary, contents: data, attributes: [.posixPermissions: 0o644]) else {
             throw CocoaError(.fileWriteNoPermission, userInfo: [NSFilePathErrorKey: path])
         }
         guard rename(temporary, path) == 0 else { throw CocoaError(.fileWriteUnknown, userInfo: [NSFilePathErrorKey: path]) }
+        return true
     }
 
     /// A container run by runc: its bundle's `start.sh` deletes any leftover of the same id (a node killed hard
