@@ -76,11 +76,17 @@ let package = Package(
         .target(name: "CMount"),
         // epoll/eventfd/socket wrappers for the router's fast path (Linux).
         .target(name: "CRouterIO"),
+        // Debian's libsqlite3-dev: the node-local metric store.
+        .systemLibrary(name: "CSQLite", pkgConfig: "sqlite3", providers: [.apt(["libsqlite3-dev"])]),
+        // Debian's libcurl4-openssl-dev: alarm delivery to webhooks and push services (a variadic C API, wrapped in C).
+        .target(name: "CCurl", linkerSettings: [.linkedLibrary("curl")]),
         .target(
             name: "Node",
             dependencies: [
                 "CRouterIO",
                 "CMount",
+                "CSQLite",
+                "CCurl",
                 "Emperor",
                 "Supervisor",
                 "Legion",
@@ -107,7 +113,8 @@ let package = Package(
                 .product(name: "NIOPosix", package: "swift-nio"),
                 .product(name: "NIOHTTP1", package: "swift-nio"),
                 .product(name: "Crypto", package: "swift-crypto"),
-            ]
+            ],
+            exclude: ["Dashboard/Assets"]
         ),
         .target(
             name: "NodeRuntime",

@@ -15,6 +15,8 @@ public enum NodeAPI {
             APIDispatcher.register(routes, on: router, services: services)
             let document = ByteBuffer(string: OpenAPIDocument.build(routes).serialized + "\n")
             router.post(RouterPath(StoreWriteForwarder.path)) { request, _ in await services.acceptForwarded(request) }
+            router.post(RouterPath(PeerClient.path)) { request, _ in await PeerEndpoint.handle(request, services: services) }
+            DashboardRoutes.register(on: router, services: services)
             router.get("/api/openapi.json") { _, _ in
                 Response(status: .ok, headers: [.contentType: "application/json", .accessControlAllowOrigin: "*"], body: .init(byteBuffer: document))
             }
@@ -87,7 +89,7 @@ public enum NodeAPI {
     }
 
     /// Every route of the customer and admin APIs (the router and `/api/openapi.json` are built from it).
-    public static var allRoutes: [APIRoute] { CustomerAPI.routes + AdminRoutes.routes }
+    public static var allRoutes: [APIRoute] { CustomerAPI.routes + AdminRoutes.routes + DashboardRoutes.routes }
 
     /// A Prometheus label value: backslash, double quote and newline escaped.
     static func label(_ value: String) -> String {

@@ -67,6 +67,8 @@ public final class NodeState: Sendable {
         public var lastApplyMs: UInt64 = 0
         /// Storage use of each container whose home is its own image (uid → bytes used, bytes in all).
         public var storage: [Int64: (used: Int64, total: Int64)] = [:]
+        /// Containers whose sub-Emperor runs now (by uid).
+        public var running: [Int64] = []
 
         public init(containersDir: String) { self.containersDir = containersDir }
     }
@@ -144,7 +146,7 @@ public final class NodeState: Sendable {
                 .object([
                     ("containers_dir", .string(h.containersDir)), ("containers", .int(Int64(h.containers))),
                     ("sub_emperors", .int(Int64(h.subEmperors))), ("applied_version", .int(h.appliedVersion)),
-                    ("last_apply_ms", .uint(h.lastApplyMs)),
+                    ("last_apply_ms", .uint(h.lastApplyMs)), ("running", .array(h.running.map { .int($0) })),
                     ("storage", .object(h.storage.keys.sorted().map { uid in
                         ("\(uid)", .object([("used_bytes", .int(h.storage[uid]?.used ?? 0)), ("total_bytes", .int(h.storage[uid]?.total ?? 0))]))
                     })),

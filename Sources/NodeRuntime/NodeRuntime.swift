@@ -109,6 +109,26 @@ public struct NodeRuntime: Sendable {
         if let verifier = subscriptionVerifier {
             services.append(.init(service: StoreKeyVerifierService(feed: feed, verifier: verifier)))
         }
+        // Metrics: the node-local collector (containers and router counters) and its store, read by the API.
+        var metricDatabase: MetricDatabase?
+        if config.metrics.enabled, config.hosting != nil || config.router != nil {
+            do {
+                try FileManager.default.createDirectory(atPath: config.dataDir, withIntermediateDirectories: true)
+                let database = try MetricDatabase(path: config.dataDir + "/metrics.sqlite")
+                metricDatabase = database
+                let source: ContainerSampler.Source = config.hosting?.runtime == .runc ? .cgroup(node: config.name) : .processes
+                services.append(.init(service: MetricsCollector(database: database, sampler: ContainerSampler(source: source), feed: feed, state: state,
+                                                                subscriptions: routerTable, intervalSeconds: config.metrics.intervalSeconds,
+                                                                retention: config.metrics.retention, logger: logger)))
+            } catch {
+                throw NodeRuntimeError("metrics: \(error)")
+            }
+        }
+        if let store = config.store, config.alarms.enabled {
+            var options = StoreClient.Options(nodes: store.addresses)
+            options.database = store.database
+            services.append(.init(service: AlarmDeliveryService(settings: config.alarms, options: options, state: state, logger: logger)))
+        }
         if let api = config.api {
             let apiServices = config.store.map { store in
                 var options = StoreClient.Options(nodes: store.addresses)
@@ -117,6 +137,9 @@ public struct NodeRuntime: Sendable {
                 // API writes go to the store leader's node: one group-commit writer for the whole cluster.
                 services.forwarder = StoreWriteForwarder(secret: config.secret.secret, state: state, nodeName: config.name,
                                                          ownStoreAddress: store.bind.description, ownURL: apiURL(api), logger: logger)
+                services.peers = PeerClient(secret: config.secret.secret, nodeName: config.name, ownURL: apiURL(api), logger: logger)
+                services.local = LocalNode(name: config.name, state: state, subscriptions: routerTable, metrics: metricDatabase,
+                                           auditPath: config.dataDir + "/audit.jsonl")
                 return services
             }
             let app = NodeAPI.application(state: state, subscriptions: routerTable, services: apiServices, host: api.host, port: api.port, logger: logger)

@@ -181,6 +181,36 @@ public enum StoreSchema {
         CREATE TABLE node_endpoints (
           store_address TEXT PRIMARY KEY, node TEXT NOT NULL, api_url TEXT NOT NULL, mtime_ms INTEGER NOT NULL);
         """),
+        Migration(version: 5, name: "alarm delivery", sql: """
+        -- A generic webhook beside uwsgi.it's channels (slack, pushover, pushbullet; xmpp is not delivered).
+        ALTER TABLE containers ADD COLUMN alarm_webhook TEXT;
+        -- The delivery log: one row per (alarm, channel), made by the trigger below whatever path stored the alarm
+        -- (customer API, node spool, admin). The Lord delivers 'pending' rows whose next_ms has come, with retries
+        -- and backoff; 'rate_limited': within alarm_freq of the channel's previous alarm (uwsgi.it's behaviour).
+        CREATE TABLE alarm_deliveries (
+          id INTEGER PRIMARY KEY, alarm_id INTEGER NOT NULL REFERENCES alarms(id) ON DELETE CASCADE,
+          container_id INTEGER NOT NULL REFERENCES containers(id) ON DELETE CASCADE,
+          channel TEXT NOT NULL CHECK (channel IN ('webhook', 'slack', 'pushover', 'pushbullet')),
+          state TEXT NOT NULL CHECK (state IN ('pending', 'delivered', 'failed', 'rate_limited')),
+          attempts INTEGER NOT NULL DEFAULT 0, next_ms INTEGER NOT NULL, last_status INTEGER, last_error TEXT,
+          delivered_ms INTEGER, ctime_ms INTEGER NOT NULL, mtime_ms INTEGER NOT NULL, UNIQUE (alarm_id, channel));
+        CREATE INDEX alarm_deliveries_due ON alarm_deliveries(state, next_ms);
+        CREATE INDEX alarm_deliveries_by_channel ON alarm_deliveries(container_id, channel, ctime_ms);
+        CREATE TRIGGER alarms_deliver AFTER INSERT ON alarms BEGIN
+          INSERT INTO alarm_deliveries(alarm_id, container_id, channel, state, next_ms, ctime_ms, mtime_ms)
+          SELECT NEW.id, NEW.container_id, ch.channel,
+                 CASE WHEN EXISTS (SELECT 1 FROM alarm_deliveries d WHERE d.container_id = NEW.container_id AND d.channel = ch.channel
+                                   AND d.state != 'rate_limited' AND d.ctime_ms > \(nowMs) - c.alarm_freq * 1000)
+                      THEN 'rate_limited' ELSE 'pending' END,
+                 \(nowMs), \(nowMs), \(nowMs)
+          FROM containers c, (SELECT 'webhook' AS channel UNION ALL SELECT 'slack' UNION ALL SELECT 'pushover' UNION ALL SELECT 'pushbullet') ch
+          WHERE c.id = NEW.container_id AND (
+            (ch.channel = 'webhook' AND coalesce(c.alarm_webhook, '') != '') OR
+            (ch.channel = 'slack' AND coalesce(c.slack_webhook, '') != '') OR
+            (ch.channel = 'pushover' AND coalesce(c.pushover_user, '') != '' AND coalesce(c.pushover_token, '') != '') OR
+            (ch.channel = 'pushbullet' AND coalesce(c.pushbullet_token, '') != ''));
+        END;
+        """),
     ]
 
     public static var latestVersion: Int { migrations.map(\.version).max() ?? 0 }

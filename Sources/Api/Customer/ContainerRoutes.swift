@@ -7,7 +7,7 @@ import Store
 enum ContainerRoutes {
     static let updatable: Set<String> = [
         "name", "note", "quota_threshold", "jid", "jid_secret", "jid_destinations", "nofollow", "pushover_user", "pushover_token",
-        "pushover_sound", "alarm_freq", "pushbullet_token", "slack_webhook", "custom_distros_storage",
+        "pushover_sound", "alarm_freq", "pushbullet_token", "slack_webhook", "alarm_webhook", "custom_distros_storage",
         "ssh_keys", "distro", "custom_distro", "memory", "storage", "tags", "link", "unlink", "reboot",
     ]
 
@@ -44,8 +44,8 @@ enum ContainerRoutes {
         ("jid", Schema.nullableString), ("jid_secret", Schema.nullableString), ("jid_destinations", Schema.nullableString),
         ("nofollow", Schema.boolean), ("pushover_user", Schema.nullableString), ("pushover_token", Schema.nullableString),
         ("pushover_sound", Schema.nullableString), ("alarm_freq", Schema.integer(minimum: 60)), ("pushbullet_token", Schema.nullableString),
-        ("slack_webhook", Schema.nullableString), ("custom_distros_storage", Schema.boolean), ("ssh_keys", Schema.array(Schema.string)),
-        ("distro", Schema.integer), ("custom_distro", Schema.nullableInteger), ("memory", Schema.integer(minimum: 1)),
+        ("slack_webhook", Schema.nullableString), ("alarm_webhook", Schema.nullableString), ("custom_distros_storage", Schema.boolean),
+        ("ssh_keys", Schema.array(Schema.string)), ("distro", Schema.integer), ("custom_distro", Schema.nullableInteger), ("memory", Schema.integer(minimum: 1)),
         ("storage", Schema.integer(minimum: 1)), ("tags", Schema.array(Schema.string)), ("link", Schema.integer),
         ("unlink", Schema.integer), ("reboot", Schema.anyValue),
     ], required: [])
@@ -91,7 +91,7 @@ enum ContainerRoutes {
                    (SELECT json_group_array(to_id + 30000) FROM container_links WHERE container_id = k.id),
                    k.custom_distros_storage, k.secret_uuid, k.ssh_keys_raw,
                    (SELECT json_group_array(l.address) FROM legion_nodes n JOIN legions l ON l.id = n.legion_id WHERE n.server_id = k.server_id),
-                   k.last_reboot_ms
+                   k.last_reboot_ms, k.alarm_webhook
             \(summaryJoins) WHERE k.id = ? AND k.customer_id = ?
             """, [.integer(id), .integer(me.id)])
         guard let row = rows.rows.first else { throw .forbidden("container \(id + 30000) is not one of yours") }
@@ -102,6 +102,7 @@ enum ContainerRoutes {
             ("alarm_freq", row[19].json), ("quota_threshold", row[20].json), ("nofollow", row[21].jsonBool), ("note", row[22].json),
             ("linked_to", row[23].jsonArray), ("custom_distros_storage", row[24].jsonBool), ("secret_uuid", row[25].json),
             ("ssh_keys", .array(keys)), ("legion_address", row[27].jsonArray), ("last_reboot", row[28].millisAsSeconds),
+            ("alarm_webhook", row[29].json),
         ])
     }
 
@@ -155,6 +156,14 @@ enum ContainerRoutes {
         }
         for key in ["jid", "jid_secret", "jid_destinations", "pushover_user", "pushover_token", "pushover_sound", "pushbullet_token", "slack_webhook"] {
             if let value = try body.nullableString(key) { sets.append((key, .optional(value))) }
+        }
+        for key in ["slack_webhook", "alarm_webhook"] {
+            if let value = try body.nullableString(key) {
+                if let url = value, !url.isEmpty, !(url.hasPrefix("https://") || url.hasPrefix("http://")) || url.count > 2048 || url.contains(where: { $0.isWhitespace }) {
+                    throw .badRequest("\(key) must be an http:// or https:// URL (at most 2048 characters, no spaces), or null")
+                }
+                if key == "alarm_webhook" { sets.append((key, .optional(value))) }
+            }
         }
         if let value = try body.int("quota_threshold", range: 0...100) { sets.append(("quota_threshold", .integer(value))) }
         if let value = try body.int("alarm_freq", range: 60...(1 << 31)) { sets.append(("alarm_freq", .integer(value))) }

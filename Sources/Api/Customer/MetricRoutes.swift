@@ -5,16 +5,21 @@ import Store
 
 /// `metrics/container.<m>/<uid>` and `metrics/domain.<m>/<id>`: one day of samples.
 ///
-/// Samples live in node-local metric stores (the metrics issue adds the collector); until one holds data for
-/// the day asked, the answer is an empty list, as uwsgi.it answered for a day without samples.
+/// Samples live in each node's own metric store (`MetricsCollector`); any node answers: a container's samples are
+/// read from the node it runs on (its server), a domain's from every node's router (one entry per node that served
+/// it), through the signed peer endpoint. `?last=SECONDS` (at most 7 days) asks for the last seconds instead of a
+/// day (the dashboard's graphs).
 enum MetricRoutes {
     static let containerMetrics = ["io.read", "io.write", "net.rx", "net.tx", "cpu", "mem", "mem.rss", "mem.cache", "quota"]
+    /// Domain metrics: hits and response bytes (`net.tx`) per domain, as each node's router counted them;
+    /// `net.rx` (request bytes) is not counted by the router and answers an empty list.
     static let domainMetrics = ["net.rx", "net.tx", "hits"]
 
     static let dayParameters: [APIRoute.QueryParameter] = [
         .init(name: "year", schema: Schema.integer(minimum: 1970, maximum: 9999), description: "default: today (UTC)"),
         .init(name: "month", schema: Schema.integer(minimum: 1, maximum: 12), description: "default: today (UTC)"),
         .init(name: "day", schema: Schema.integer(minimum: 1, maximum: 31), description: "default: today (UTC)"),
+        .init(name: "last", schema: Schema.integer(minimum: 1, maximum: 7 * 86400), description: "the last SECONDS instead of a day"),
     ]
 
     static var routes: [APIRoute] {
@@ -22,20 +27,80 @@ enum MetricRoutes {
             APIRoute(method: .get, path: "/api/metrics/container.\(metric)/{uid}", summary: "One day of the container's \(metric) samples",
                      tag: "metrics", auth: .customer, query: dayParameters, body: .none,
                      outcomes: [.ok(Schema.array(Schema.ref("Sample"))), .forbidden("not your container")], handler: { call throws(APIError) in
-                         let id = try call.containerID()
-                         try await CustomerSQL.requireContainer(call, id: id)
-                         _ = try CustomerSQL.day(call)
-                         return APIResponse.json(.array([]))
+                         try await container(call, metric: metric)
                      })
         } + domainMetrics.map { metric in
-            APIRoute(method: .get, path: "/api/metrics/domain.\(metric)/{id}", summary: "One day of the domain's \(metric) samples, per container",
+            APIRoute(method: .get, path: "/api/metrics/domain.\(metric)/{id}", summary: "One day of the domain's \(metric) samples, per node",
                      tag: "metrics", auth: .customer, query: dayParameters, body: .none,
                      outcomes: [.ok(Schema.array(Schema.ref("DomainSamples"))), .notFound("not your domain")], handler: { call throws(APIError) in
-                         _ = try await DomainRoutes.one(call, id: try call.number("id"))
-                         _ = try CustomerSQL.day(call)
-                         return APIResponse.json(.array([]))
+                         try await domain(call, metric: metric)
                      })
         }
+    }
+
+    /// `[from, to)` in unix seconds: `last` seconds up to now, or the UTC day asked (default today).
+    static func range(_ call: APICall) throws(APIError) -> (Int64, Int64) {
+        if let text = call.query["last"] {
+            guard let last = Int64(text), (1...7 * 86400).contains(last) else { throw .badRequest("last must be 1...604800 seconds") }
+            let now = Int64(Date().timeIntervalSince1970)
+            return (now - last, now + 1)
+        }
+        let (year, month, day) = try CustomerSQL.day(call)
+        var calendar = Calendar(identifier: .gregorian)
+        calendar.timeZone = TimeZone(identifier: "UTC") ?? .current
+        guard let date = calendar.date(from: DateComponents(year: year, month: month, day: day)),
+              calendar.component(.day, from: date) == day else { throw .badRequest("\(year)-\(month)-\(day) is not a date") }
+        let from = Int64(date.timeIntervalSince1970)
+        return (from, from + 86400)
+    }
+
+    static func samplesJSON(_ samples: [[Int64]]) -> JSONValue {
+        .array(samples.map { .array($0.map { .int($0) }) })
+    }
+
+    static func container(_ call: APICall, metric: String) async throws(APIError) -> Response {
+        let me = try call.me
+        let id = try call.containerID()
+        let rows = try await call.services.query("SELECT s.name FROM containers k JOIN servers s ON s.id = k.server_id WHERE k.id = ? AND k.customer_id = ?",
+                                                 [.integer(id), .integer(me.id)])
+        guard let server = rows.rows.first?[0].string else { throw .forbidden("container \(id + 30000) is not one of yours") }
+        let (from, to) = try range(call)
+        let series = "container.\(metric)/\(id + 30000)"
+        let samples = try await MetricsReader.on(node: server, call.services, series: series, prefix: false, from: from, to: to)
+        return APIResponse.json(samplesJSON(samples[series] ?? []))
+    }
+
+    static func domain(_ call: APICall, metric: String) async throws(APIError) -> Response {
+        let domain = try await DomainRoutes.one(call, id: try call.number("id"))
+        guard case .object(let fields) = domain, case .string(let name)? = fields.first(where: { $0.0 == "name" })?.1 else {
+            throw .notFound("domain not found")
+        }
+        let (from, to) = try range(call)
+        guard metric != "net.rx", let peers = call.services.peers else { return APIResponse.json(.array([])) }
+        let services = call.services
+        let series = "domain.\(metric)/\(name.lowercased())"
+        var entries: [JSONValue] = []
+        let nodes = await peers.peers(services)
+        let results = await withTaskGroup(of: (String, Result<[String: [[Int64]]], APIError>).self) { group in
+            for peer in nodes {
+                group.addTask {
+                    do throws(APIError) {
+                        return (peer.node, .success(try await MetricsReader.on(node: peer.node, services, series: series, prefix: false, from: from, to: to)))
+                    } catch {
+                        return (peer.node, .failure(error))
+                    }
+                }
+            }
+            var out: [(String, Result<[String: [[Int64]]], APIError>)] = []
+            for await result in group { out.append(result) }
+            return out.sorted { $0.0 < $1.0 }
+        }
+        for (node, result) in results {
+            // A node that cannot answer now is left out (its samples are not lost; ask again).
+            guard case .success(let samples) = result, let values = samples[series], !values.isEmpty else { continue }
+            entries.append(.object([("container", .null), ("node", .string(node)), ("metrics", samplesJSON(values))]))
+        }
+        return APIResponse.json(.array(entries))
     }
 }
 

@@ -17,6 +17,10 @@ public struct APIServices: Sendable {
     public var maxBody: Int = 65536
     /// Sends writes to the store leader's node (nil: always write here).
     public var forwarder: StoreWriteForwarder?
+    /// Reads from other nodes (their metric samples, status and audit logs), signed with the legion secret.
+    public var peers: PeerClient?
+    /// This node's own status, router table, metric store and audit log.
+    public var local: LocalNode?
 
     public init(store: StoreClient.Options, resolver: String?, logger: Logger, readers: Int = 8) {
         self.readers = StoreClientPool(options: store, size: readers)

@@ -73,6 +73,10 @@ public struct NodeConfig: Sendable {
     public var emperor: EmperorSection?
     /// `[hosting]`: customer containers from the store (homes, sub-Emperors, shortcuts).
     public var hosting: HostingSettings?
+    /// `[metrics]`: the node-local metric collector and its retention.
+    public var metrics = MetricsSettings()
+    /// `[alarms]`: alarm delivery to containers' channels.
+    public var alarms = AlarmDeliverySettings()
     /// `[api] resolver`: the DNS resolver (`host[:port]`) that checks customers' domain TXT records
     /// (default: the first nameserver of /etc/resolv.conf).
     public var apiResolver: String? = nil
@@ -199,6 +203,8 @@ public struct NodeConfig: Sendable {
         let store = try top.subtable("store").map { table throws(NodeConfigError) in try StoreSettings.parse(table) }
         let emperor = try top.subtable("emperor").map { table throws(NodeConfigError) in try EmperorSection.parse(table, baseDir: baseDir) }
         let hosting = try top.subtable("hosting").map { table throws(NodeConfigError) in try HostingSettings.parse(table, dataDir: dataDir, baseDir: baseDir) }
+        let metrics = try top.subtable("metrics").map { table throws(NodeConfigError) in try MetricsSettings.parse(table) } ?? MetricsSettings()
+        let alarms = try top.subtable("alarms").map { table throws(NodeConfigError) in try AlarmDeliverySettings.parse(table) } ?? AlarmDeliverySettings()
         try top.rejectUnknownKeys()
 
         var config = NodeConfig(path: path, name: name, dataDir: dataDir, legionName: legionName, mode: mode, bind: bind,
@@ -206,6 +212,8 @@ public struct NodeConfig: Sendable {
                           nativeTiming: native, compatTiming: compat, hooks: hooks, vip: vip, api: api, router: router, store: store,
                           emperor: emperor, hosting: hosting)
         config.apiResolver = apiSection?.resolver
+        config.metrics = metrics
+        config.alarms = alarms
         config.apiDomain = apiSection?.domain
         if config.apiDomain != nil, config.router?.clusterSubscription == nil || config.router?.internalRouter == nil {
             throw NodeConfigError.invalid(key: "api.domain", problem: "needs router.cluster_subscription and router.internal (the API is served as a cluster domain)")

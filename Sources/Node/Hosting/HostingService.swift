@@ -151,8 +151,12 @@ public final class HostingService: Service, Sendable {
                     while !Task.isCancelled {
                         tick += 1
                         if tick % 5 == 0 { checkCrashLoops() }
-                        let running = emperor.vassalNames.count
-                        state?.update { $0.hosting?.subEmperors = running }
+                        let names = emperor.vassalNames
+                        let uids = names.compactMap { Int64($0.prefix(while: \.isNumber)) }.sorted()
+                        state?.update {
+                            $0.hosting?.subEmperors = names.count
+                            $0.hosting?.running = uids
+                        }
                         syncOOMWatches()
                         checkQuotas()
                         syncLoopboxes()
