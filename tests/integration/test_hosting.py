@@ -106,7 +106,7 @@ def cluster(legion_bin, repo_root):
     yield from hosting_cluster(legion_bin, repo_root)
 
 
-def hosting_cluster(legion_bin, repo_root, runtime: str | None = None, hosting_extra: str = ""):
+def hosting_cluster(legion_bin, repo_root, runtime: str | None = None, hosting_extra: str = "", node_extra: str = ""):
     """local-3 in a temporary run dir, signed subscriptions required, customers/containers/domains added."""
     ul.ensure_uwsgi_python3()
     # A short path: vassal sockets live at <home>/run/<domain>_<hash>.socket (108-byte unix path limit).
@@ -125,6 +125,8 @@ def hosting_cluster(legion_bin, repo_root, runtime: str | None = None, hosting_e
             assert "\n[hosting]\n" in text
             # hosting_extra may name the node: "{node}" becomes node1, node2, node3.
             text = text.replace("\n[hosting]\n", f'\n[hosting]\nruntime = "{runtime}"\n{hosting_extra.replace("{node}", f"node{n}")}')
+        # node_extra: more tables appended to every node's file ("{node}" as above).
+        text += "\n" + node_extra.replace("{node}", f"node{n}")
         (configs / f"node{n}.toml").write_text(text)
     subprocess.run([str(legion_bin), "cluster", "down"], cwd=repo_root, capture_output=True, timeout=30)
     try:
