@@ -2,6 +2,7 @@ import CProcess
 import CRouterIO
 import Foundation
 import Logging
+import Metrics
 import Supervisor
 import Synchronization
 #if canImport(Glibc)
@@ -223,7 +224,10 @@ public final class Emperor: @unchecked Sendable {
                     _ = kill(-pid, SIGKILL)
                     var code: Int32?
                     if case .exited(let c) = reason { code = c }
+                    let (respawns, throttled) = (core.respawnCount, core.throttledCount)
                     execute(core.exited(name, pid: pid, reason: reason.description, code: code, now: now))
+                    if core.respawnCount > respawns { Counter(label: "legion_emperor_respawns_total").increment(by: core.respawnCount - respawns) }
+                    if core.throttledCount > throttled { Counter(label: "legion_emperor_throttled_total").increment(by: core.throttledCount - throttled) }
                 case .shutdown:
                     execute(core.shutdown(now: now))
                 case .reload:

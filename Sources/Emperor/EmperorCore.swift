@@ -125,6 +125,9 @@ public struct EmperorCore: Sendable {
     public private(set) var settings: EmperorSettings
     public private(set) var instances: [String: Instance] = [:]
     public private(set) var throttles: [String: Throttle] = [:]
+    /// Vassals restarted after dying / held back by the throttle, since the start (the node's metrics).
+    public private(set) var respawnCount = 0
+    public private(set) var throttledCount = 0
     /// Last scan's files by name.
     public private(set) var files: [String: VassalFile] = [:]
     /// Files whose problem was already logged (at this mtime), so a bad file is reported once, not every scan.
@@ -303,10 +306,12 @@ public struct EmperorCore: Sendable {
             if let file = files[name], file.problem == nil { out.append(.spawn(file)) }
         } else if instance.loyal || alive >= settings.goodRunMs {
             throttles[name] = nil
+            respawnCount += 1
             out.append(.log(.warning, "vassal \(name) died after \(alive) ms (\(reason)): respawning"))
             if let file = files[name], file.problem == nil { out.append(.spawn(file)) }
         } else {
             let delay = penalize(name, loyal: instance.loyal, now: now)
+            throttledCount += 1
             let exile = code == Byte.exileCode ? "; exit 26: the binary could not be executed" : ""
             let listed = throttles[name]?.blacklisted == true ? ", blacklisted" : ""
             out.append(.log(.warning, "vassal \(name) died after \(alive) ms (\(reason)\(exile)): respawn throttled \(delay) ms\(listed); touch the file to retry at once"))

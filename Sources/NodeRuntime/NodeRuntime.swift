@@ -48,6 +48,8 @@ public struct NodeRuntime: Sendable {
     }
 
     public func services() throws -> [ServiceGroupConfiguration.ServiceConfiguration] {
+        // The Prometheus registry becomes the swift-metrics backend before any service records a measurement.
+        _ = NodeMetricsExporter.shared
         var services: [ServiceGroupConfiguration.ServiceConfiguration] = []
         var relay: ClusterRelay?
         var vipListener: VIPListenerFactory?

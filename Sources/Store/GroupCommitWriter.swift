@@ -1,4 +1,5 @@
 import Foundation
+import Metrics
 import Logging
 import Synchronization
 
@@ -54,6 +55,9 @@ public final class GroupCommitWriter: Sendable {
         state.withLock { ($0.batches, $0.writes, $0.largestBatch) }
     }
 
+    /// The Prometheus histogram of one batch's commit (all its writes, one Raft round when nothing fails).
+    public static let commitLatency = "legion_store_commit_seconds"
+
     private func drain() async {
         while true {
             let batch: [Pending] = state.withLock { state in
@@ -63,7 +67,9 @@ public final class GroupCommitWriter: Sendable {
                 return taken
             }
             if batch.isEmpty { return }
+            let started = ContinuousClock.now
             let outcomes = await client.writeBatch(batch.map(\.write))
+            Metrics.Timer(label: Self.commitLatency).record(duration: ContinuousClock.now - started)
             state.withLock { state in
                 state.batches += 1
                 state.writes += batch.count

@@ -366,3 +366,10 @@ def test_per_domain_counters_in_metrics(tmp_path: Path, legion_bin, uwsgi_py3, p
     assert not any("evil" in k for k in values), "an unknown Host must not become a label"
     assert values.get("legion_router_handoffs_total", 0) >= 1, text
     assert values.get("legion_subscriptions_accepted_total", 0) >= 2, text
+    # Latency histograms per domain (swift-metrics → swift-prometheus), from both the fast and the general path.
+    assert values.get(f'legion_router_request_duration_seconds_count{{domain="{KEY}"}}', 0) >= 6, text
+    assert values.get(f'legion_router_request_duration_seconds_bucket{{domain="{KEY}",le="+Inf"}}', 0) >= 6, text
+    assert "# TYPE legion_router_request_duration_seconds histogram" in text, text
+    for name in ("legion_emperor_respawns_total", "legion_container_oom_kills_total", "legion_failover_gap_seconds_count",
+                 "legion_lease_margin_seconds_count", "legion_store_commit_seconds_count"):
+        assert name in values, f"{name} missing:\n{text}"

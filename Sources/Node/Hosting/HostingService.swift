@@ -3,6 +3,7 @@ import CMount
 import Emperor
 import Foundation
 import Logging
+import Metrics
 import ServiceLifecycle
 import Store
 import Supervisor
@@ -66,6 +67,7 @@ public final class HostingService: Service, Sendable {
             oom = OOMWatcher(logger: logger) { uid, kills in
                 let message = "container \(uid): OUT OF MEMORY !!!"
                 log.warning("\(message)", metadata: ["oom_kills": "\(kills)"])
+                Counter(label: NodeMetrics.containerOOMKills).increment()
                 if let sink { Task { await sink.raise(uid: uid, level: 0, message: message) } }
             }
         } else {

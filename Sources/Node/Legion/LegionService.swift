@@ -2,6 +2,7 @@ import Foundation
 import Synchronization
 import Legion
 import Logging
+import Metrics
 import NIOCore
 import NIOPosix
 import ServiceLifecycle
@@ -216,6 +217,11 @@ struct ProtocolLoop {
     let outbound: NIOAsyncChannelOutboundWriter<AddressedEnvelope<ByteBuffer>>
     var drops = RateLimitedLog()
     var lastPublishedLord: Bool = false
+    /// Failover measurements (`NodeMetrics`): when another Lord was last heard, when this node noticed there was
+    /// none, and the current lease deadline (monotonic ns) while Lord.
+    var otherLordHeardWallMs: UInt64?
+    var lordLostWallMs: UInt64?
+    var leaseUntilMono: UInt64?
 
     init(service: LegionService, machine: LegionMachine, codec: LegionCodec, peers: [SocketAddress],
          outbound: NIOAsyncChannelOutboundWriter<AddressedEnvelope<ByteBuffer>>) {
@@ -277,8 +283,17 @@ struct ProtocolLoop {
         publish()
     }
 
-    func publish() {
+    mutating func publish() {
         let status = machine.status
+        if let lord = status.lord, !status.isLord {
+            let agoMs = status.members.first(where: { $0.info.name == lord.name })?.lastSeenMsAgo ?? 0
+            let wall = SystemClock.wallMillis()
+            otherLordHeardWallMs = wall >= agoMs ? wall - agoMs : wall
+            lordLostWallMs = nil
+        } else if status.lord == nil, otherLordHeardWallMs != nil, lordLostWallMs == nil {
+            lordLostWallMs = SystemClock.wallMillis()
+        }
+        if !status.isLord { leaseUntilMono = nil }
         let phase = service.vip.phase.rawValue
         service.state.update {
             $0.legion = status
@@ -293,6 +308,13 @@ struct ProtocolLoop {
                 await send(announce)
             case .becomeLord(let votes, let leaseUntil):
                 service.vip.want(held: true, fenceUntil: leaseUntil)
+                if let heard = otherLordHeardWallMs, now.wallMs >= heard {
+                    Metrics.Timer(label: NodeMetrics.failoverGap).recordMilliseconds(now.wallMs - heard)
+                }
+                if let lost = lordLostWallMs, now.wallMs >= lost {
+                    Metrics.Timer(label: NodeMetrics.lordElection).recordMilliseconds(now.wallMs - lost)
+                }
+                (otherLordHeardWallMs, lordLostWallMs, leaseUntilMono) = (nil, nil, leaseUntil)
                 service.state.update { $0.lordChanges += 1 }
                 let lease = leaseUntil.map { $0 > now.mono ? ($0 - now.mono) / 1_000_000 : 0 }
                 logger.notice("became Lord", metadata: ["votes": "\(votes)", "quorum": "\(config.quorum)", "lease_ms": "\(lease.map(String.init) ?? "-")"])
@@ -304,6 +326,10 @@ struct ProtocolLoop {
                 service.runHooks(.lord)
             case .renewLease(let until):
                 service.vip.renew(fenceUntil: until)
+                if let previous = leaseUntilMono {
+                    Metrics.Timer(label: NodeMetrics.leaseMargin).recordNanoseconds(Int64(previous > now.mono ? previous - now.mono : 0))
+                }
+                leaseUntilMono = until
             case .resignLord(let reason):
                 service.vip.want(held: false, fenceUntil: nil)
                 logger.notice("no longer Lord", metadata: ["reason": "\(reason.rawValue)"])

@@ -499,6 +499,7 @@ final class RouterHandler: ChannelInboundHandler, RemovableChannelHandler {
         if let req = request {
             if let node = req.node { shared.store.release(node) }
             shared.store.count(key: req.node?.keyString, bytes: req.bytesOut)
+            NodeMetrics.recordRouterLatency(domain: req.node?.keyString, nanoseconds: [Int64(SystemClock.monotonicNanos() &- req.startedNs)])
             shared.access.debug("request", metadata: [
                 "host": "\(req.host)", "method": "\(req.head.method.rawValue)", "uri": "\(req.head.uri)",
                 "backend": "\(req.node?.addressString ?? "-")", "bytes": "\(req.bytesOut)",

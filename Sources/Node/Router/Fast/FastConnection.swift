@@ -524,7 +524,7 @@ final class FastConnection {
         guard phase == .proxying else { return }  // already closed (the client went away)
         let store = loop.shared.store
         if let node { store.release(node) }
-        loop.count(key: node?.key, bytes: bytesOut)
+        loop.count(key: node?.key, bytes: bytesOut, nanoseconds: loop.now &- startedNs)
         let hostName = String(decoding: host, as: UTF8.self)
         if loop.shared.access.logLevel <= .debug {
             let p = input.readable

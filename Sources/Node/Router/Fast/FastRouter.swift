@@ -315,8 +315,12 @@ final class FastLoop: @unchecked Sendable {
     /// Per-domain counts of this loop, added to the shared table every 100 ms (one lock then, not per request).
     private var counts: [[UInt8]: (hits: Int, bytes: Int)] = [:]
 
-    func count(key: [UInt8]?, bytes: Int) {
+    /// Request durations (ns) of this loop per domain, recorded into the latency histograms at the same flush.
+    private var durations: [[UInt8]: [Int64]] = [:]
+
+    func count(key: [UInt8]?, bytes: Int, nanoseconds: UInt64) {
         let name = key ?? [0x2D]  // "-": no domain
+        if durations.count < 10_000 || durations[name] != nil { durations[name, default: []].append(Int64(nanoseconds)) }
         if var c = counts[name] {
             c.hits += 1
             c.bytes += bytes
@@ -332,6 +336,10 @@ final class FastLoop: @unchecked Sendable {
         for (key, c) in counts { batch[String(decoding: key, as: UTF8.self)] = c }
         counts.removeAll(keepingCapacity: true)
         shared.store.count(batch: batch)
+        for (key, values) in durations {
+            NodeMetrics.recordRouterLatency(domain: String(decoding: key, as: UTF8.self), nanoseconds: values)
+        }
+        durations.removeAll(keepingCapacity: true)
     }
 
     func address(for raw: [UInt8]) -> BackendAddress? {
