@@ -10,7 +10,7 @@ struct ClusterCommand: ParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "cluster",
         abstract: "Run a local multi-process cluster from a folder of node configs (default: cluster-configs/local-3).",
-        subcommands: [Up.self, Status.self, Down.self]
+        subcommands: [Up.self, Status.self, Down.self, Roll.self]
     )
 
     struct Options: ParsableArguments {
@@ -125,6 +125,66 @@ struct ClusterCommand: ParsableCommand {
             }
             for node in cluster.nodes { try? FileManager.default.removeItem(atPath: node.dataDir + "/node.pid") }
             if pids.isEmpty { print("nothing was running") }
+        }
+    }
+    struct Roll: ParsableCommand {
+        static let configuration = CommandConfiguration(
+            abstract: "Restart every node one by one (SIGTERM, start, wait until it is healthy), the Lord last.",
+            discussion: """
+                What a rolling upgrade does: each node is stopped gracefully (a Lord resigns and hands the failover IP
+                over, the routers drain, the node's cluster-domain entries leave every router) and started again, and
+                the next node waits until this one is healthy: its API answers, it sees every other member, a Lord
+                holds the VIP, its store member is reachable and has caught up with the leader, and its router has
+                its subscriptions back. Members first (lowest valor first), the Lord last, so lordship moves once.
+                On servers the same order applies with `systemctl restart legion` (SIGTERM, then start).
+                """)
+
+        @OptionGroup var options: Options
+
+        @Option(help: "Seconds each node may take to stop (then SIGKILL) and to become healthy again.")
+        var timeout: Double = 60
+
+        @Option(help: "Seconds to wait after a node is healthy before the next one.")
+        var settle: Double = 1
+
+        func run() throws {
+            let cluster = try LocalCluster(options: options)
+            let running = cluster.nodes.filter { $0.runningPid != nil }
+            guard running.count == cluster.nodes.count else {
+                throw UserFacingError("not every node runs (\(cluster.nodes.filter { $0.runningPid == nil }.map(\.config.name).joined(separator: ", ")) stopped); start them with `legion cluster up` first")
+            }
+            let lordName = cluster.rows().first(where: { $0.lord })?.name
+            let order = cluster.nodes.sorted { a, b in
+                let (la, lb) = (a.config.name == lordName, b.config.name == lordName)
+                return la != lb ? !la : a.config.valor < b.config.valor
+            }
+            let started = Date()
+            for node in order {
+                guard let pid = node.runningPid else { continue }
+                let backends = cluster.routerBackends(node)
+                print("\(node.config.name): stopping (pid \(pid)\(node.config.name == lordName ? ", Lord" : ""))")
+                let t0 = Date()
+                kill(pid, SIGTERM)
+                let stopBy = Date().addingTimeInterval(timeout)
+                while Date() < stopBy, LocalCluster.isAlive(pid) { usleep(20_000) }
+                if LocalCluster.isAlive(pid) {
+                    kill(pid, SIGKILL)
+                    print("\(node.config.name): did not stop within \(Int(timeout)) s: killed")
+                }
+                let newPid = try cluster.start(node)
+                print("\(node.config.name): started (pid \(newPid)) after \(String(format: "%.1f", Date().timeIntervalSince(t0))) s; waiting until healthy")
+                let healthyBy = Date().addingTimeInterval(timeout)
+                var waiting: String? = "starting"
+                while Date() < healthyBy {
+                    waiting = cluster.notHealthy(node, expectedBackends: backends)
+                    if waiting == nil { break }
+                    usleep(100_000)
+                }
+                if let waiting { throw UserFacingError("\(node.config.name) is not healthy within \(Int(timeout)) s (\(waiting)); the roll stops here, see \(node.dataDir)/node.log") }
+                print("\(node.config.name): healthy after \(String(format: "%.1f", Date().timeIntervalSince(t0))) s")
+                usleep(useconds_t(settle * 1_000_000))
+            }
+            print("rolled \(order.count) nodes in \(String(format: "%.1f", Date().timeIntervalSince(started))) s; Lord now: \(cluster.lordOnVIP() ?? "none")")
         }
     }
 }
@@ -260,6 +320,45 @@ struct LocalCluster {
         }
         let wanted = min(3, members.count)
         return voters >= wanted ? nil : "\(voters) of \(wanted) voters"
+    }
+
+    /// The subscribed backends in the node's router table (`legion_router_backends` summed), nil when unknown.
+    func routerBackends(_ node: Node) -> Int? {
+        guard let api = node.config.api, let response = HTTPProbe.get(host: api.host, port: api.port, path: "/metrics", timeoutMs: 500),
+              response.status == 200 else { return nil }
+        var total = 0
+        for line in response.body.split(separator: "\n") where line.hasPrefix("legion_router_backends{") {
+            total += Int(Double(line.split(separator: " ").last ?? "") ?? 0)
+        }
+        return total
+    }
+
+    /// nil when `node` is back in service; else what it still waits for.
+    func notHealthy(_ node: Node, expectedBackends: Int?) -> String? {
+        guard let api = node.config.api else { return node.runningPid == nil ? "not running" : nil }
+        guard let response = HTTPProbe.get(host: api.host, port: api.port, path: "/status", timeoutMs: 500), response.status == 200,
+              let object = try? JSONSerialization.jsonObject(with: Data(response.body.utf8)) as? [String: Any] else { return "its API does not answer yet" }
+        let legion = object["legion"] as? [String: Any] ?? [:]
+        let members = (legion["members"] as? [Any])?.count ?? 0
+        if members < nodes.count - 1 { return "it sees \(members) of \(nodes.count - 1) other members" }
+        if legion["lord_name"] as? String == nil { return "no Lord known yet" }
+        if vip != nil, lordOnVIP() == nil { return "no Lord answers on the VIP" }
+        if node.config.store != nil {
+            guard let store = object["store"] as? [String: Any], store["reachable"] as? Bool == true else { return "its store member is not reachable yet" }
+            let applied = store["applied_seq"] as? Int ?? 0
+            let newest = nodes.compactMap { other -> Int? in
+                guard other.config.name != node.config.name, let a = other.config.api,
+                      let r = HTTPProbe.get(host: a.host, port: a.port, path: "/status", timeoutMs: 300),
+                      let o = try? JSONSerialization.jsonObject(with: Data(r.body.utf8)) as? [String: Any],
+                      let st = o["store"] as? [String: Any] else { return nil }
+                return st["applied_seq"] as? Int
+            }.max() ?? 0
+            if applied < newest { return "its store has applied \(applied) of \(newest) changes" }
+        }
+        if let expectedBackends, let now = routerBackends(node), now < expectedBackends {
+            return "its router has \(now) of \(expectedBackends) subscribed backends back"
+        }
+        return nil
     }
 
     func lordOnVIP() -> String? {

@@ -25,6 +25,9 @@ struct DrillCommand: ParsableCommand {
           node-restart       SIGTERM of a non-Lord node, restarted after the fault
           store-leader-kill  SIGKILL of the node whose dqlite node leads the store
           lossy-network      20 % packet loss on every server
+          rolling-restart    every node restarted in turn (SIGTERM, start, wait until
+                             healthy; the Lord last), the client asking a cluster
+                             domain served by a uWSGI vassal on every server
 
         Reported: client gap, failed requests, time to detect, to a new Lord,
         VIP move time, the most VIP holders at once (sampled in every namespace,
@@ -34,7 +37,7 @@ struct DrillCommand: ParsableCommand {
         """
     )
 
-    static let scenarios = ["lord-kill", "lord-pause", "partition-lord", "one-way", "node-restart", "store-leader-kill", "lossy-network"]
+    static let scenarios = ["lord-kill", "lord-pause", "partition-lord", "one-way", "node-restart", "store-leader-kill", "lossy-network", "rolling-restart"]
 
     @Argument(help: "One of: \(scenarios.joined(separator: ", ")).")
     var scenario: String
@@ -268,8 +271,14 @@ final class DrillLab {
         // The client: VIP every 10 ms, a store write every 50 ms, ARP every second.
         let probeOut = "\(work)/probe.jsonl", acked = "\(work)/acked.txt", stopFile = "\(work)/stop-probe"
         try? FileManager.default.removeItem(atPath: stopFile)
-        probe = try launch(["ip", "netns", "exec", "lg-c", binary, "drill-probe", "--vip", "\(vip):\(vipPort)", "--store", storeAddresses,
-                            "--out", probeOut, "--acked-file", acked, "--stop-file", stopFile], log: "\(work)/probe.log")
+        var probeArguments = ["ip", "netns", "exec", "lg-c", binary, "drill-probe", "--vip", "\(vip):\(vipPort)", "--store", storeAddresses,
+                              "--out", probeOut, "--acked-file", acked, "--stop-file", stopFile]
+        if scenario == "rolling-restart" {
+            // A cluster domain served on every server, asked like a real client would (5 s of patience per request).
+            try startVassals()
+            probeArguments += ["--domain", Self.rollDomain, "--timeout-ms", "5000", "--interval-ms", "20"]
+        }
+        probe = try launch(probeArguments, log: "\(work)/probe.log")
 
         // Ready: a Lord answers on the VIP and writes are acknowledged.
         let readyDeadline = Date().addingTimeInterval(45)
@@ -277,6 +286,11 @@ final class DrillLab {
         while Date() < readyDeadline {
             let samples = DrillProbeFile.read(probeOut)
             lord = samples.probes.last(where: \.ok)?.servedBy
+            if scenario == "rolling-restart" {
+                // Ready once every server's vassal has answered through the VIP; the Lord from the nodes' status.
+                let servers = Set(samples.probes.suffix(300).compactMap(\.servedBy))
+                lord = servers.count == configs.count ? configs.map(\.name).first { labStatus($0)?["lord"] as? Bool == true } : nil
+            }
             let writes = (try? String(contentsOfFile: acked, encoding: .utf8))?.split(separator: "\n").count ?? 0
             if lord != nil, writes >= 3 || peer != nil { break }
             usleep(100_000)
@@ -331,6 +345,8 @@ final class DrillLab {
             target = nil
             for name in configs.map(\.name) { sh([netlab, "loss", name, "20"]) }
             Thread.sleep(forTimeInterval: faultSeconds)
+        case "rolling-restart":
+            try roll(lord: oldLord, log: log)
         default:
             throw UserFacingError("unknown scenario \(scenario)")
         }
@@ -356,6 +372,7 @@ final class DrillLab {
         observations.targetStoppedMs = stoppedMs
         let samples = DrillProbeFile.read(probeOut)
         observations.probes = samples.probes
+        observations.probesAskDomain = scenario == "rolling-restart"
         observations.arp = samples.arp
         observations.holders = sampler.samples
         var verified = peer != nil
@@ -381,6 +398,91 @@ final class DrillLab {
     }
 
     static func nowMs() -> Int64 { Int64(SystemClock.wallMillis()) }
+
+    // MARK: rolling restart
+
+    static let rollDomain = "roll.cluster.test"
+
+    /// One uWSGI vassal per server, in its namespace, subscribed to its node's cluster subscription socket: the
+    /// Lord balances the domain across the servers, each node's internal router serves its own vassal.
+    func startVassals() throws {
+        let app = "\(work)/roll_app.py"
+        try """
+            import os
+            BODY = os.environ["DEMO_NAME"].encode()
+            def application(env, start_response):
+                start_response("200 OK", [("Content-Type", "text/plain"), ("Content-Length", str(len(BODY)))])
+                return [BODY]
+            """.write(toFile: app, atomically: true, encoding: .utf8)
+        for entry in configs {
+            guard let cluster = entry.config.router?.clusterSubscription else {
+                throw UserFacingError("\(entry.name) has no [router] cluster_subscription; the rolling-restart drill serves a cluster domain")
+            }
+            var spec = SpawnSpec(executable: "/usr/bin/env", arguments: [
+                "DEMO_NAME=\(entry.name)", "ip", "netns", "exec", "lg-\(entry.name)", "uwsgi", "--plugin", "python3", "--master",
+                "--processes", "1", "--socket", "\(cluster.host):9090", "--wsgi-file", app, "--disable-logging", "--die-on-term",
+                "--subscribe-freq", "2", "--subscribe-to", "\(cluster):\(Self.rollDomain)"])
+            let fd = ProcessSupervisor.openLog("\(work)/\(entry.name)/vassal.log")
+            defer { if fd >= 0 { close(fd) } }
+            spec.stdout = fd
+            spec.stderr = fd
+            do { extras.append(try ProcessSupervisor.shared.spawn(spec)) } catch { throw UserFacingError("cannot start a uWSGI vassal: \(error)") }
+        }
+    }
+
+    /// A node's `/status`, asked from the client namespace.
+    func labStatus(_ name: String) -> [String: Any]? {
+        guard let api = configs.first(where: { $0.name == name })?.config.api else { return nil }
+        return get(api, "/status").flatMap { try? JSONSerialization.jsonObject(with: Data($0.utf8)) as? [String: Any] }
+    }
+
+    func get(_ api: NodeConfig.Endpoint, _ path: String) -> String? {
+        let r = sh(["ip", "netns", "exec", "lg-c", "curl", "-sf", "-m", "1", "http://\(api.host):\(api.port)\(path)"], timeout: 5)
+        return r.status == 0 ? r.out : nil
+    }
+
+    func routerBackends(_ name: String) -> Int {
+        guard let api = configs.first(where: { $0.name == name })?.config.api, let text = get(api, "/metrics") else { return 0 }
+        return text.split(separator: "\n").filter { $0.hasPrefix("legion_router_backends{") }
+            .reduce(0) { $0 + Int(Double($1.split(separator: " ").last ?? "") ?? 0) }
+    }
+
+    /// Every node in turn: SIGTERM, start again, wait until it sees every member, a Lord is known, its store member
+    /// is reachable and its router has its subscriptions back; the Lord last (the roll `legion cluster roll` does).
+    func roll(lord: String, log: (String) -> Void) throws {
+        let order = configs.sorted { a, b in
+            (a.name == lord) != (b.name == lord) ? b.name == lord : a.config.valor < b.config.valor
+        }.map(\.name)
+        for name in order {
+            let backends = routerBackends(name)
+            let t0 = Date()
+            stopNode(name, signal: SIGTERM)
+            try startNode(name)
+            log("roll: \(name)\(name == lord ? " (Lord)" : "") stopped and started in \(Int(Date().timeIntervalSince(t0) * 1000)) ms; waiting until healthy")
+            let deadline = Date().addingTimeInterval(60)
+            var waiting: String? = "starting"
+            while Date() < deadline {
+                waiting = labNotHealthy(name, backends: backends)
+                if waiting == nil { break }
+                usleep(200_000)
+            }
+            if let waiting { throw UserFacingError("\(name) not healthy within 60 s after its restart (\(waiting)); see \(work)/\(name)/node.log") }
+            log("roll: \(name) healthy after \(Int(Date().timeIntervalSince(t0) * 1000)) ms")
+            Thread.sleep(forTimeInterval: 1)
+        }
+    }
+
+    func labNotHealthy(_ name: String, backends: Int) -> String? {
+        guard let status = labStatus(name) else { return "its API does not answer" }
+        let legion = status["legion"] as? [String: Any] ?? [:]
+        let members = (legion["members"] as? [Any])?.count ?? 0
+        if members < configs.count - 1 { return "it sees \(members) of \(configs.count - 1) members" }
+        if legion["lord_name"] as? String == nil { return "no Lord known" }
+        if let store = status["store"] as? [String: Any], store["reachable"] as? Bool != true { return "its store member is not reachable" }
+        let now = routerBackends(name)
+        if now < backends { return "its router has \(now) of \(backends) backends" }
+        return nil
+    }
 }
 
 /// Samples, every 10 ms, which server namespaces carry the VIP (setns on a dedicated thread + getifaddrs).

@@ -21,6 +21,10 @@ struct DrillProbeCommand: AsyncParsableCommand {
     @Option(help: "Stop once this file exists.") var stopFile: String
     @Option(help: "Milliseconds between VIP requests.") var intervalMs = 10
     @Option(help: "Give up after this many seconds in any case.") var maxSeconds = 600
+    @Option(help: "Ask GET / for this cluster domain through the VIP (answered by a vassal with its node's name) instead of /.legion/lord.")
+    var domain: String?
+    @Option(help: "A VIP request's time limit in milliseconds (a client's patience: 200 measures gaps, seconds model real clients).")
+    var timeoutMs = 200
 
     final class Sink: @unchecked Sendable {
         // @unchecked: the handles are only written under `lock`.
@@ -52,17 +56,23 @@ struct DrillProbeCommand: AsyncParsableCommand {
         let deadline = Date().addingTimeInterval(TimeInterval(maxSeconds))
         @Sendable func stopping() -> Bool { FileManager.default.fileExists(atPath: stopFile) || Date() > deadline }
         let interval = intervalMs
+        let (domain, timeout) = (self.domain, timeoutMs)
         let addresses = store.split(separator: ",").map(String.init).filter { !$0.isEmpty }
 
         // VIP requests on their own thread (blocking sockets, fresh connection each time).
         let http = Thread {
             while !stopping() {
                 let t = Int64(SystemClock.wallMillis())
-                let response = HTTPProbe.get(host: host, port: port, path: "/.legion/lord", timeoutMs: 200)
                 var by: String?
-                if let response, response.status == 200,
-                   let object = try? JSONSerialization.jsonObject(with: Data(response.body.utf8)) as? [String: Any] {
-                    by = object["answered_by"] as? String
+                if let domain {
+                    let response = HTTPProbe.get(host: host, port: port, path: "/", timeoutMs: timeout, hostHeader: domain)
+                    if let response, response.status == 200 { by = response.body.trimmingCharacters(in: .whitespacesAndNewlines) }
+                } else {
+                    let response = HTTPProbe.get(host: host, port: port, path: "/.legion/lord", timeoutMs: timeout)
+                    if let response, response.status == 200,
+                       let object = try? JSONSerialization.jsonObject(with: Data(response.body.utf8)) as? [String: Any] {
+                        by = object["answered_by"] as? String
+                    }
                 }
                 sink.line(.object([("t", .int(t)), ("ok", .bool(by != nil)), ("by", by.map { .string($0) } ?? .null)]))
                 usleep(useconds_t(interval * 1000))

@@ -44,3 +44,17 @@ def test_short_campaign_no_split_brain_no_lost_write(legion_bin, tmp_path: Path)
     results = [json.loads(line) for line in out.read_text().splitlines()]
     assert len(results) == 10 and len({x["scenario"] for x in results}) >= 4, [x["scenario"] for x in results]
     assert len(list((tmp_path / "timelines").glob("*.html"))) == 10
+
+
+def test_rolling_restart_drill_fails_no_request_on_a_cluster_domain(legion_bin):
+    """Every node restarted in turn (SIGTERM, start, healthy; the Lord last) while a client asks a cluster domain
+    through the VIP with a real client's patience (5 s per request): 0 failed requests, no write lost."""
+    r = subprocess.run([str(legion_bin), "drill", "rolling-restart", "--json", "--observe-seconds", "3"], cwd=REPO_ROOT,
+                       capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, f"legion drill failed: {r.stderr[-2000:]}"
+    result = json.loads(r.stdout.strip().splitlines()[-1])
+    print(f"\nrolling-restart: {result}")
+    assert result["requests"] > 100, result
+    assert result["failed_requests"] == 0, result
+    assert result["lost_writes"] == 0 and result["max_vip_holders"] == 1 and result["max_lords_audit"] == 1, result
+    assert result["new_lord"] is not None, "the Lord was restarted too: a Lord was elected during the roll"

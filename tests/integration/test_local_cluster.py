@@ -99,3 +99,30 @@ def test_up_vip_status_failover_down(legion_bin, repo_root, local3):
     assert gone, (f"processes left after `cluster down`: pids {[p for p in pids if ul.pid_alive(p)]}, "
                   f"legion processes {processes_running(legion_bin, started)}")
     assert ul.http_get_lord(vip, timeout=1) is None, f"{vip} still answers after `cluster down`"
+
+
+def test_roll_restarts_every_node_members_first_and_waits_until_each_is_healthy(legion_bin, repo_root, local3):
+    dirs, procs, _ = local3
+    r = cluster(legion_bin, repo_root, "up", *dirs, timeout=90)
+    assert r.returncode == 0, f"`legion cluster up` exited {r.returncode}:\n{r.stdout}\n{r.stderr}"
+    before = status(legion_bin, repo_root, dirs)
+    for n in before["nodes"]:
+        procs.track(int(n.get("pid") or 0))
+    lord = before["lord"]
+    r = cluster(legion_bin, repo_root, "roll", "--settle", "0.2", *dirs, timeout=240)
+    assert r.returncode == 0, f"`legion cluster roll` exited {r.returncode}:\n{r.stdout}\n{r.stderr}"
+    stopping = [line.split(":")[0] for line in r.stdout.splitlines() if ": stopping" in line]
+    assert len(stopping) == 3 and stopping[-1] == lord, f"the Lord goes last:\n{r.stdout}"
+    assert r.stdout.count(": healthy after") == 3, r.stdout
+    after = status(legion_bin, repo_root, dirs)
+    for n in after["nodes"]:
+        procs.track(int(n.get("pid") or 0))
+    assert all(n["running"] for n in after["nodes"]), after
+    assert not {n["pid"] for n in before["nodes"]} & {n["pid"] for n in after["nodes"]}, "every node was restarted"
+    assert after["vip_lord"], f"a Lord answers on the VIP after the roll: {after}"
+    # A roll with a node down refuses to start (it would take the cluster below quorum).
+    victim = next(n for n in after["nodes"] if n["name"] != after["lord"])
+    kill_group(int(victim["pid"]))
+    ul.wait_until(lambda: not ul.pid_alive(int(victim["pid"])), 5)
+    r = cluster(legion_bin, repo_root, "roll", *dirs, timeout=30)
+    assert r.returncode != 0 and "not every node runs" in (r.stderr + r.stdout), r.stdout + r.stderr

@@ -62,6 +62,8 @@ public struct DrillObservations: Sendable {
     /// When the target process stopped running protocol code (SIGKILL or SIGSTOP time), for clipping its lease.
     public var targetStoppedMs: Int64?
     public var probes: [Probe] = []
+    /// The probes asked a cluster domain (answered by a vassal, not by the Lord): the Lord comes from the audit logs.
+    public var probesAskDomain = false
     public var holders: [HolderSample] = []
     public var arp: [ARPRun] = []
     public var audit: [AuditEvent] = []
@@ -116,7 +118,14 @@ public struct DrillReport: Sendable {
         }
         if let last = probes.last, !last.ok { gap = max(gap, last.tMs - lastOK) }
         gapMs = gap
-        if let old = o.oldLord, let first = probes.first(where: { $0.ok && $0.tMs >= o.faultStartMs && $0.servedBy != nil && $0.servedBy != old }) {
+        if o.probesAskDomain {
+            // The first Lord elected after the fault started (the restarted Lord itself when it came back first).
+            if let first = o.audit.filter({ $0.event == "lord" && $0.tMs >= o.faultStartMs }).min(by: { $0.tMs < $1.tMs }) {
+                newLordMs = first.tMs - o.faultStartMs
+                newLord = first.node
+            }
+        } else if let old = o.oldLord,
+                  let first = probes.first(where: { $0.ok && $0.tMs >= o.faultStartMs && $0.servedBy != nil && $0.servedBy != old }) {
             newLordMs = first.tMs - o.faultStartMs
             newLord = first.servedBy
         }

@@ -10,7 +10,8 @@ public enum HTTPProbe {
         public var body: String
     }
 
-    public static func get(host: String, port: Int, path: String, timeoutMs: Int = 500) -> Response? {
+    /// `hostHeader`: the Host to ask for (default: the address itself).
+    public static func get(host: String, port: Int, path: String, timeoutMs: Int = 500, hostHeader: String? = nil) -> Response? {
         #if canImport(Glibc)
         var addr = sockaddr_in()
         addr.sin_family = sa_family_t(AF_INET)
@@ -32,7 +33,7 @@ public enum HTTPProbe {
             getsockopt(fd, SOL_SOCKET, SO_ERROR, &err, &len)
             guard err == 0 else { return nil }
         }
-        let request = Array("GET \(path) HTTP/1.0\r\nHost: \(host):\(port)\r\nConnection: close\r\n\r\n".utf8)
+        let request = Array("GET \(path) HTTP/1.0\r\nHost: \(hostHeader ?? "\(host):\(port)")\r\nConnection: close\r\n\r\n".utf8)
         var sent = 0
         while sent < request.count {
             guard wait(fd, events: Int16(POLLOUT), deadline: deadline) else { return nil }
