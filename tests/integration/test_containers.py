@@ -6,6 +6,7 @@ and archives the home.
 """
 from __future__ import annotations
 
+import base64
 import json
 import os
 import shutil
@@ -153,7 +154,8 @@ def seccomp_profile(repo_root, tmp_path_factory) -> Path:
 def runc_cluster(legion_bin, repo_root, seccomp_profile):
     if shutil.which("runc") is None:
         subprocess.run([str(repo_root / "scripts" / "setup"), "--test"], check=True)
-    yield from hosting_cluster(legion_bin, repo_root, runtime="runc", hosting_extra=f'seccomp = "{seccomp_profile}"\n')
+    yield from hosting_cluster(legion_bin, repo_root, runtime="runc", hosting_extra=f'seccomp = "{seccomp_profile}"\n',
+                               node_extra="[metrics]\ninterval_s = 1\n")
 
 
 def drop_probe(c, node: str, uid: int, domain: str) -> None:
@@ -236,6 +238,34 @@ def test_a_container_is_isolated_limited_and_served(runc_cluster):
     assert wait_for(lambda: list((c.run_dir / "node2" / "containers-archive").glob(f"{u2}-*.ext4")), 10), c.log("node2")[-2000:]
     assert not home.exists()
     assert wait_for(lambda: get(ROUTERS["node2"])[0] in (404, 502, 503), 10)
+
+
+def test_a_runc_container_is_measured_from_its_cgroup(runc_cluster):
+    """The collector reads the container's own cgroup (v1 here): cpu from cpuacct, memory from the memory
+    controller, the home image's use as quota — and the API answers it from another node."""
+    c = runc_cluster
+    uid = probe_container(c, "metered", "metered.example.com", memory=256, storage=512)
+    for _ in range(20):
+        get(ROUTERS["node2"], host="metered.example.com")
+    def series(metric):
+        status, body = api("GET", f"/api/metrics/container.{metric}/{uid}?last=600")
+        return body if status == 200 and isinstance(body, list) else []
+    assert wait_for(lambda: len(series("cpu")) >= 3 and series("cpu")[-1][1] > series("cpu")[0][1], 20), series("cpu")
+    cgroup = Path(f"/sys/fs/cgroup/memory/legion/node2/{uid}")
+    usage = int((cgroup / "memory.usage_in_bytes").read_text())
+    mem = series("mem")
+    assert mem and 0.5 * usage < mem[-1][1] < 2 * usage, (mem[-3:], usage)
+    stat = dict(line.split() for line in (cgroup / "memory.stat").read_text().splitlines())
+    assert series("mem.rss") and series("mem.cache"), "rss and cache from memory.stat"
+    assert int(stat["total_rss"]) > 0
+    quota = series("quota")
+    assert quota and 0 < quota[-1][1] < 512 << 20, quota
+    # The same samples through node1's API (node2 owns them).
+    import urllib.request
+    req = urllib.request.Request(f"http://127.0.0.1:17201/api/metrics/container.cpu/{uid}?last=600",
+                                 headers={"Authorization": "Basic " + base64.b64encode(b"hoster:hoster-password-1").decode()})
+    with urllib.request.urlopen(req, timeout=20) as r:
+        assert len(json.loads(r.read())) >= 3
 
 
 def test_storage_is_enforced_and_other_containers_are_unharmed(runc_cluster):
