@@ -296,7 +296,7 @@ svg.chart .error { font-size: 12px; fill: var(--bad); }
     const app = $('app');
     if (role === 'operator') {
       app.replaceChildren(el('div', { id: 'operator-view' }, el('p', { cls: 'muted', text: 'waiting for the first snapshot…' })));
-      stream('/api/dashboard/operator/events', renderOperator, my);
+      stream('/admin/dashboard/events', renderOperator, my);
     } else {
       app.replaceChildren(el('div', { id: 'customer-view' },
         el('div', { id: 'customer-data' }, el('p', { cls: 'muted', text: 'waiting for the first snapshot…' })),

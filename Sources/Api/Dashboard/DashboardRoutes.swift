@@ -5,7 +5,7 @@ import Node
 import Store
 
 /// The web dashboard, served by every node's API (and so through the API domain and the failover IP):
-/// `/dashboard/` (the page, its script and style, embedded in the binary — no CDN), the operator and customer
+/// `/dashboard/` (the page, its script and style, embedded in the binary — no CDN), the operator (`/admin/dashboard`) and customer (`/api/dashboard/customer`)
 /// snapshots as JSON, and the same as Server-Sent Events (`…/events`: a snapshot a second, read by the page with
 /// `fetch`, since EventSource cannot send credentials in a header).
 ///
@@ -15,7 +15,7 @@ import Store
 public enum DashboardRoutes {
     static var routes: [APIRoute] {
         [
-            APIRoute(method: .get, path: "/api/dashboard/operator", summary: "The operator view: members, Lord, VIP, store, failovers, domains, alarms",
+            APIRoute(method: .get, path: "/admin/dashboard", summary: "The operator view: members, Lord, VIP, store, failovers, domains, alarms",
                      tag: "dashboard", auth: .operator, query: [], body: .none, outcomes: [.ok(Schema.anyValue)], handler: { call throws(APIError) in
                          APIResponse.json(await operatorSnapshot(call.services))
                      }),
@@ -51,7 +51,7 @@ public enum DashboardRoutes {
                 return error.response
             }
         }
-        router.get("/api/dashboard/operator/events") { request, context in
+        router.get("/admin/dashboard/events") { request, context in
             do throws(APIError) {
                 _ = try await services.operators.authenticate(request.headers, client: context.client(request))
             } catch {

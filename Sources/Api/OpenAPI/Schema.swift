@@ -64,7 +64,7 @@ enum Schema {
         ("AlarmKey", object([("message", string), ("alarm_key", string)])),
         ("Sample", .object([("type", .string("array")), ("prefixItems", .array([integer, .object([("type", .string("number"))])])),
                             ("minItems", .int(2)), ("maxItems", .int(2))])),
-        ("DomainSamples", object([("container", integer), ("metrics", array(ref("Sample")))])),
+        ("DomainSamples", object([("container", nullableInteger), ("node", string), ("metrics", array(ref("Sample")))])),
         ("Portmap", object([("id", integer), ("proto", enumeration(["tcp", "udp"])), ("public_port", integer), ("container", integer),
                             ("container_ip", string), ("private_port", integer)])),
     ]

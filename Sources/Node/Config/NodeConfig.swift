@@ -73,6 +73,10 @@ public struct NodeConfig: Sendable {
     public var emperor: EmperorSection?
     /// `[hosting]`: customer containers from the store (homes, sub-Emperors, shortcuts).
     public var hosting: HostingSettings?
+    /// `[legion] realtime_priority`: SCHED_RR priority of the protocol thread where permitted (0: off).
+    public var realtimePriority = 10
+    /// `[legion] lock_memory`: mlockall with realtime scheduling (no page fault waits for swap).
+    public var lockMemory = true
     /// `[metrics]`: the node-local metric collector and its retention.
     public var metrics = MetricsSettings()
     /// `[alarms]`: alarm delivery to containers' channels.
@@ -163,6 +167,8 @@ public struct NodeConfig: Sendable {
         let secret: LegionSecret
         do { secret = try LegionSecret(parsing: secretText) } catch { throw .invalid(key: "legion.secret", problem: error.description.replacingOccurrences(of: "legion.secret: ", with: "")) }
         let scroll = try legion.string("scroll")
+        let realtimePriority = try legion.int("realtime_priority", range: 0...99) ?? 10
+        let lockMemory = try legion.bool("lock_memory") ?? true
 
         var native = NativeLegion.Timing()
         var compat = CompatLegion.Timing()
@@ -213,6 +219,8 @@ public struct NodeConfig: Sendable {
                           emperor: emperor, hosting: hosting)
         config.apiResolver = apiSection?.resolver
         config.metrics = metrics
+        config.realtimePriority = realtimePriority
+        config.lockMemory = lockMemory
         config.alarms = alarms
         config.apiDomain = apiSection?.domain
         if config.apiDomain != nil, config.router?.clusterSubscription == nil || config.router?.internalRouter == nil {

@@ -7,12 +7,14 @@ import NIOCore
 import NIOPosix
 import ServiceLifecycle
 
-/// The thin shell around the Legion state machine: a UDP socket, a ticker, the failover IP,
+/// The thin shell around the Legion state machine: a UDP socket, the protocol thread, the failover IP,
 /// hooks and the audit log. One `Service` in the node's `ServiceGroup`.
 ///
-/// All protocol state lives in one loop that consumes, in order, datagrams, ticks and the
-/// shutdown request; effects that may be slow (hooks, IP changes) run elsewhere, so announces
-/// keep flowing whatever a hook does.
+/// All protocol state lives in one loop on its own OS thread (`LegionThread`: realtime priority where
+/// permitted, memory locked) that consumes, in order, datagrams, deadlines and relay payloads, and sleeps in
+/// poll(2) until the machine's next deadline or a packet. Effects that may block (log lines, the audit log,
+/// hooks, IP changes) are handed to tasks elsewhere, so announces and lease renewals keep flowing whatever a
+/// hook, the disk or the rest of the process does.
 public final class LegionService: Service {
     enum Input: Sendable {
         case datagram([UInt8])
@@ -93,30 +95,14 @@ public final class LegionService: Service {
 
     public func run() async throws {
         let codec = try LegionCodec(mode: config.mode, secret: config.secret)
-        var peers: [SocketAddress] = []
-        for node in config.nodes {
-            do {
-                peers.append(try SocketAddress.makeAddressResolvingHost(node.host, port: node.port))
-            } catch {
-                throw NodeConfigError.invalid(key: "legion.nodes", problem: "cannot resolve \(node): \(error)")
-            }
-        }
-        let bind = config.bind
-        let channel: NIOAsyncChannel<AddressedEnvelope<ByteBuffer>, AddressedEnvelope<ByteBuffer>>
+        let socket: LegionSocket
         do {
-            channel = try await DatagramBootstrap(group: MultiThreadedEventLoopGroup.singleton)
-                .channelOption(.socketOption(.so_reuseaddr), value: 1)
-                .channelOption(.socketOption(.so_rcvbuf), value: 1 << 20)  // absorb bursts of junk without losing announces
-                .bind(host: bind.host, port: bind.port) { ch in
-                    ch.eventLoop.makeCompletedFuture {
-                        try NIOAsyncChannel<AddressedEnvelope<ByteBuffer>, AddressedEnvelope<ByteBuffer>>(wrappingChannelSynchronously: ch)
-                    }
-                }
+            socket = try LegionSocket(bind: config.bind, peers: config.nodes)
         } catch {
-            throw NodeConfigError.invalid(key: "legion.bind", problem: "cannot bind UDP \(bind): \(error) — is another node using this port?")
+            throw NodeConfigError.invalid(key: "legion.bind", problem: "\(error)")
         }
         logger.notice("legion node started", metadata: [
-            "legion": "\(config.legionName)", "mode": "\(config.mode.rawValue)", "bind": "\(bind)", "valor": "\(config.valor)",
+            "legion": "\(config.legionName)", "mode": "\(config.mode.rawValue)", "bind": "\(config.bind)", "valor": "\(config.valor)",
             "quorum": "\(config.quorum)", "peers": "\(config.nodes.map(\.description).joined(separator: ","))", "uuid": "\(uuid)",
         ])
         audit.record("started", wallMs: SystemClock.wallMillis(), fields: [
@@ -126,42 +112,24 @@ public final class LegionService: Service {
         runHooks(.setup)
         let hookTask = Task { await hooks.run() }
         let vipTask = Task { await vip.run() }
+        let (effects, effectSink) = AsyncStream<@Sendable () -> Void>.makeStream()
+        let effectTask = Task { for await effect in effects { effect() } }
 
-        try await channel.executeThenClose { inbound, outbound in
-            let (inputs, feed) = AsyncStream<Input>.makeStream(bufferingPolicy: .bufferingNewest(8192))
-            // Ticks come when the state machine's next deadline is due (its nextWakeup: announce, lease, promise,
-            // member timeouts — what the simulator schedules by), not on a fixed period: an idle node sleeps.
-            let schedule = TickSchedule()
-            try await withThrowingTaskGroup(of: Void.self) { group in
-                group.addTask {
-                    for try await envelope in inbound {
-                        feed.yield(.datagram(Array(buffer: envelope.data)))
-                    }
-                }
-                group.addTask {
-                    while !Task.isCancelled {
-                        if await schedule.waitUntilDue() { feed.yield(.tick) }
-                    }
-                }
-                if let relay = self.relay {
-                    group.addTask {
-                        for await payload in relay.outbox { feed.yield(.relay(payload)) }
-                    }
-                }
-                var loop = ProtocolLoop(service: self, machine: makeMachine(), codec: codec, peers: peers, outbound: outbound)
-                await withGracefulShutdownHandler {
-                    for await input in inputs {
-                        if case .shutdown = input { break }
-                        await loop.handle(input)
-                        schedule.next(at: loop.machine.nextWakeup(after: SystemClock.now()))
-                    }
-                } onGracefulShutdown: {
-                    feed.yield(.shutdown)
-                }
-                await loop.shutdown()
-                group.cancelAll()
-            }
+        let thread = LegionThread(socket: socket, realtimePriority: config.realtimePriority, lockMemory: config.lockMemory)
+        let loop = ProtocolLoop(service: self, machine: makeMachine(), codec: codec, socket: socket, effects: effectSink)
+        let relayTask = relay.map { relay in
+            Task { for await payload in relay.outbox { thread.relay(payload) } }
         }
+        await withGracefulShutdownHandler {
+            let outcome = await thread.run(loop)
+            if let note = outcome.realtimeNote { logger.info("\(note)") }
+        } onGracefulShutdown: {
+            thread.requestShutdown()
+        }
+        relayTask?.cancel()
+        socket.close()
+        effectSink.finish()
+        _ = await effectTask.value
         await vip.stop()
         vipTask.cancel()
         runHooks(.death)
@@ -172,49 +140,15 @@ public final class LegionService: Service {
     }
 }
 
-/// When the protocol loop next needs a tick: set after every input from the machine's `nextWakeup`; the ticker
-/// sleeps until then (woken early if a later input moves the deadline earlier), at most `maxSleep` (a safety net).
-final class TickSchedule: Sendable {
-    static let maxSleepNanos: UInt64 = 1_000_000_000
-    /// Monotonic nanoseconds; `.max` while a tick is on its way (the loop sets the next deadline when it handled it).
-    private let deadline = Mutex<UInt64>(0)
-    private let wake = WakeSignal()
-
-    func next(at nanos: UInt64) {
-        let earlier = deadline.withLock { current -> Bool in
-            defer { current = nanos }
-            return nanos < current
-        }
-        if earlier { wake.notify() }
-    }
-
-    /// Sleeps until the deadline; true when a tick is due now (then no other tick is due until the loop says).
-    func waitUntilDue() async -> Bool {
-        let now = SystemClock.monotonicNanos()
-        // One read decides: due now (claimed: the next tick waits for the loop's new deadline), or how long to sleep.
-        let due = deadline.withLock { d -> UInt64? in
-            guard d <= now else { return d }
-            d = .max
-            return nil
-        }
-        guard let due else { return true }
-        let wait = due == .max ? Self.maxSleepNanos : min(due - now, Self.maxSleepNanos)
-        await wake.wait(timeout: .nanoseconds(Int64(wait)))
-        if due == .max {
-            // The loop has not answered the last tick for a second (it is busy or the machine is stuck): tick again.
-            deadline.withLock { if $0 == .max { $0 = 0 } }
-        }
-        return false
-    }
-}
-
-/// The single owner of the state machine inside `LegionService.run()`.
-struct ProtocolLoop {
+/// The single owner of the state machine, run on the protocol thread (`LegionThread`): synchronous, no blocking
+/// I/O — sends are non-blocking datagrams, everything that may block goes to `effects`.
+struct ProtocolLoop: @unchecked Sendable {
+    // @unchecked: moved to the protocol thread once and used only there.
     let service: LegionService
     var machine: LegionMachine
     let codec: LegionCodec
-    let peers: [SocketAddress]
-    let outbound: NIOAsyncChannelOutboundWriter<AddressedEnvelope<ByteBuffer>>
+    let socket: LegionSocket
+    let effects: AsyncStream<@Sendable () -> Void>.Continuation
     var drops = RateLimitedLog()
     var lastPublishedLord: Bool = false
     /// Failover measurements (`NodeMetrics`): when another Lord was last heard, when this node noticed there was
@@ -223,23 +157,28 @@ struct ProtocolLoop {
     var lordLostWallMs: UInt64?
     var leaseUntilMono: UInt64?
 
-    init(service: LegionService, machine: LegionMachine, codec: LegionCodec, peers: [SocketAddress],
-         outbound: NIOAsyncChannelOutboundWriter<AddressedEnvelope<ByteBuffer>>) {
+    init(service: LegionService, machine: LegionMachine, codec: LegionCodec, socket: LegionSocket,
+         effects: AsyncStream<@Sendable () -> Void>.Continuation) {
         self.service = service
         self.machine = machine
         self.codec = codec
-        self.peers = peers
-        self.outbound = outbound
+        self.socket = socket
+        self.effects = effects
     }
 
     var logger: Logger { service.logger }
     var config: NodeConfig { service.config }
 
-    mutating func handle(_ input: LegionService.Input) async {
+    /// Runs `effect` off the protocol thread (log lines, the audit log: they may block on a full pipe or a slow disk).
+    func later(_ effect: @escaping @Sendable () -> Void) {
+        effects.yield(effect)
+    }
+
+    mutating func handle(_ input: LegionService.Input) {
         let now = SystemClock.now()
         switch input {
         case .tick:
-            await apply(machine.tick(at: now), now: now)
+            apply(machine.tick(at: now), now: now)
         case .datagram(let bytes) where bytes.first == LegionCodec.relayModifier:
             service.state.update { $0.packetsIn += 1 }
             guard let relay = service.relay else {
@@ -253,15 +192,16 @@ struct ProtocolLoop {
             }
         case .relay(let payload):
             do {
-                await sendRaw(try codec.sealRelay(payload))
+                sendRaw(try codec.sealRelay(payload))
             } catch {
-                logger.error("cannot seal a cluster relay", metadata: ["error": "\(error)"])
+                let logger = self.logger
+                later { logger.error("cannot seal a cluster relay", metadata: ["error": "\(error)"]) }
             }
         case .datagram(let bytes):
             service.state.update { $0.packetsIn += 1 }
             do {
                 let announce = try codec.decode(bytes)
-                await apply(machine.receive(announce, at: now), now: now)
+                apply(machine.receive(announce, at: now), now: now)
             } catch {
                 drop(error, now: now)
             }
@@ -274,12 +214,20 @@ struct ProtocolLoop {
     mutating func drop(_ error: LegionPacketError, now: LegionTime) {
         let reason = error.reason
         service.state.update { $0.drops[reason, default: 0] += 1 }
-        drops.record(reason, now: now.mono, logger: logger, message: error.description)
+        let (logger, effects) = (self.logger, self.effects)
+        drops.record(reason, now: now.mono) { hidden, total in
+            let message = error.description
+            effects.yield {
+                logger.warning("dropped datagram: \(message)", metadata: [
+                    "reason": "\(reason)", "total": "\(total)", "suppressed_since_last": "\(hidden)",
+                ])
+            }
+        }
     }
 
-    mutating func shutdown() async {
+    mutating func shutdown() {
         let now = SystemClock.now()
-        await apply(machine.shutdown(at: now), now: now)
+        apply(machine.shutdown(at: now), now: now)
         publish()
     }
 
@@ -301,11 +249,20 @@ struct ProtocolLoop {
         }
     }
 
-    mutating func apply(_ directives: [LegionDirective], now: LegionTime) async {
+    /// An audit line and, optionally, a log line, written off the protocol thread.
+    func record(_ event: String, at wallMs: UInt64, _ fields: [(String, JSONValue)], log: (Logger.Level, String, Logger.Metadata)? = nil) {
+        let (audit, logger) = (service.audit, self.logger)
+        later {
+            if let (level, message, metadata) = log { logger.log(level: level, "\(message)", metadata: metadata) }
+            audit.record(event, wallMs: wallMs, fields: fields)
+        }
+    }
+
+    mutating func apply(_ directives: [LegionDirective], now: LegionTime) {
         for directive in directives {
             switch directive {
             case .send(let announce):
-                await send(announce)
+                send(announce)
             case .becomeLord(let votes, let leaseUntil):
                 service.vip.want(held: true, fenceUntil: leaseUntil)
                 if let heard = otherLordHeardWallMs, now.wallMs >= heard {
@@ -317,12 +274,11 @@ struct ProtocolLoop {
                 (otherLordHeardWallMs, lordLostWallMs, leaseUntilMono) = (nil, nil, leaseUntil)
                 service.state.update { $0.lordChanges += 1 }
                 let lease = leaseUntil.map { $0 > now.mono ? ($0 - now.mono) / 1_000_000 : 0 }
-                logger.notice("became Lord", metadata: ["votes": "\(votes)", "quorum": "\(config.quorum)", "lease_ms": "\(lease.map(String.init) ?? "-")"])
-                service.audit.record("lord", wallMs: now.wallMs, fields: [
+                record("lord", at: now.wallMs, [
                     ("node", .string(config.name)), ("uuid", .string(service.uuid.description)), ("valor", .uint(config.valor)),
                     ("reason", .string("quorum_elected")), ("votes", .int(Int64(votes))), ("quorum", .int(Int64(config.quorum))),
                     ("lease_ms", lease.map { .uint($0) } ?? .null), ("mode", .string(config.mode.rawValue)),
-                ])
+                ], log: (.notice, "became Lord", ["votes": "\(votes)", "quorum": "\(config.quorum)", "lease_ms": "\(lease.map(String.init) ?? "-")"]))
                 service.runHooks(.lord)
             case .renewLease(let until):
                 service.vip.renew(fenceUntil: until)
@@ -332,38 +288,35 @@ struct ProtocolLoop {
                 leaseUntilMono = until
             case .resignLord(let reason):
                 service.vip.want(held: false, fenceUntil: nil)
-                logger.notice("no longer Lord", metadata: ["reason": "\(reason.rawValue)"])
-                service.audit.record("unlord", wallMs: now.wallMs, fields: [
+                record("unlord", at: now.wallMs, [
                     ("node", .string(config.name)), ("uuid", .string(service.uuid.description)),
                     ("reason", .string(reason.rawValue)), ("quorum", .int(Int64(config.quorum))),
-                ])
+                ], log: (.notice, "no longer Lord", ["reason": "\(reason.rawValue)"]))
                 service.runHooks(.unlord, extra: ["LEGION_REASON": reason.rawValue])
             case .memberJoined(let member):
                 service.relay?.memberJoined(member.name)
-                logger.info("member joined", metadata: ["member": "\(member.name)", "valor": "\(member.valor)", "uuid": "\(member.uuid)"])
-                service.audit.record("member_joined", wallMs: now.wallMs, fields: memberFields(member))
+                record("member_joined", at: now.wallMs, memberFields(member),
+                       log: (.info, "member joined", ["member": "\(member.name)", "valor": "\(member.valor)", "uuid": "\(member.uuid)"]))
                 service.runHooks(.nodeJoined, extra: memberEnv(member))
             case .memberLeft(let member, let reason):
                 service.relay?.memberLeft(member.name)
-                logger.info("member left", metadata: ["member": "\(member.name)", "reason": "\(reason.rawValue)"])
-                service.audit.record("member_left", wallMs: now.wallMs, fields: memberFields(member) + [("reason", .string(reason.rawValue))])
+                record("member_left", at: now.wallMs, memberFields(member) + [("reason", .string(reason.rawValue))],
+                       log: (.info, "member left", ["member": "\(member.name)", "reason": "\(reason.rawValue)"]))
                 service.runHooks(.nodeLeft, extra: memberEnv(member).merging(["LEGION_REASON": reason.rawValue]) { $1 })
             case .quorumGained(let votes):
-                logger.notice("quorum gained", metadata: ["votes": "\(votes)", "quorum": "\(config.quorum)"])
-                service.audit.record("quorum_gained", wallMs: now.wallMs, fields: [
+                record("quorum_gained", at: now.wallMs, [
                     ("node", .string(config.name)), ("votes", .int(Int64(votes))), ("quorum", .int(Int64(config.quorum))),
-                ])
+                ], log: (.notice, "quorum gained", ["votes": "\(votes)", "quorum": "\(config.quorum)"]))
             case .quorumLost(let votes, let needed):
-                logger.warning("no quorum", metadata: ["votes": "\(votes)", "needed": "\(needed)"])
-                service.audit.record("quorum_lost", wallMs: now.wallMs, fields: [
+                record("quorum_lost", at: now.wallMs, [
                     ("node", .string(config.name)), ("votes", .int(Int64(votes))), ("quorum", .int(Int64(needed))),
-                ])
+                ], log: (.warning, "no quorum", ["votes": "\(votes)", "needed": "\(needed)"]))
             case .joined:
                 service.runHooks(.join)
             case .clockSkew(let member, let skewMs):
-                logger.warning("clock skew with a member; check NTP on both nodes", metadata: ["member": "\(member)", "skew_ms": "\(skewMs)"])
                 service.state.update { $0.maxClockSkewMs = max($0.maxClockSkewMs, skewMs.magnitude > Int64.max.magnitude ? Int64.max : Int64(skewMs.magnitude)) }
-                service.audit.record("clock_skew", wallMs: now.wallMs, fields: [("node", .string(config.name)), ("member", .string(member)), ("skew_ms", .int(skewMs))])
+                record("clock_skew", at: now.wallMs, [("node", .string(config.name)), ("member", .string(member)), ("skew_ms", .int(skewMs))],
+                       log: (.warning, "clock skew with a member; check NTP on both nodes", ["member": "\(member)", "skew_ms": "\(skewMs)"]))
             case .dropped(let error):
                 drop(error, now: now)
             }
@@ -378,26 +331,21 @@ struct ProtocolLoop {
         ["LEGION_MEMBER": m.name, "LEGION_MEMBER_UUID": m.uuid.description, "LEGION_MEMBER_VALOR": String(m.valor)]
     }
 
-    mutating func send(_ announce: LegionAnnounce) async {
+    mutating func send(_ announce: LegionAnnounce) {
         let bytes: [UInt8]
         do {
             bytes = try codec.encode(announce)
         } catch {
-            logger.error("cannot encode an announce (scroll too large?)", metadata: ["error": "\(error)"])
+            let logger = self.logger
+            later { logger.error("cannot encode an announce (scroll too large?)", metadata: ["error": "\(error)"]) }
             return
         }
-        await sendRaw(bytes)
+        sendRaw(bytes)
     }
 
-    func sendRaw(_ bytes: [UInt8]) async {
-        let buffer = ByteBuffer(bytes: bytes)
-        for peer in peers {
-            do {
-                try await outbound.write(AddressedEnvelope(remoteAddress: peer, data: buffer))
-            } catch {
-                logger.debug("send failed", metadata: ["peer": "\(peer)", "error": "\(error)"])
-            }
-        }
-        service.state.update { $0.packetsOut += peers.count }
+    /// One datagram to every peer; a failed send (buffer full, peer route down) is counted, never waited on.
+    func sendRaw(_ bytes: [UInt8]) {
+        let sent = socket.sendToPeers(bytes)
+        service.state.update { $0.packetsOut += sent }
     }
 }

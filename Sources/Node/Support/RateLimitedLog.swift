@@ -11,6 +11,16 @@ public struct RateLimitedLog: Sendable {
     public init(intervalNanos: UInt64 = 10_000_000_000) { self.intervalNanos = intervalNanos }
 
     public mutating func record(_ reason: String, now: UInt64, logger: Logger, message: @autoclosure () -> String) {
+        record(reason, now: now) { hidden, total in
+            logger.warning("dropped datagram: \(message())", metadata: [
+                "reason": "\(reason)", "total": "\(total)", "suppressed_since_last": "\(hidden)",
+            ])
+        }
+    }
+
+    /// Counts one event; calls `emit(suppressedSinceLast, total)` when it is time to say so (at most once per
+    /// interval per reason) — the caller decides how (the protocol thread hands it to another thread).
+    public mutating func record(_ reason: String, now: UInt64, emit: (Int, Int) -> Void) {
         totals[reason, default: 0] += 1
         if let last = lastLogged[reason], now < last + intervalNanos {
             suppressed[reason, default: 0] += 1
@@ -19,8 +29,6 @@ public struct RateLimitedLog: Sendable {
         let hidden = suppressed[reason] ?? 0
         suppressed[reason] = 0
         lastLogged[reason] = now
-        logger.warning("dropped datagram: \(message())", metadata: [
-            "reason": "\(reason)", "total": "\(totals[reason] ?? 0)", "suppressed_since_last": "\(hidden)",
-        ])
+        emit(hidden, totals[reason] ?? 0)
     }
 }
