@@ -45,6 +45,7 @@ public final class InternalRouter: Service {
             return
         }
         #endif
+        let (maxRetries, connectTimeoutMs) = (settings?.maxRetries ?? 3, settings?.connectTimeoutMs ?? 2000)
         let channel: Channel
         do {
             channel = try await ServerBootstrap(group: MultiThreadedEventLoopGroup.singleton)
@@ -53,7 +54,8 @@ public final class InternalRouter: Service {
                 .childChannelOption(.socketOption(.tcp_nodelay), value: 1)
                 .childChannelInitializer { child in
                     child.eventLoop.makeCompletedFuture {
-                        try child.pipeline.syncOperations.addHandler(InternalRouterHandler(store: store, logger: logger))
+                        try child.pipeline.syncOperations.addHandler(InternalRouterHandler(store: store, logger: logger, maxRetries: maxRetries,
+                                                                                           connectTimeoutMs: connectTimeoutMs))
                     }
                 }
                 .bind(host: bind.host, port: bind.port)
@@ -80,10 +82,15 @@ final class InternalRouterHandler: ChannelInboundHandler {
     private var attempts = 0
     private var excluded: Set<[UInt8]> = []
     private var node: SubscriptionTable.Node?
+    /// The node's `[router]` max_retries and connect_timeout_ms: the same as its other paths.
+    let maxRetries: Int
+    let connectTimeoutMs: Int64
 
-    init(store: SubscriptionStore, logger: Logger) {
+    init(store: SubscriptionStore, logger: Logger, maxRetries: Int, connectTimeoutMs: Int64) {
         self.store = store
         self.logger = logger
+        self.maxRetries = maxRetries
+        self.connectTimeoutMs = connectTimeoutMs
     }
 
     func handlerAdded(context: ChannelHandlerContext) { self.context = context }
@@ -98,13 +105,13 @@ final class InternalRouterHandler: ChannelInboundHandler {
         guard !routing, let head = pending, head.readableBytes >= 4,
               let size = head.getInteger(at: head.readerIndex + 1, endianness: .little, as: UInt16.self),
               head.readableBytes >= 4 + Int(size) else {
-            if (pending?.readableBytes ?? 0) > 70_000 { fail(context, "request head too large") }
+            if (pending?.readableBytes ?? 0) > 70_000 { fail(context, .relayRequestRefused("request head too large")) }
             return
         }
         routing = true
         let varsBytes = head.getBytes(at: head.readerIndex + 4, length: Int(size)) ?? []
         guard let vars = try? UwsgiVars(decoding: varsBytes), let host = vars["HTTP_HOST"] else {
-            fail(context, "malformed uwsgi request (no HTTP_HOST)")
+            fail(context, .relayRequestRefused("malformed uwsgi request (no HTTP_HOST)"))
             return
         }
         connect(context, host: host)
@@ -112,14 +119,14 @@ final class InternalRouterHandler: ChannelInboundHandler {
 
     private func connect(_ context: ChannelHandlerContext, host: [UInt8]) {
         guard let node = store.pick(host: host, nowMs: SystemClock.wallMillis(), excluding: excluded) else {
-            fail(context, "no local backend for \(String(decoding: host, as: UTF8.self))")
+            fail(context, RouterPolicy.noLocalPick(host: String(decoding: host, as: UTF8.self), attempts: attempts))
             return
         }
         self.node = node
         attempts += 1
         let bound = NIOLoopBound(self, eventLoop: context.eventLoop)
         let bootstrap = ClientBootstrap(group: context.eventLoop)
-            .connectTimeout(.seconds(2))
+            .connectTimeout(.milliseconds(connectTimeoutMs))
             .channelOption(.socketOption(.tcp_nodelay), value: 1)
             .channelInitializer { ch in
                 ch.eventLoop.makeCompletedFuture { try ch.pipeline.syncOperations.addHandler(RelayBackHandler(client: bound)) }
@@ -140,15 +147,18 @@ final class InternalRouterHandler: ChannelInboundHandler {
                 handler.store.eject(node, nowMs: SystemClock.wallMillis())
                 handler.excluded.insert(node.address)
                 handler.node = nil
-                if handler.attempts < 3 { handler.connect(ctx, host: host) } else { handler.fail(ctx, "local backends unreachable") }
+                if RouterPolicy.retry(attempts: handler.attempts, maxRetries: handler.maxRetries, replayable: true, answerStarted: false) {
+                    handler.connect(ctx, host: host)
+                } else {
+                    handler.fail(ctx, .localBackendsUnreachable)
+                }
             }
         }
     }
 
-    /// Answers with a raw HTTP error (uwsgi backends answer raw HTTP, so the caller parses it).
-    private func fail(_ context: ChannelHandlerContext, _ message: String) {
-        let body = "502 Bad Gateway: \(message)\n"
-        let text = "HTTP/1.1 502 Bad Gateway\r\nContent-Type: text/plain\r\nContent-Length: \(body.utf8.count)\r\nConnection: close\r\n\r\n\(body)"
+    /// Answers with a raw HTTP error (uwsgi backends answer raw HTTP, so the caller parses it), then closes.
+    private func fail(_ context: ChannelHandlerContext, _ refusal: RouterPolicy.Refusal) {
+        let text = RouterPolicy.raw(RouterPolicy.answer(refusal), minor: 1, keepAlive: false)
         context.writeAndFlush(wrapOutboundOut(context.channel.allocator.buffer(string: text))).whenComplete { _ in
             context.close(promise: nil)
         }

@@ -113,12 +113,12 @@ final class RouterHandler: ChannelInboundHandler, RemovableChannelHandler {
             request = Request(head: head, host: host, startedNs: SystemClock.monotonicNanos())
             pendingBody = []
             requestBodyEnded = false
-            if let lordBody = shared.lordBody, head.method == .GET, head.uri == "/.legion/lord" {
-                respondJSON(context, lordBody())
+            if let lordBody = shared.lordBody, RouterPolicy.isLordRequest(method: head.method.rawValue, uri: head.uri) {
+                respond(context, RouterPolicy.lord(lordBody()))
                 return
             }
             if host.utf8.count > 255 {
-                respond(context, status: .badRequest, message: "Host header longer than 255 bytes", close: true)
+                respond(context, .hostTooLong)
                 return
             }
             if head.headers.contains(name: "transfer-encoding") {
@@ -137,9 +137,7 @@ final class RouterHandler: ChannelInboundHandler, RemovableChannelHandler {
                 req.bufferedBytes += buffer.readableBytes
                 request = req
                 if req.bufferingBody, req.bufferedBytes > shared.settings.maxChunkedBodyBytes {
-                    respond(context, status: .payloadTooLarge,
-                            message: "chunked request body over \(shared.settings.maxChunkedBodyBytes >> 20) MiB; send Content-Length to stream larger uploads",
-                            close: true)
+                    respond(context, .chunkedBodyTooLarge(limitBytes: shared.settings.maxChunkedBodyBytes))
                     return
                 }
                 pendingBody.append(buffer)
@@ -178,7 +176,7 @@ final class RouterHandler: ChannelInboundHandler, RemovableChannelHandler {
             return
         }
         if let request, !request.responseStarted {
-            respond(context, status: .badRequest, message: "malformed HTTP request: \(error)", close: true)
+            respond(context, .malformed("\(error)"))
         } else {
             context.close(promise: nil)
         }
@@ -191,13 +189,7 @@ final class RouterHandler: ChannelInboundHandler, RemovableChannelHandler {
         let store = shared.store
         let hostBytes = Array(req.host.utf8)
         guard let node = store.pick(host: hostBytes, nowMs: SystemClock.wallMillis(), excluding: req.excluded) else {
-            if req.attempts > 0 {
-                respond(context, status: .badGateway, message: "no backend for \(req.host) accepted the connection (\(req.attempts) tried)", close: false)
-            } else if store.hasKey(for: hostBytes) {
-                respond(context, status: .serviceUnavailable, message: "no live backend for \(req.host)", close: false)
-            } else {
-                respond(context, status: .notFound, message: "no application is subscribed for host '\(req.host)'", close: false)
-            }
+            respond(context, RouterPolicy.noPick(host: req.host, attempts: req.attempts, hostHasKey: req.attempts == 0 && store.hasKey(for: hostBytes)))
             return
         }
         req.node = node
@@ -286,8 +278,7 @@ final class RouterHandler: ChannelInboundHandler, RemovableChannelHandler {
                 handler.request?.excluded.insert(node.address)
                 if let attempts = handler.request?.attempts, attempts >= handler.shared.settings.maxRetries {
                     let timedOut = "\(error)".contains("connectTimeout")
-                    handler.respond(ctx, status: timedOut ? .gatewayTimeout : .badGateway,
-                                    message: "backend for \(handler.request?.host ?? "") unreachable after \(attempts) attempt(s)", close: false)
+                    handler.respond(ctx, .backendUnreachable(host: handler.request?.host ?? "", attempts: attempts, timedOut: timedOut))
                 } else {
                     handler.connect(ctx)
                 }
@@ -354,7 +345,7 @@ final class RouterHandler: ChannelInboundHandler, RemovableChannelHandler {
         do {
             return try uwsgi.encodePacket(modifier1: node.modifier1 == 123 ? 0 : node.modifier1, modifier2: node.modifier2)
         } catch {
-            respond(context, status: .requestHeaderFieldsTooLarge, message: "request headers too large for the uwsgi protocol (64 KiB)", close: true)
+            respond(context, .headersTooLarge)
             return nil
         }
     }
@@ -448,7 +439,7 @@ final class RouterHandler: ChannelInboundHandler, RemovableChannelHandler {
         guard let context, let req = request else { return }
         shared.logger.warning("backend timed out", metadata: ["host": "\(req.host)", "backend": "\(req.node?.addressString ?? "-")"])
         if !req.responseStarted {
-            respond(context, status: .gatewayTimeout, message: "the application did not answer within \(shared.settings.idleTimeoutMs / 1000) s", close: false)
+            respond(context, .applicationTimeout(seconds: shared.settings.idleTimeoutMs / 1000))
         } else {
             finishRequest(closeBackend: true)
             context.close(promise: nil)
@@ -469,8 +460,9 @@ final class RouterHandler: ChannelInboundHandler, RemovableChannelHandler {
             connect(context)
             return
         }
-        if !req.responseStarted, req.bufferedBytes == 0, [.GET, .HEAD, .OPTIONS].contains(req.head.method),
-           req.attempts < shared.settings.maxRetries, let node = req.node {
+        if RouterPolicy.retry(attempts: req.attempts, maxRetries: shared.settings.maxRetries,
+                              replayable: req.bufferedBytes == 0 && [.GET, .HEAD, .OPTIONS].contains(req.head.method), answerStarted: req.responseStarted),
+           let node = req.node {
             // Closed before answering (e.g. the backend died after accepting): like nginx's proxy_next_upstream
             // for idempotent requests, eject the node and try another.
             shared.store.release(node)
@@ -487,7 +479,7 @@ final class RouterHandler: ChannelInboundHandler, RemovableChannelHandler {
         }
         if !req.responseStarted {
             finishRequest(closeBackend: true)
-            respond(context, status: .badGateway, message: "backend closed the connection without a valid response" + (error.map { " (\($0))" } ?? ""), close: false)
+            respond(context, .closedWithoutResponse(error.map { "\($0)" }))
         } else {
             // Mid-response failure: the client cannot be told cleanly; close.
             finishRequest(closeBackend: true)
@@ -515,37 +507,26 @@ final class RouterHandler: ChannelInboundHandler, RemovableChannelHandler {
         backendWriter = nil
     }
 
-    private func respondJSON(_ context: ChannelHandlerContext, _ json: String) {
-        let body = json + "\n"
-        var headers = HTTPHeaders()
-        headers.add(name: "Content-Type", value: "application/json")
-        headers.add(name: "Content-Length", value: String(body.utf8.count))
-        headers.add(name: "Cache-Control", value: "no-store")
-        let keepAlive = request?.head.isKeepAlive ?? false
-        if !keepAlive { headers.add(name: "Connection", value: "close") }
-        let version = request?.head.version ?? .http1_1
-        context.write(wrapOutboundOut(.head(HTTPResponseHead(version: version, status: .ok, headers: headers))), promise: nil)
-        context.write(wrapOutboundOut(.body(.byteBuffer(context.channel.allocator.buffer(string: body)))), promise: nil)
-        request = nil
-        if keepAlive { armHeaderTimer(context) }
-        let done = context.writeAndFlush(wrapOutboundOut(.end(nil)))
-        if !keepAlive { done.whenComplete { _ in context.close(promise: nil) } }
+    /// A refusal answered by the router itself (`RouterPolicy` decides status and text, for every path).
+    func respond(_ context: ChannelHandlerContext, _ refusal: RouterPolicy.Refusal) {
+        respond(context, RouterPolicy.answer(refusal))
     }
 
-    /// A short plain-text answer generated by the router itself.
-    private func respond(_ context: ChannelHandlerContext, status: HTTPResponseStatus, message: String, close: Bool) {
+    private func respond(_ context: ChannelHandlerContext, _ answer: RouterPolicy.Answer) {
         let version = request?.head.version ?? .http1_1
-        let keepAlive = !close && (request?.head.isKeepAlive ?? false)
-        let body = "\(status.code) \(status.reasonPhrase): \(message)\n"
+        let keepAlive = !answer.close && (request?.head.isKeepAlive ?? false)
         var headers = HTTPHeaders()
-        headers.add(name: "Content-Type", value: "text/plain; charset=utf-8")
-        headers.add(name: "Content-Length", value: String(body.utf8.count))
-        headers.add(name: "Server", value: "legion")
+        headers.add(name: "Content-Type", value: answer.contentType)
+        headers.add(name: "Content-Length", value: String(answer.body.utf8.count))
+        for (name, value) in answer.extraHeaders { headers.add(name: name, value: value) }
         if !keepAlive { headers.add(name: "Connection", value: "close") } else if version.minor == 0 { headers.add(name: "Connection", value: "keep-alive") }
         request?.responseStarted = true
-        request?.bytesOut += body.utf8.count
-        context.write(wrapOutboundOut(.head(HTTPResponseHead(version: version, status: status, headers: headers))), promise: nil)
-        context.write(wrapOutboundOut(.body(.byteBuffer(context.channel.allocator.buffer(string: body)))), promise: nil)
+        request?.bytesOut += answer.body.utf8.count
+        let head = HTTPResponseHead(version: version, status: HTTPResponseStatus(statusCode: answer.status, reasonPhrase: answer.reason), headers: headers)
+        context.write(wrapOutboundOut(.head(head)), promise: nil)
+        if request?.head.method != .HEAD {
+            context.write(wrapOutboundOut(.body(.byteBuffer(context.channel.allocator.buffer(string: answer.body)))), promise: nil)
+        }
         finishRequest(closeBackend: true)
         if keepAlive { armHeaderTimer(context) }
         let done = context.writeAndFlush(wrapOutboundOut(.end(nil)))

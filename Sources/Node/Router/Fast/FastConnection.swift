@@ -147,12 +147,11 @@ final class FastConnection {
         deadlineKind = .none
         if let lordBody = loop.shared.lordBody, HTTPHeadScanner.equals(p, req.method, "GET"), HTTPHeadScanner.equals(p, req.uri, "/.legion/lord") {
             // The failover IP's listener: who is Lord (the general router's answer, byte for byte).
-            respond(loop, status: "200 OK", contentType: "application/json", body: lordBody() + "\n", extraHeaders: "Cache-Control: no-store\r\n",
-                    close: false)
+            respond(loop, RouterPolicy.lord(lordBody()))
             return
         }
         if host.count > 255 {
-            respond(loop, status: "400 Bad Request", message: "Host header longer than 255 bytes", close: true)
+            respond(loop, .hostTooLong)
             return
         }
         pickAndConnect(loop)
@@ -162,14 +161,8 @@ final class FastConnection {
     private func pickAndConnect(_ loop: FastLoop) {
         let store = loop.shared.store
         guard let picked = store.pick(host: host, nowMs: SystemClock.wallMillis(), excluding: excluded) else {
-            let name = String(decoding: host, as: UTF8.self)
-            if attempts > 0 {
-                respond(loop, status: "502 Bad Gateway", message: "no backend for \(name) accepted the connection (\(attempts) tried)", close: false)
-            } else if store.hasKey(for: host) {
-                respond(loop, status: "503 Service Unavailable", message: "no live backend for \(name)", close: false)
-            } else {
-                respond(loop, status: "404 Not Found", message: "no application is subscribed for host '\(name)'", close: false)
-            }
+            respond(loop, RouterPolicy.noPick(host: String(decoding: host, as: UTF8.self), attempts: attempts,
+                                              hostHasKey: attempts == 0 && store.hasKey(for: host)))
             return
         }
         guard let address = picked.address.first == 0x68 ? nil : loop.address(for: picked.address) else {
@@ -210,7 +203,7 @@ final class FastConnection {
                                             modifier1: picked.modifier1 == 123 ? 0 : picked.modifier1, modifier2: picked.modifier2,
                                             into: packet)
             } catch {
-                respond(loop, status: "431 Request Header Fields Too Large", message: "request headers too large for the uwsgi protocol (64 KiB)", close: true)
+                respond(loop, .headersTooLarge)
                 return
             }
             if req.contentLength > 0 {
@@ -447,7 +440,8 @@ final class FastConnection {
 
     /// The backend closed (or failed) before a response.
     private func backendClosed(_ loop: FastLoop, error: String?) {
-        if !responseStarted, idempotent, attempts < loop.shared.settings.maxRetries, let failed = node {
+        if RouterPolicy.retry(attempts: attempts, maxRetries: loop.shared.settings.maxRetries, replayable: idempotent, answerStarted: responseStarted),
+           let failed = node {
             // Like nginx's proxy_next_upstream for idempotent requests: eject the node and try another.
             closeBackend()
             node = nil
@@ -460,8 +454,7 @@ final class FastConnection {
             return
         }
         if !responseStarted {
-            respond(loop, status: "502 Bad Gateway",
-                    message: "backend closed the connection without a valid response" + (error.map { " (\($0))" } ?? ""), close: false)
+            respond(loop, .closedWithoutResponse(error))
         } else {
             abort(loop)
         }
@@ -470,7 +463,7 @@ final class FastConnection {
     private func badResponse(_ loop: FastLoop, _ why: String) {
         loop.shared.logger.warning("backend sent an invalid response", metadata: ["reason": "\(why)", "backend": "\(node?.addressString ?? "-")"])
         if !responseStarted {
-            respond(loop, status: "502 Bad Gateway", message: "backend sent an invalid response (\(why))", close: false)
+            respond(loop, .invalidResponse(why))
         } else {
             abort(loop)
         }
@@ -492,8 +485,7 @@ final class FastConnection {
                                    metadata: ["key": "\(failed.keyString)", "address": "\(failed.addressString)", "error": "\(reason)"])
         excluded.insert(failed.address)
         if attempts >= loop.shared.settings.maxRetries {
-            respond(loop, status: timedOut ? "504 Gateway Timeout" : "502 Bad Gateway",
-                    message: "backend for \(String(decoding: host, as: UTF8.self)) unreachable after \(attempts) attempt(s)", close: false)
+            respond(loop, .backendUnreachable(host: String(decoding: host, as: UTF8.self), attempts: attempts, timedOut: timedOut))
         } else {
             pickAndConnect(loop)
         }
@@ -556,21 +548,16 @@ final class FastConnection {
         if output.isEmpty { process(loop) }
     }
 
-    /// A short plain-text answer from the router itself (same text as the general router's).
-    private func respond(_ loop: FastLoop, status: String, message: String, close: Bool) {
-        respond(loop, status: status, contentType: "text/plain; charset=utf-8", body: "\(status.prefix(3)) \(status.dropFirst(4)): \(message)\n",
-                extraHeaders: "Server: legion\r\n", close: close)
+    /// A refusal answered by the router itself (`RouterPolicy` decides status and text, for every path).
+    private func respond(_ loop: FastLoop, _ refusal: RouterPolicy.Refusal) {
+        respond(loop, RouterPolicy.answer(refusal))
     }
 
-    private func respond(_ loop: FastLoop, status: String, contentType: String, body: String, extraHeaders: String, close: Bool) {
+    private func respond(_ loop: FastLoop, _ answer: RouterPolicy.Answer) {
         closeBackend()
         guard let req = request else { return }
-        if close { closeAfterResponse = true }
-        let keepAlive = !closeAfterResponse
-        var text = "HTTP/1.\(req.minor) \(status)\r\nContent-Type: \(contentType)\r\nContent-Length: \(body.utf8.count)\r\n\(extraHeaders)"
-        if !keepAlive { text += "Connection: close\r\n" } else if req.minor == 0 { text += "Connection: keep-alive\r\n" }
-        text += "\r\n"
-        if !isHEAD { text += body }
+        if answer.close { closeAfterResponse = true }
+        var text = RouterPolicy.raw(answer, minor: Int(req.minor), keepAlive: !closeAfterResponse, head: isHEAD)
         responseStarted = true
         text.withUTF8 { sendClient(UnsafeRawBufferPointer($0), loop) }
         if phase == .proxying { finishRequest(loop) }
@@ -639,8 +626,7 @@ final class FastConnection {
             loop.shared.logger.warning("backend timed out", metadata: ["host": "\(String(decoding: host, as: UTF8.self))",
                                                                        "backend": "\(node?.addressString ?? "-")"])
             if !responseStarted {
-                respond(loop, status: "504 Gateway Timeout",
-                        message: "the application did not answer within \(loop.shared.settings.idleTimeoutMs / 1000) s", close: false)
+                respond(loop, .applicationTimeout(seconds: loop.shared.settings.idleTimeoutMs / 1000))
             } else {
                 abort(loop)
             }

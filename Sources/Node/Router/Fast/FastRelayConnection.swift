@@ -99,12 +99,12 @@ final class FastRelayConnection: FastSocketOwner {
         guard p.count >= 4 else { return }
         let size = Int(p[1]) | Int(p[2]) << 8
         guard p.count >= 4 + size else {
-            if p.count > 70_000 { fail(loop, "request head too large") }
+            if p.count > 70_000 { fail(loop, .relayRequestRefused("request head too large")) }
             return
         }
         guard let vars = try? UwsgiVars(decoding: Array(UnsafeRawBufferPointer(rebasing: p[4..<(4 + size)]))),
               let requestHost = vars["HTTP_HOST"] else {
-            fail(loop, "malformed uwsgi request (no HTTP_HOST)")
+            fail(loop, .relayRequestRefused("malformed uwsgi request (no HTTP_HOST)"))
             return
         }
         host = requestHost
@@ -123,12 +123,12 @@ final class FastRelayConnection: FastSocketOwner {
     private func pickAndConnect(_ loop: FastLoop) {
         let store = loop.shared.store
         guard let picked = store.pick(host: host, nowMs: SystemClock.wallMillis(), excluding: excluded) else {
-            fail(loop, attempts > 0 ? "local backends unreachable" : "no local backend for \(String(decoding: host, as: UTF8.self))")
+            fail(loop, RouterPolicy.noLocalPick(host: String(decoding: host, as: UTF8.self), attempts: attempts))
             return
         }
         guard let address = loop.address(for: picked.address) else {
             store.release(picked)
-            fail(loop, "backend address \(picked.addressString) is not an IP literal or UNIX socket")
+            fail(loop, .badBackendAddress(picked.addressString))
             return
         }
         node = picked
@@ -160,10 +160,10 @@ final class FastRelayConnection: FastSocketOwner {
         loop.shared.logger.warning("internal router: backend refused; trying another",
                                    metadata: ["key": "\(failed.keyString)", "address": "\(failed.addressString)", "error": "\(reason)"])
         excluded.insert(failed.address)
-        if attempts < 3, !sentAny {
+        if RouterPolicy.retry(attempts: attempts, maxRetries: loop.shared.settings.maxRetries, replayable: !sentAny, answerStarted: false) {
             pickAndConnect(loop)
         } else {
-            fail(loop, "local backends unreachable")
+            fail(loop, .localBackendsUnreachable)
         }
     }
 
@@ -258,7 +258,9 @@ final class FastRelayConnection: FastSocketOwner {
     /// The vassal went away after taking the request but before answering (e.g. killed just then): an
     /// idempotent request goes to another one. False when that is not possible.
     private func retryBeforeAnswer(_ loop: FastLoop, reason: String) -> Bool {
-        guard !receivedAny, let replay, attempts < 3 else { return false }
+        guard let replay,
+              RouterPolicy.retry(attempts: attempts, maxRetries: loop.shared.settings.maxRetries, replayable: true, answerStarted: receivedAny)
+        else { return false }
         fromClient.clear()
         fromClient.append(replay)
         sentAny = false
@@ -293,10 +295,9 @@ final class FastRelayConnection: FastSocketOwner {
     // MARK: ends
 
     /// A raw HTTP error for the calling router (uwsgi backends answer raw HTTP), then close.
-    private func fail(_ loop: FastLoop, _ message: String) {
+    private func fail(_ loop: FastLoop, _ refusal: RouterPolicy.Refusal) {
         closeBackend(reset: false)
-        let body = "502 Bad Gateway: \(message)\n"
-        var text = "HTTP/1.1 502 Bad Gateway\r\nContent-Type: text/plain\r\nContent-Length: \(body.utf8.count)\r\nConnection: close\r\n\r\n\(body)"
+        var text = RouterPolicy.raw(RouterPolicy.answer(refusal), minor: 1, keepAlive: false)
         phase = .relaying
         text.withUTF8 { sendClient(UnsafeRawBufferPointer($0), loop) }
         if phase == .closed { return }
