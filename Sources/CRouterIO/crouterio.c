@@ -111,6 +111,10 @@ int crio_listen_tcp(const char *host, int port, int backlog) {
     if (fd < 0) return -1;
     int one = 1;
     setsockopt(fd, SOL_SOCKET, SO_REUSEADDR, &one, sizeof one);
+    // Bind even before the address is on an interface: the failover IP's listener is up before the IP is added,
+    // so a client never meets the IP without a listener (a RST instead of a retransmitted SYN).
+    if (ss.ss_family == AF_INET) setsockopt(fd, IPPROTO_IP, 15 /* IP_FREEBIND */, &one, sizeof one);
+    else if (ss.ss_family == AF_INET6) setsockopt(fd, IPPROTO_IPV6, 78 /* IPV6_FREEBIND */, &one, sizeof one);
     if (bind(fd, (struct sockaddr *)&ss, len) != 0 || listen(fd, backlog) != 0) {
         int saved = errno;
         close(fd);

@@ -39,7 +39,7 @@ enum Schema {
         ("ContainerDetail", object(containerSummary + [
             ("jid", nullableString), ("jid_destinations", nullableString), ("pushover_user", nullableString),
             ("pushover_token", nullableString), ("pushover_sound", nullableString), ("pushbullet_token", nullableString),
-            ("slack_webhook", nullableString), ("alarm_freq", integer), ("quota_threshold", integer), ("nofollow", boolean),
+            ("slack_webhook", nullableString), ("alarm_webhook", nullableString), ("alarm_freq", integer), ("quota_threshold", integer), ("nofollow", boolean),
             ("note", nullableString), ("linked_to", array(integer)), ("custom_distros_storage", boolean),
             ("secret_uuid", nullableString), ("ssh_keys", array(string)), ("legion_address", array(string)),
             ("last_reboot", integer),

@@ -127,6 +127,7 @@ public final class HTTPRouter: Service {
         try await ServerBootstrap(group: RouterLoops.group(threads: shared.settings.threads))
                 .serverChannelOption(.backlog, value: 1024)
                 .serverChannelOption(.socketOption(.so_reuseaddr), value: 1)
+            .serverChannelOption(ChannelOptions.Types.SocketOption(level: .ip, name: .init(rawValue: 15 /* IP_FREEBIND */)), value: 1)
                 .childChannelOption(.socketOption(.tcp_nodelay), value: 1)
                 .childChannelOption(.maxMessagesPerRead, value: 16)
                 .childChannelInitializer { child in

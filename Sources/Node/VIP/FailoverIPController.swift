@@ -108,11 +108,13 @@ public final class FailoverIPController: Sendable {
                 while stillWanted(), !shared.withLock({ $0.stopping }) {
                     attempt += 1
                     do {
-                        try await driver.acquire()
-                        held = true
+                        // The listener first (bound with IP_FREEBIND), then the IP: a client never finds the IP
+                        // without a listener, which would answer its SYN with a reset instead of letting it retry.
                         if let host = httpHost, server == nil {
                             server = try await listenerFactory(host, httpPort)
                         }
+                        try await driver.acquire()
+                        held = true
                         shared.withLock { $0.phase = .held; $0.lastError = nil }
                         logger.notice("failover IP acquired", metadata: [
                             "driver": "\(driver.name)", "vip": "\(httpHost ?? "-"):\(httpPort)",
@@ -134,15 +136,17 @@ public final class FailoverIPController: Sendable {
                 }
                 shared.withLock { $0.phase = .releasing }
                 let started = SystemClock.monotonicNanos()
-                if let s = server {
-                    await s.stop()
-                    server = nil
-                }
+                // The IP first, then the listener: new clients' SYNs go unanswered (and are retransmitted to the next
+                // Lord) instead of meeting a closed port, and requests in flight finish.
                 do {
                     try await driver.release()
                 } catch {
                     shared.withLock { $0.lastError = "\(error)" }
                     logger.error("failed to release the failover IP; remove it by hand if it is still present", metadata: ["error": "\(error)"])
+                }
+                if let s = server {
+                    await s.stop()
+                    server = nil
                 }
                 held = false
                 driver.leaseChanged(heldUntil: nil)

@@ -23,6 +23,7 @@ public final class LordHTTPServer: VIPListener {
     public static func start(host: String, port: Int, body: @escaping Body) async throws -> LordHTTPServer {
         let channel = try await ServerBootstrap(group: MultiThreadedEventLoopGroup.singleton)
             .serverChannelOption(.socketOption(.so_reuseaddr), value: 1)
+            .serverChannelOption(ChannelOptions.Types.SocketOption(level: .ip, name: .init(rawValue: 15 /* IP_FREEBIND */)), value: 1)
             .childChannelOption(.socketOption(.tcp_nodelay), value: 1)
             .childChannelInitializer { channel in
                 channel.eventLoop.makeCompletedFuture {
