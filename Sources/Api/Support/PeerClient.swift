@@ -19,7 +19,7 @@ public final class PeerClient: Sendable {
         public var url: String
     }
 
-    let key: [UInt8]
+    let signer: HopSigner
     public let nodeName: String
     let ownURL: String
     let logger: Logger
@@ -27,23 +27,15 @@ public final class PeerClient: Sendable {
     private let cache = Mutex<(peers: [Peer], refreshedMs: UInt64)>(([], 0))
 
     public init(secret: [UInt8], nodeName: String, ownURL: String, logger: Logger) {
-        key = Array(SHA256.hash(data: Array("legion peer read\u{0}".utf8) + secret))
+        signer = HopSigner(label: "legion peer read", secret: secret)
         self.nodeName = nodeName
         self.ownURL = ownURL
         self.logger = logger
     }
 
-    func signature(_ body: [UInt8]) -> String {
-        HMAC<SHA256>.authenticationCode(for: body, using: SymmetricKey(data: key)).map { String(format: "%02x", $0) }.joined()
-    }
+    func signature(_ body: [UInt8]) -> String { signer.signature(body) }
 
-    func verify(_ body: [UInt8], signature: String) -> Bool {
-        let expected = Array(self.signature(body).utf8), given = Array(signature.utf8)
-        guard expected.count == given.count else { return false }
-        var difference: UInt8 = 0
-        for (a, b) in zip(expected, given) { difference |= a ^ b }
-        return difference == 0
-    }
+    func verify(_ body: [UInt8], signature: String) -> Bool { signer.verify(body, signature: signature) }
 
     /// Every node's API (this one included), from the store; the last list known when the store cannot be read.
     public func peers(_ services: APIServices) async -> [Peer] {

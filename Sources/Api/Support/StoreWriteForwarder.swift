@@ -17,7 +17,7 @@ public final class StoreWriteForwarder: Sendable {
     public static let path = "/.legion/store/write"
     public static let signatureHeader = "X-Legion-Signature"
 
-    let key: [UInt8]
+    let signer: HopSigner
     let state: NodeState
     let ownStoreAddress: String
     let ownURL: String
@@ -27,7 +27,7 @@ public final class StoreWriteForwarder: Sendable {
     private let client = InternalHTTPClient()
 
     public init(secret: [UInt8], state: NodeState, nodeName: String, ownStoreAddress: String, ownURL: String, logger: Logger) {
-        key = Array(SHA256.hash(data: Array("legion store write\u{0}".utf8) + secret))
+        signer = HopSigner(label: "legion store write", secret: secret)
         self.state = state
         self.nodeName = nodeName
         self.ownStoreAddress = ownStoreAddress
@@ -35,17 +35,9 @@ public final class StoreWriteForwarder: Sendable {
         self.logger = logger
     }
 
-    public func signature(_ body: [UInt8]) -> String {
-        HMAC<SHA256>.authenticationCode(for: body, using: SymmetricKey(data: key)).map { String(format: "%02x", $0) }.joined()
-    }
+    public func signature(_ body: [UInt8]) -> String { signer.signature(body) }
 
-    public func verify(_ body: [UInt8], signature: String) -> Bool {
-        let expected = Array(self.signature(body).utf8), given = Array(signature.utf8)
-        guard expected.count == given.count else { return false }
-        var difference: UInt8 = 0
-        for (a, b) in zip(expected, given) { difference |= a ^ b }
-        return difference == 0
-    }
+    public func verify(_ body: [UInt8], signature: String) -> Bool { signer.verify(body, signature: signature) }
 
     /// Records where this node's API answers (retried until the store accepts it).
     func register(_ services: APIServices) async {
