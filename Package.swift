@@ -84,6 +84,8 @@ let package = Package(
         .systemLibrary(name: "CSQLite", pkgConfig: "sqlite3", providers: [.apt(["libsqlite3-dev"])]),
         // Debian's libcurl4-openssl-dev: alarm delivery to webhooks and push services (a variadic C API, wrapped in C).
         .target(name: "CCurl", linkerSettings: [.linkedLibrary("curl")]),
+        // Debian's libssl-dev (OpenSSL 3): TLS inside the router's fast-path loops.
+        .target(name: "CFastTLS", linkerSettings: [.linkedLibrary("ssl"), .linkedLibrary("crypto")]),
         .target(
             name: "Node",
             dependencies: [
@@ -91,6 +93,7 @@ let package = Package(
                 "CMount",
                 "CSQLite",
                 "CCurl",
+                "CFastTLS",
                 "Emperor",
                 "Supervisor",
                 "Legion",

@@ -62,7 +62,8 @@ def https_get(port: int, host: str) -> dict:
     return json.loads(body)
 
 
-def https_router(legion_bin, tmp_path: Path, name: str, default: tuple[Path, Path], procs: list) -> tuple[int, int]:
+def https_router(legion_bin, tmp_path: Path, name: str, default: tuple[Path, Path], procs: list,
+                 fast_path: bool = True) -> tuple[int, int]:
     """Starts one `legion node` with an HTTP(S) router (default certificate `default`); returns (https, subscription)."""
     http_port, https_port, sub_port, legion_port = free_port(), free_port(), free_port(udp=True), free_port(udp=True)
     cfg = tmp_path / "node.toml"
@@ -81,6 +82,7 @@ https = "127.0.0.1:{https_port}"
 https_certificate = "{default[0]}"
 https_key = "{default[1]}"
 subscription = "127.0.0.1:{sub_port}"
+fast_path = {str(fast_path).lower()}
 """)
     procs.append(subprocess.Popen([str(legion_bin), "node", "--config", str(cfg)], stdout=open(tmp_path / "node.log", "w"),
                                   stderr=subprocess.STDOUT, start_new_session=True))
@@ -96,7 +98,8 @@ def kill_all(procs: list) -> None:
             pass
 
 
-def test_sni_certificates_from_subscriptions_and_https_vars(legion_bin, tmp_path: Path):
+@pytest.mark.parametrize("fast_path", [True, False], ids=["fast-path", "general-path"])
+def test_sni_certificates_from_subscriptions_and_https_vars(legion_bin, tmp_path: Path, fast_path: bool):
     uwsgi = ul.ensure_uwsgi_python3()
     default_crt, default_key = make_cert(tmp_path, "default.test")
     site_crt, site_key = make_cert(tmp_path, "secure.example.com")
@@ -104,7 +107,7 @@ def test_sni_certificates_from_subscriptions_and_https_vars(legion_bin, tmp_path
     (tmp_path / "app.py").write_text(APP)
     procs: list = []
     try:
-        https_port, sub_port = https_router(legion_bin, tmp_path, "tls", (default_crt, default_key), procs)
+        https_port, sub_port = https_router(legion_bin, tmp_path, "tls", (default_crt, default_key), procs, fast_path)
         procs.append(subprocess.Popen(
             [uwsgi, "--plugin", "python3", "--master", "--processes", "1", "--socket", f"127.0.0.1:{app_port}",
              "--wsgi-file", str(tmp_path / "app.py"), "--die-on-term",
@@ -155,7 +158,9 @@ def application(env, start_response):
 """
 
 
-def tls_get(port: int, host: str, client: tuple[Path, Path] | None = None) -> dict:
+def tls_get(port: int, host: str, client: tuple[Path, Path] | None = None, chunked: bool = False) -> dict:
+    """GET / (or, `chunked`, a chunked POST: the fast path bridges it to the general router, which must still
+    see the certificate the fast path verified)."""
     ctx = ssl.create_default_context()
     ctx.check_hostname = False
     ctx.verify_mode = ssl.CERT_NONE
@@ -163,7 +168,11 @@ def tls_get(port: int, host: str, client: tuple[Path, Path] | None = None) -> di
         ctx.load_cert_chain(str(client[0]), str(client[1]))
     with socket.create_connection(("127.0.0.1", port), timeout=3) as raw:
         with ctx.wrap_socket(raw, server_hostname=host) as tls:
-            tls.sendall(f"GET / HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n\r\n".encode())
+            if chunked:
+                tls.sendall(f"POST / HTTP/1.1\r\nHost: {host}\r\nTransfer-Encoding: chunked\r\nConnection: close\r\n\r\n"
+                            "5\r\nhello\r\n0\r\n\r\n".encode())
+            else:
+                tls.sendall(f"GET / HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n\r\n".encode())
             data = b""
             while chunk := tls.recv(65536):
                 data += chunk
@@ -172,7 +181,8 @@ def tls_get(port: int, host: str, client: tuple[Path, Path] | None = None) -> di
     return json.loads(body)
 
 
-def test_client_certificates_per_domain_required_and_optional(legion_bin, tmp_path: Path):
+@pytest.mark.parametrize("fast_path", [True, False], ids=["fast-path", "general-path"])
+def test_client_certificates_per_domain_required_and_optional(legion_bin, tmp_path: Path, fast_path: bool):
     """uwsgi.it's ssl-ca-domain: `sni_ca=!CA` makes a client certificate signed by CA mandatory for that name,
     `sni_ca=CA` checks it only when presented; the backend gets HTTPS_DN (and HTTPS_CC). Other names are untouched."""
     uwsgi = ul.ensure_uwsgi_python3()
@@ -186,7 +196,7 @@ def test_client_certificates_per_domain_required_and_optional(legion_bin, tmp_pa
     (tmp_path / "app.py").write_text(CERT_APP)
     procs: list = []
     try:
-        https_port, sub_port = https_router(legion_bin, tmp_path, "mtls", (default_crt, default_key), procs)
+        https_port, sub_port = https_router(legion_bin, tmp_path, "mtls", (default_crt, default_key), procs, fast_path)
         for name, crt, key, ca_value in (("strict.example.com", strict_crt, strict_key, f"!{ca[0]}"),
                                          ("loose.example.com", loose_crt, loose_key, str(ca[0]))):
             procs.append(subprocess.Popen(
@@ -209,6 +219,7 @@ def test_client_certificates_per_domain_required_and_optional(legion_bin, tmp_pa
             time.sleep(0.2)
         log = (tmp_path / "node.log").read_text()
         assert result == {"dn": "/C=IT/O=Customers/CN=alice", "has_cc": True}, f"{result}; log:\n{log[-2000:]}"
+        assert tls_get(https_port, "strict.example.com", alice, chunked=True) == result
         # Required: no certificate, or one from another CA, fails the handshake (or gets no answer).
         for client in (None, mallory):
             with pytest.raises((ssl.SSLError, ConnectionError, AssertionError, OSError)):

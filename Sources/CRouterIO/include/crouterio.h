@@ -60,6 +60,8 @@ int crio_errno(void);
 int crio_bind_unix_dgram(const char *path);
 /// A listening, non-blocking UNIX stream socket at `path` (an old file there is replaced), mode 0600.
 int crio_listen_unix(const char *path);
+/// A connected pair of non-blocking, close-on-exec UNIX stream sockets (the TLS bridge to the general router).
+int crio_socketpair(int fds[2]);
 /// The uid of the process at the other end of a connected UNIX socket (SO_PEERCRED), or -1.
 long crio_peer_uid(int fd);
 

@@ -13,7 +13,15 @@ public final class CertificateStore: Sendable {
     public struct Pair: Sendable {
         public var chain: [NIOSSLCertificate]
         public var key: NIOSSLPrivateKey
+        /// The PEM text they were read from (the fast path's OpenSSL contexts load it).
+        public var chainPEM: [UInt8]
+        public var keyPEM: [UInt8]
     }
+
+    /// Bumped whenever a certificate or a client CA is learned: caches of contexts built from this store
+    /// (the fast path's) start again.
+    private let changes = Atomic<Int>(0)
+    public var generation: Int { changes.load(ordering: .acquiring) }
 
     let directory: String?
     let logger: Logger
@@ -44,9 +52,11 @@ public final class CertificateStore: Sendable {
             }
             return Array(data)
         }
-        let chain = try NIOSSLCertificate.fromPEMBytes(try pem(certificate))
+        let chainPEM = try pem(certificate)
+        let keyPEM = try pem(key)
+        let chain = try NIOSSLCertificate.fromPEMBytes(chainPEM)
         guard !chain.isEmpty else { throw FailoverIPError("no certificate found in \(certificate.prefix(80))") }
-        return Pair(chain: chain, key: try NIOSSLPrivateKey(bytes: try pem(key), format: .pem))
+        return Pair(chain: chain, key: try NIOSSLPrivateKey(bytes: keyPEM, format: .pem), chainPEM: chainPEM, keyPEM: keyPEM)
     }
 
     /// A subscription carrying `sni_key` + `sni_crt` (and optionally `sni_ca`) for its key (port stripped, as uWSGI).
@@ -61,13 +71,17 @@ public final class CertificateStore: Sendable {
             let pair = try CertificateStore.load(certificate: String(decoding: crtValue, as: UTF8.self),
                                                  key: String(decoding: keyValue, as: UTF8.self))
             pairs.withLock { $0[name] = pair }
+            changes.add(1, ordering: .releasing)
             logger.info("SNI certificate added from a subscription", metadata: ["name": "\(name)"])
         } catch {
             logger.warning("could not load the SNI certificate of a subscription", metadata: ["name": "\(name)", "error": "\(error)"])
         }
     }
 
-    public func add(name: String, pair: Pair) { pairs.withLock { $0[name] = pair } }
+    public func add(name: String, pair: Pair) {
+        pairs.withLock { $0[name] = pair }
+        changes.add(1, ordering: .releasing)
+    }
 
     /// `sni_ca`: a CA file path or inline PEM; a leading `!` makes the client certificate mandatory.
     func learnClientAuth(name: String, value: String) {
@@ -94,6 +108,7 @@ public final class CertificateStore: Sendable {
         }
         if changed {
             clientAuthContexts.withLock { $0[name] = nil }
+            changes.add(1, ordering: .releasing)
             logger.info("client-certificate authentication enabled", metadata: ["name": "\(name)", "required": "\(required)"])
         }
     }
@@ -101,6 +116,12 @@ public final class CertificateStore: Sendable {
     public func addClientAuth(name: String, caPEM: [UInt8], required: Bool) {
         clientAuth.withLock { $0[name.lowercased()] = ClientAuth(caPEM: caPEM, required: required) }
         clientAuthContexts.withLock { $0[name.lowercased()] = nil }
+        changes.add(1, ordering: .releasing)
+    }
+
+    /// The client-certificate authentication of a server name, if it has one.
+    public func clientAuth(for serverName: String) -> ClientAuth? {
+        clientAuth.withLock { $0[serverName.lowercased()] }
     }
 
     /// A TLS context for a server name with client-certificate authentication (its own certificate, its CA,

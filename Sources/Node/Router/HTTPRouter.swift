@@ -1,3 +1,6 @@
+#if os(Linux)
+import CRouterIO
+#endif
 import Logging
 import NIOCore
 import NIOHTTP1
@@ -88,19 +91,38 @@ public final class HTTPRouter: Service {
         }
         logger.notice("HTTP router listening", metadata: ["bind": "\(settings.http)", "algorithm": "\(settings.algorithm.rawValue)",
                                                           "fast_path": "\(settings.fastPath)"])
+        #if os(Linux)
+        var fastTLS: FastRouter?
+        #endif
         if let https = settings.https, let certificates {
             let secure = RouterShared(settings: settings, store: store, logger: logger, https: true, certificates: certificates)
             do {
+                #if os(Linux)
+                if settings.fastPath {
+                    // TLS terminated in the fast path's loops (OpenSSL); what it does not serve is bridged to the general router.
+                    let contexts = try FastTLSContexts(certificates: certificates, logger: logger)
+                    let router = try FastRouter(shared: secure, host: https.host, port: https.port, threads: settings.threads,
+                                                kind: .https(contexts), handOff: { fd, _ in _ = crio_close(fd) },
+                                                bridge: { fd, bytes, origin in HTTPRouter.adopt(fd: fd, replay: bytes, shared: secure, origin: origin) })
+                    router.start()
+                    fastTLS = router
+                } else {
+                    let context = try NIOSSLContext(configuration: certificates.serverConfiguration())
+                    channels.append(try await HTTPRouter.bootstrap(shared: secure, host: https.host, port: https.port, tls: context))
+                }
+                #else
                 let context = try NIOSSLContext(configuration: certificates.serverConfiguration())
                 channels.append(try await HTTPRouter.bootstrap(shared: secure, host: https.host, port: https.port, tls: context))
+                #endif
             } catch {
                 throw NodeConfigError.invalid(key: "router.https", problem: "cannot listen on \(https) with TLS: \(error)")
             }
-            logger.notice("HTTPS router listening (SNI)", metadata: ["bind": "\(https)"])
+            logger.notice("HTTPS router listening (SNI)", metadata: ["bind": "\(https)", "fast_path": "\(settings.fastPath)"])
         }
         try? await gracefulShutdown()
         #if os(Linux)
         if let fast { await Task.detached { fast.stop(drainMs: 3000) }.value }
+        if let fastTLS { await Task.detached { fastTLS.stop(drainMs: 3000) }.value }
         #endif
         for channel in channels { try? await channel.close().get() }
     }
@@ -143,7 +165,7 @@ public final class HTTPRouter: Service {
 extension HTTPRouter {
     /// The general router's pipeline for one client connection: TLS (SNI) if `tls`, the HTTP server
     /// codec, `RouterHandler`. Used for accepted connections and for those the fast path hands over.
-    static func configureClient(_ child: Channel, shared: RouterShared, tls: NIOSSLContext?) throws {
+    static func configureClient(_ child: Channel, shared: RouterShared, tls: NIOSSLContext?, origin: ClientOrigin? = nil) throws {
         let guardHandler = ConnectionGuard()
         if let tls {
             // The ClientHello's server name picks the TLS context: a name with client-certificate
@@ -170,18 +192,18 @@ extension HTTPRouter {
         try sync.addHandler(ByteToMessageHandler(HTTPRequestDecoder(leftOverBytesStrategy: .forwardBytes)), name: "http-decoder")
         try sync.addHandler(HTTPServerPipelineHandler(), name: "http-pipelining")
         try sync.addHandler(HTTPServerProtocolErrorHandler(), name: "http-errors")
-        try sync.addHandler(RouterHandler(shared: shared, guardHandler: guardHandler))
+        try sync.addHandler(RouterHandler(shared: shared, guardHandler: guardHandler, origin: origin))
     }
 
     /// Adopts a client socket from the fast path (with the bytes it already read) into the general router.
-    static func adopt(fd: Int32, replay: [UInt8], shared: RouterShared) {
+    static func adopt(fd: Int32, replay: [UInt8], shared: RouterShared, origin: ClientOrigin? = nil) {
         let group = RouterLoops.group(threads: shared.settings.threads)
         ClientBootstrap(group: group)
             .channelOption(.maxMessagesPerRead, value: 16)
             .channelInitializer { channel in
                 channel.eventLoop.makeCompletedFuture {
                     try channel.pipeline.syncOperations.addHandler(ReplayHandler(replay))
-                    try configureClient(channel, shared: shared, tls: nil)
+                    try configureClient(channel, shared: shared, tls: nil, origin: origin)
                 }
             }
             .withConnectedSocket(fd)

@@ -32,10 +32,6 @@ final class RouterHandler: ChannelInboundHandler, RemovableChannelHandler {
         var websocket = false
     }
 
-    static func pem(der: [UInt8]) -> String {
-        let base64 = Data(der).base64EncodedString(options: [.lineLength64Characters, .endLineWithLineFeed])
-        return "-----BEGIN CERTIFICATE-----\n\(base64)\n-----END CERTIFICATE-----\n"
-    }
 
     /// uWSGI's detection (two of Upgrade: websocket, Connection: upgrade, Sec-WebSocket-Version, plus a key),
     /// except that `Connection` may list other tokens too.
@@ -50,6 +46,8 @@ final class RouterHandler: ChannelInboundHandler, RemovableChannelHandler {
 
     let shared: RouterShared
     let guardHandler: ConnectionGuard
+    /// A connection the fast path bridged here (TLS kept on the fast path): the client it really comes from.
+    let origin: ClientOrigin?
     private var context: ChannelHandlerContext?
     private var request: Request?
     private var pendingBody: [ByteBuffer] = []
@@ -64,9 +62,17 @@ final class RouterHandler: ChannelInboundHandler, RemovableChannelHandler {
     private var requestBodyEnded = false
     private var headerTimer: Scheduled<Void>?
 
-    init(shared: RouterShared, guardHandler: ConnectionGuard) {
+    init(shared: RouterShared, guardHandler: ConnectionGuard, origin: ClientOrigin? = nil) {
         self.shared = shared
         self.guardHandler = guardHandler
+        self.origin = origin
+    }
+
+    /// The client's address and port: the socket's peer, or the fast path's client for a bridged connection.
+    private func client(_ context: ChannelHandlerContext) -> (ip: String, port: Int) {
+        if let origin { return (origin.address, origin.port) }
+        let remote = context.channel.remoteAddress
+        return (remote?.ipAddress ?? "127.0.0.1", remote?.port ?? 0)
     }
 
     func handlerAdded(context: ChannelHandlerContext) {
@@ -324,22 +330,25 @@ final class RouterHandler: ChannelInboundHandler, RemovableChannelHandler {
             if name.lowercased() == "x-forwarded-proto" { continue }
             headers.append((name, value))
         }
-        let remote = context.channel.remoteAddress
-        let remoteIP = remote?.ipAddress ?? "127.0.0.1"
+        let (remoteIP, remotePort) = client(context)
         headers.append(("X-Forwarded-For", forwardedFor.map { "\($0), \(remoteIP)" } ?? remoteIP))
         headers.append(("X-Forwarded-Proto", shared.https ? "https" : "http"))
         var uwsgi = UwsgiRequest(method: req.head.method.rawValue, uri: req.head.uri,
                                  serverProtocol: "HTTP/\(req.head.version.major).\(req.head.version.minor)",
                                  headers: headers, serverName: shared.settings.serverName,
                                  serverPort: String(shared.https ? (shared.settings.https?.port ?? 443) : shared.settings.http.port), remoteAddress: remoteIP,
-                                 remotePort: remote?.port ?? 0)
+                                 remotePort: remotePort)
         uwsgi.https = shared.https
-        if shared.https, let tls = try? context.pipeline.syncOperations.handler(type: NIOSSLServerHandler.self),
+        if let subject = origin?.tlsSubject {
+            // Verified on the fast path (its TLS session), which bridged the connection here.
+            uwsgi.extraVars.append(("HTTPS_DN", subject))
+            if let der = origin?.tlsCertificateDER { uwsgi.extraVars.append(("HTTPS_CC", ClientOrigin.pem(der: der))) }
+        } else if shared.https, let tls = try? context.pipeline.syncOperations.handler(type: NIOSSLServerHandler.self),
            let certificate = tls.peerCertificate {
             // A verified client certificate (sni_ca): uWSGI's HTTPS_DN, and the certificate itself (PEM) as HTTPS_CC.
             uwsgi.extraVars.append(("HTTPS_DN", CertificateStore.distinguishedName(certificate)))
-            if let pem = try? certificate.toDERBytes() {
-                uwsgi.extraVars.append(("HTTPS_CC", Self.pem(der: pem)))
+            if let der = try? certificate.toDERBytes() {
+                uwsgi.extraVars.append(("HTTPS_CC", ClientOrigin.pem(der: der)))
             }
         }
         do {
@@ -374,7 +383,7 @@ final class RouterHandler: ChannelInboundHandler, RemovableChannelHandler {
             if dropped.contains(lower) { continue }
             headers.add(name: name, value: value)
         }
-        let remoteIP = context.channel.remoteAddress?.ipAddress ?? "127.0.0.1"
+        let remoteIP = client(context).ip
         headers.add(name: "X-Forwarded-For", value: forwardedFor.map { "\($0), \(remoteIP)" } ?? remoteIP)
         headers.add(name: "X-Forwarded-Proto", value: shared.https ? "https" : "http")
         if req.bufferedBytes == 0, !req.head.headers.contains(name: "content-length"),

@@ -19,6 +19,8 @@ final class FastConnection {
     let remoteAddress: [UInt8]
     let remotePortText: [UInt8]
     private(set) var backendGeneration: UInt64 = 0
+    /// The HTTPS listener's connections: OpenSSL's session on `fd` (nil: plain HTTP).
+    private var tls: TLSStream?
 
     private var phase = Phase.waiting
     private let input = IOBuffer(capacity: 4096)
@@ -57,8 +59,9 @@ final class FastConnection {
     private let responseHead = IOBuffer(capacity: 1024)
     private var mode = BodyMode.head
 
-    init(fd: Int32, slot: Int, generation: UInt64, remoteAddress: [UInt8], remotePort: Int, loop: FastLoop) {
+    init(fd: Int32, slot: Int, generation: UInt64, remoteAddress: [UInt8], remotePort: Int, tls: TLSStream? = nil, loop: FastLoop) {
         self.fd = fd
+        self.tls = tls
         self.slot = slot
         self.generation = generation
         self.remoteAddress = remoteAddress.isEmpty ? Array("127.0.0.1".utf8) : remoteAddress
@@ -69,7 +72,10 @@ final class FastConnection {
     private func setDeadline(_ kind: Deadline, after ms: Int64, _ loop: FastLoop) {
         deadlineKind = kind
         deadline = (loop.now == 0 ? SystemClock.monotonicNanos() : loop.now) + UInt64(max(ms, 1)) * 1_000_000
+        loop.noteDeadline(deadline)
     }
+
+    var deadlineNs: UInt64 { deadlineKind == .none || phase == .closed ? 0 : deadline }
 
     // MARK: client side
 
@@ -77,6 +83,21 @@ final class FastConnection {
         if events & UInt32(CRIO_ERR) != 0 {
             abort(loop)
             return
+        }
+        if let tls {
+            if !tls.established {
+                handshake(tls, loop)
+                return
+            }
+            // OpenSSL may need the other direction first (post-handshake messages): resume what waited for it.
+            if tls.readWantsWrite, events & UInt32(CRIO_OUT) != 0 {
+                readClient(loop)
+                if phase == .closed { return }
+            }
+            if tls.writeWantsRead, events & UInt32(CRIO_IN) != 0, !output.isEmpty {
+                flushOutput(loop)
+                if phase == .closed { return }
+            }
         }
         if events & UInt32(CRIO_OUT) != 0, !output.isEmpty {
             flushOutput(loop)
@@ -87,10 +108,26 @@ final class FastConnection {
         }
     }
 
+    /// Moves the TLS handshake on; once it is done, reads what the client sent with its last flight (no
+    /// further edge announces bytes the handshake already pulled off the socket).
+    private func handshake(_ tls: TLSStream, _ loop: FastLoop) {
+        tls.readWantsWrite = false
+        switch tls.handshake() {
+        case .pending:
+            return
+        case .failed(let why):
+            loop.shared.logger.debug("TLS handshake failed", metadata: ["client": "\(String(decoding: remoteAddress, as: UTF8.self))",
+                                                                         "reason": "\(why)"])
+            abort(loop)
+        case .done:
+            readClient(loop)
+        }
+    }
+
     private func readClient(_ loop: FastLoop) {
         // While a request is in flight, pipelined ones beyond a buffer's worth wait for it.
         let limit = phase == .proxying ? 64 * 1024 : HTTPHeadScanner.maxHead + HTTPHeadScanner.maxFastBody + 4096
-        switch SocketIO.read(fd, into: input, limit: limit) {
+        switch tls.map({ $0.read(into: input, limit: limit) }) ?? SocketIO.read(fd, into: input, limit: limit) {
         case .drained: break
         case .limit: clientReadPending = true  // resumed once the request in the buffer is done
         case .eof: clientEOF = true
@@ -197,7 +234,8 @@ final class FastConnection {
             let p = input.readable
             guard let req = request else { return }
             let context = UwsgiPacketWriter.Context(serverName: loop.serverName, serverPort: loop.serverPort,
-                                                    remoteAddress: remoteAddress, remotePort: remotePortText, https: false)
+                                                    remoteAddress: remoteAddress, remotePort: remotePortText, https: tls != nil,
+                                                    clientSubject: tls?.peerSubject, clientCertificateDER: tls?.peerCertificateDER)
             do {
                 try UwsgiPacketWriter.write(p, request: req, headers: loop.headers, context: context,
                                             modifier1: picked.modifier1 == 123 ? 0 : picked.modifier1, modifier2: picked.modifier2,
@@ -573,7 +611,13 @@ final class FastConnection {
         let total = a.count + b.count
         guard total > 0, phase != .closed else { return }
         bytesOut += total
-        if !output.isEmpty {
+        if let tls {
+            // One record for both parts where they fit (OpenSSL encrypts from a copy either way).
+            let idle = output.isEmpty
+            output.append(a)
+            output.append(b)
+            if idle, case .failed = tls.flush(output) { abort(loop) }
+        } else if !output.isEmpty {
             output.append(a)
             output.append(b)
         } else if !SocketIO.send(a, b, to: fd, overflow: output) {
@@ -582,7 +626,7 @@ final class FastConnection {
     }
 
     private func flushOutput(_ loop: FastLoop) {
-        switch SocketIO.flush(output, to: fd) {
+        switch tls.map({ $0.flush(output) }) ?? SocketIO.flush(output, to: fd) {
         case .done: break
         case .blocked: return
         case .failed:
@@ -608,7 +652,9 @@ final class FastConnection {
         switch deadlineKind {
         case .header:
             guard phase == .waiting else { return }
-            if !output.isEmpty {
+            if let tls, !tls.established {
+                abort(loop)  // a TLS handshake not finished within the header timeout
+            } else if !output.isEmpty {
                 abort(loop)  // the client has not taken its last response for the whole header timeout
             } else if input.isEmpty {
                 close(loop)  // an idle keep-alive connection
@@ -635,31 +681,45 @@ final class FastConnection {
         }
     }
 
-    /// Gives the client socket and its unread bytes to the general router.
+    /// Gives the client socket and its unread bytes to the general router. A TLS connection cannot change
+    /// hands (its session lives in OpenSSL here): a `FastTLSBridge` takes this slot and relays the plaintext
+    /// to the general router over a socket pair.
     private func handOff(_ loop: FastLoop) {
         closeBackend()
         if let node { loop.shared.store.release(node) }
         node = nil
-        _ = crio_epoll_del(loop.epfd, fd)
         loop.shared.store.countHandOff()
         let bytes = Array(input.readable)
         phase = .closed
+        if let tls {
+            self.tls = nil
+            let origin = ClientOrigin(address: String(decoding: remoteAddress, as: UTF8.self),
+                                      port: Int(String(decoding: remotePortText, as: UTF8.self)) ?? 0,
+                                      tlsSubject: tls.peerSubject.map { String(decoding: $0, as: UTF8.self) },
+                                      tlsCertificateDER: tls.peerCertificateDER)
+            FastTLSBridge.start(fd: fd, tls: tls, slot: slot, generation: generation, replay: bytes, origin: origin, loop: loop)
+            return
+        }
+        _ = crio_epoll_del(loop.epfd, fd)
         loop.release(slot: slot)
         loop.router.handOff(fd, bytes)
     }
 
-    private func close(_ loop: FastLoop) {
+    /// Closes both sides; `notify`: a graceful close (TLS sends close_notify first).
+    private func close(_ loop: FastLoop, notify: Bool = true) {
         guard phase != .closed else { return }
         if phase == .proxying, let node { loop.shared.store.release(node) }
         node = nil
         closeBackend()
         phase = .closed
+        tls?.close(notify: notify)
+        tls = nil
         _ = crio_close(fd)
         loop.release(slot: slot)
     }
 
     /// Closes both sides now (errors, shutdown).
-    func abort(_ loop: FastLoop) { close(loop) }
+    func abort(_ loop: FastLoop) { close(loop, notify: false) }
 
     func drain(_ loop: FastLoop) {
         switch phase {

@@ -12,6 +12,8 @@ protocol FastSocketOwner: AnyObject {
     func clientEvent(_ events: UInt32, _ loop: FastLoop)
     func backendEvent(_ events: UInt32, _ loop: FastLoop)
     func checkDeadline(_ loop: FastLoop)
+    /// When `checkDeadline` has something to do (monotonic ns), 0 for never.
+    var deadlineNs: UInt64 { get }
     func abort(_ loop: FastLoop)
     /// The router is stopping: close now if idle, else once the exchange in flight is done.
     func drain(_ loop: FastLoop)
@@ -59,7 +61,10 @@ final class FastRelayConnection: FastSocketOwner {
         self.slot = slot
         self.generation = generation
         deadline = (loop.now == 0 ? SystemClock.monotonicNanos() : loop.now) + UInt64(loop.shared.settings.headersTimeoutMs) * 1_000_000
+        loop.noteDeadline(deadline)
     }
+
+    var deadlineNs: UInt64 { phase == .closed ? 0 : deadline }
 
     // MARK: client
 
@@ -143,6 +148,7 @@ final class FastRelayConnection: FastSocketOwner {
         backendGeneration = loop.nextGeneration()
         backendConnected = false
         deadline = loop.now + UInt64(loop.shared.settings.connectTimeoutMs) * 1_000_000
+        loop.noteDeadline(deadline)
         if crio_epoll_add(loop.epfd, bfd, FastLoop.token(.backend, slot: slot, generation: backendGeneration), 1, 1, 0) != 0 {
             connectFailed(loop, reason: String(cString: strerror(crio_errno())))
             return

@@ -23,15 +23,20 @@ final class FastRouter: @unchecked Sendable {
     private(set) var loops: [FastLoop] = []
     private let finished = DispatchGroup()
 
-    /// What the accepted connections are: HTTP clients (the router) or other nodes' routers sending
-    /// uwsgi requests for local vassals (the internal router).
-    enum Kind: Sendable { case http, relay }
+    /// What the accepted connections are: HTTP clients (the router), HTTPS clients (TLS terminated here
+    /// with these contexts), or other nodes' routers sending uwsgi requests for local vassals (the internal router).
+    enum Kind: Sendable { case http, https(FastTLSContexts), relay }
     let kind: Kind
+    /// Gives the general router one end of a socket pair that carries a TLS client's plaintext (`FastTLSBridge`),
+    /// the bytes already decrypted, and who the client is.
+    let bridge: @Sendable (Int32, [UInt8], ClientOrigin) -> Void
 
     /// Binds `host:port` (throws with the system's reason).
     init(shared: RouterShared, host: String, port: Int, threads: Int, kind: Kind = .http,
-         handOff: @escaping @Sendable (Int32, [UInt8]) -> Void) throws {
+         handOff: @escaping @Sendable (Int32, [UInt8]) -> Void,
+         bridge: @escaping @Sendable (Int32, [UInt8], ClientOrigin) -> Void = { fd, _, _ in _ = crio_close(fd) }) throws {
         self.kind = kind
+        self.bridge = bridge
         let fd = crio_listen_tcp(host, Int32(port), 1024)
         guard fd >= 0 else {
             throw FastRouterError.listen("\(host):\(port): \(String(cString: strerror(crio_errno())))")
@@ -98,11 +103,13 @@ final class FastRouter: @unchecked Sendable {
 enum FastRouterError: Error, CustomStringConvertible {
     case listen(String)
     case epoll(String)
+    case tls(String)
 
     var description: String {
         switch self {
         case .listen(let s): return "cannot listen on \(s)"
         case .epoll(let s): return "cannot set up epoll: \(s)"
+        case .tls(let s): return "cannot set up TLS: \(s); check the certificate and key (PEM)"
         }
     }
 }
@@ -178,7 +185,7 @@ final class FastLoop: @unchecked Sendable {
             tokens.deallocate()
             events.deallocate()
         }
-        var nextScan: UInt64 = 0
+        var nextFlush: UInt64 = 0
         var drainStarted = false
         while !router.isStopping {
             if router.isDraining {
@@ -191,7 +198,13 @@ final class FastLoop: @unchecked Sendable {
                 }
                 if slots.count == freeSlots.count { break }
             }
-            let n = crio_epoll_wait(epfd, tokens, events, 256, 100)
+            // Sleep until the next connection deadline (at most 1 s), or 100 ms while counts wait to be flushed:
+            // an idle router does not wake, and holding idle connections costs no CPU.
+            var wakeAt = nextDeadline
+            if !counts.isEmpty { wakeAt = min(wakeAt, nextFlush) }
+            if acceptPausedUntil != 0 { wakeAt = min(wakeAt, acceptPausedUntil) }
+            let timeoutMs = wakeAt <= now ? 0 : Int32(min((wakeAt - now) / 1_000_000 + 1, 1000))
+            let n = crio_epoll_wait(epfd, tokens, events, 256, timeoutMs)
             now = SystemClock.monotonicNanos()
             if n < 0 {
                 shared.logger.error("router fast path: epoll_wait failed", metadata: ["errno": "\(crio_errno())"])
@@ -220,15 +233,31 @@ final class FastLoop: @unchecked Sendable {
                 acceptPausedUntil = 0
                 _ = crio_epoll_add(epfd, router.listenFD, Kind.listener.rawValue, 0, 0, 1)
             }
-            if now >= nextScan {
-                nextScan = now + 100_000_000
-                for connection in slots { connection?.checkDeadline(self) }
+            if now >= nextDeadline {
+                // Only when a deadline is due: every connection is checked and the earliest deadline noted.
+                nextDeadline = .max
+                for case let connection? in slots {
+                    connection.checkDeadline(self)
+                    let due = connection.deadlineNs
+                    if due != 0, due < nextDeadline { nextDeadline = due }
+                }
+            }
+            if now >= nextFlush {
+                nextFlush = now + 100_000_000
                 flushCounts()
             }
         }
         for connection in slots { connection?.abort(self) }
         flushCounts()
         for accepted in inbox.withLock({ list -> [Accepted] in defer { list.removeAll() }; return list }) { _ = crio_close(accepted.fd) }
+    }
+
+    /// The earliest deadline any connection of this loop has (`.max`: none); lowered by `noteDeadline`.
+    private var nextDeadline: UInt64 = .max
+
+    /// A connection set a deadline: the loop wakes for it.
+    func noteDeadline(_ at: UInt64) {
+        if at < nextDeadline { nextDeadline = at }
     }
 
     /// A connection accepted by another loop for this one.
@@ -295,6 +324,16 @@ final class FastLoop: @unchecked Sendable {
         case .http:
             connection = FastConnection(fd: accepted.fd, slot: slot, generation: nextGeneration(), remoteAddress: accepted.host,
                                         remotePort: accepted.port, loop: self)
+        case .https(let contexts):
+            guard let tls = TLSStream(contexts: contexts, fd: accepted.fd) else {
+                shared.logger.warning("router: cannot start a TLS session (out of memory?); closing the connection")
+                slots[slot] = nil
+                freeSlots.append(slot)
+                _ = crio_close(accepted.fd)
+                return
+            }
+            connection = FastConnection(fd: accepted.fd, slot: slot, generation: nextGeneration(), remoteAddress: accepted.host,
+                                        remotePort: accepted.port, tls: tls, loop: self)
         case .relay:
             connection = FastRelayConnection(fd: accepted.fd, slot: slot, generation: nextGeneration(), loop: self)
         }
@@ -304,6 +343,11 @@ final class FastLoop: @unchecked Sendable {
             freeSlots.append(slot)
             _ = crio_close(accepted.fd)
         }
+    }
+
+    /// Puts another owner in a slot (same client registration: `owner` keeps the generation).
+    func replace(slot: Int, with owner: FastSocketOwner) {
+        slots[slot] = owner
     }
 
     /// Forgets a connection (its sockets are closed or handed off already).

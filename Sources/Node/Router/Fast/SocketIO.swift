@@ -8,8 +8,10 @@ enum SocketIO {
 
     /// Reads into `buffer` until the socket has nothing more (a short read or EAGAIN — with
     /// edge-triggered epoll a later arrival raises a new event), its end, an error, or `limit`
-    /// bytes are buffered (the caller resumes reading once it has made room).
-    static func read(_ fd: Int32, into buffer: IOBuffer, limit: Int) -> ReadResult {
+    /// bytes are buffered (the caller resumes reading once it has made room). `untilBlocked`: a short read
+    /// is not taken as the end (a peer that closes right after writing raises one edge for both: the end is
+    /// only seen by reading on).
+    static func read(_ fd: Int32, into buffer: IOBuffer, limit: Int, untilBlocked: Bool = false) -> ReadResult {
         while true {
             if buffer.count >= limit { return .limit }
             buffer.reserve(4096)
@@ -17,7 +19,7 @@ enum SocketIO {
             let n = crio_recv(fd, buffer.writePointer, room)
             if n > 0 {
                 buffer.commit(n)
-                if n < room { return .drained }
+                if n < room && !untilBlocked { return .drained }
                 continue
             }
             if n == 0 { return .eof }

@@ -10,6 +10,9 @@ enum UwsgiPacketWriter {
         var remoteAddress: [UInt8]
         var remotePort: [UInt8]
         var https: Bool
+        /// A verified TLS client certificate (`sni_ca`): HTTPS_DN and HTTPS_CC (PEM), as the general router sends.
+        var clientSubject: [UInt8]? = nil
+        var clientCertificateDER: [UInt8]? = nil
     }
 
     enum Failure: Error { case tooLarge }
@@ -74,6 +77,10 @@ enum UwsgiPacketWriter {
             putValue(out, context.remoteAddress)
         }
         put(out, "HTTP_X_FORWARDED_PROTO", context.https ? "https" : "http")
+        if let subject = context.clientSubject {
+            put(out, "HTTPS_DN", subject)
+            if let der = context.clientCertificateDER { put(out, "HTTPS_CC", Array(ClientOrigin.pem(der: der).utf8)) }
+        }
         let size = out.writeIndex - start - 4
         guard size <= Int(UInt16.max) else { throw .tooLarge }
         out.patchUInt16LE(size, at: start + 1)
