@@ -72,8 +72,8 @@ class Node:
     """One `legion node` with HTTP and HTTPS routers (fast path on or off)."""
 
     def __init__(self, base: Path, legion_bin: Path, procs, name: str, cert: tuple[Path, Path], fast_path: bool,
-                 headers_timeout_ms: int = 10_000):
-        self.https_port, self.http_port = free_port(), free_port()
+                 headers_timeout_ms: int = 10_000, https_port: int | None = None, http_port: int | None = None):
+        self.https_port, self.http_port = https_port or free_port(), http_port or free_port()
         self.sub_port, legion_port = free_port(udp=True), free_port(udp=True)
         self.log = base / f"{name}.log"
         (base / name).mkdir(parents=True, exist_ok=True)
@@ -515,3 +515,22 @@ def test_ten_thousand_idle_tls_connections(tmp_path, legion_bin, procs):
             except OSError:
                 pass
         resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))
+
+
+@pytest.mark.parametrize("taken", ["https", "http"])
+def test_a_port_in_use_stops_the_node_with_a_clear_error(tmp_path, legion_bin, procs, taken):
+    """A listener that cannot bind fails the node at start, saying which and why, instead of hanging half-started
+    (the other services — the Legion thread, the other router's loops — stop with it)."""
+    cert = make_ec_cert(tmp_path, NAME)
+    with socket.socket() as blocker:
+        blocker.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        blocker.bind((HOST, 0))
+        blocker.listen()
+        port = blocker.getsockname()[1]
+        node = Node(tmp_path, legion_bin, procs, "busy", cert, fast_path=True, **{f"{taken}_port": port})
+        try:
+            code = node.proc.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            pytest.fail(f"the node kept running with its {taken} port {port} in use; log:\n{node.log.read_text()[-2000:]}")
+        log = node.log.read_text()
+        assert code != 0 and "Address already in use" in log and f"router.{taken}" in log, log[-2000:]

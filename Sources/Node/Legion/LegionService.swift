@@ -120,10 +120,15 @@ public final class LegionService: Service {
         let relayTask = relay.map { relay in
             Task { for await payload in relay.outbox { thread.relay(payload) } }
         }
-        await withGracefulShutdownHandler {
-            let outcome = await thread.run(loop)
-            if let note = outcome.realtimeNote { logger.info("\(note)") }
-        } onGracefulShutdown: {
+        // Graceful shutdown, or cancellation (another service of the node failed: the group is cancelled), stops the thread.
+        await withTaskCancellationHandler {
+            await withGracefulShutdownHandler {
+                let outcome = await thread.run(loop)
+                if let note = outcome.realtimeNote { logger.info("\(note)") }
+            } onGracefulShutdown: {
+                thread.requestShutdown()
+            }
+        } onCancel: {
             thread.requestShutdown()
         }
         relayTask?.cancel()

@@ -115,6 +115,11 @@ public final class HTTPRouter: Service {
                 channels.append(try await HTTPRouter.bootstrap(shared: secure, host: https.host, port: https.port, tls: context))
                 #endif
             } catch {
+                // The HTTP listener's loops are running: stop them before this service (and its routers) goes away.
+                #if os(Linux)
+                if let fast { await Task.detached { fast.stop() }.value }
+                #endif
+                for channel in channels { try? await channel.close().get() }
                 throw NodeConfigError.invalid(key: "router.https", problem: "cannot listen on \(https) with TLS: \(error)")
             }
             logger.notice("HTTPS router listening (SNI)", metadata: ["bind": "\(https)", "fast_path": "\(settings.fastPath)"])
