@@ -15,7 +15,7 @@ import Testing
 
     @Test func everyErrorPageHasOneShapeAndRelayHopsClose() {
         let refusals: [RouterPolicy.Refusal] = [
-            .hostTooLong, .malformed("x"), .headersTooLarge, .chunkedBodyTooLarge(limitBytes: 8 << 20), .noApplication(host: "h"),
+            .hostTooLong, .malformed("x"), .headersTooLarge, .headerTimeout, .chunkedBodyTooLarge(limitBytes: 8 << 20), .noApplication(host: "h"),
             .noLiveBackend(host: "h"), .noBackendAccepted(host: "h", attempts: 1), .backendUnreachable(host: "h", attempts: 3, timedOut: false),
             .backendUnreachable(host: "h", attempts: 3, timedOut: true), .invalidResponse("bad"), .closedWithoutResponse(nil),
             .applicationTimeout(seconds: 60), .badBackendAddress("x"), .noLocalBackend(host: "h"), .localBackendsUnreachable,
@@ -32,6 +32,19 @@ import Testing
         #expect(RouterPolicy.answer(.localBackendsUnreachable).close && RouterPolicy.answer(.relayRequestRefused("x")).close)
         #expect(!RouterPolicy.answer(.noLiveBackend(host: "h")).close, "a 503 keeps the client's connection")
         #expect(RouterPolicy.answer(.hostTooLong).close && RouterPolicy.answer(.headersTooLarge).close, "an undelimited request closes")
+    }
+
+    @Test func aStalledRequestHeadGets408AndTheConnectionCloses() {
+        let answer = RouterPolicy.answer(.headerTimeout)
+        #expect(answer.status == 408 && answer.close)
+        #expect(answer.body == "408 Request Timeout: request headers not received in time\n")
+        let raw = RouterPolicy.raw(answer, minor: 1, keepAlive: false)
+        #expect(raw.hasPrefix("HTTP/1.1 408 Request Timeout\r\n") && raw.contains("Connection: close\r\n") && raw.hasSuffix("\r\n\r\n" + answer.body))
+    }
+
+    @Test func modifier123IsSentAs0() {
+        #expect(RouterPolicy.requestModifier1(123) == 0)
+        #expect(RouterPolicy.requestModifier1(0) == 0 && RouterPolicy.requestModifier1(5) == 5 && RouterPolicy.requestModifier1(255) == 255)
     }
 
     @Test func rawAnswersFollowTheClientsVersionAndMethod() {

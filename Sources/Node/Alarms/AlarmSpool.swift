@@ -23,6 +23,7 @@ public final class AlarmSpool: AlarmSink, Service, Sendable {
     private let options: StoreClient.Options
     private let logger: Logger
     private let wake = WakeSignal()
+    private static let sequence = Atomic<Int>(0)
 
     public init(dir: String, options: StoreClient.Options, logger: Logger) {
         self.dir = dir
@@ -111,7 +112,9 @@ public final class AlarmSpool: AlarmSink, Service, Sendable {
 
     private func spool(_ record: Record) throws {
         try FileManager.default.createDirectory(atPath: dir, withIntermediateDirectories: true, attributes: [.posixPermissions: 0o700])
-        let name = String(format: "%013lld-", record.atMs) + record.requestID + ".json"
+        // Millisecond, then a per-process sequence: alarms raised in the same millisecond drain in the order raised.
+        let sequence = AlarmSpool.sequence.wrappingAdd(1, ordering: .relaxed).oldValue
+        let name = String(format: "%013lld-%010ld-", record.atMs, sequence % 1_000_000_000) + record.requestID + ".json"
         let temporary = dir + "/." + name
         let data = try JSONEncoder().encode(record)
         let fd = open(temporary, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0o600)

@@ -197,7 +197,9 @@ extension HTTPRouter {
         try sync.addHandler(ByteToMessageHandler(HTTPRequestDecoder(leftOverBytesStrategy: .forwardBytes)), name: "http-decoder")
         try sync.addHandler(HTTPServerPipelineHandler(), name: "http-pipelining")
         try sync.addHandler(HTTPServerProtocolErrorHandler(), name: "http-errors")
-        try sync.addHandler(RouterHandler(shared: shared, guardHandler: guardHandler, origin: origin))
+        try sync.addHandler(HeaderTimeoutHandler(timeoutMs: shared.settings.headersTimeoutMs, guardHandler: guardHandler), name: "header-timeout")
+        try sync.addHandler(ChunkedBodyCollector(limitBytes: shared.settings.maxChunkedBodyBytes), name: "chunked-body")
+        try sync.addHandler(RouterHandler(shared: shared, origin: origin))
     }
 
     /// Adopts a client socket from the fast path (with the bytes it already read) into the general router.

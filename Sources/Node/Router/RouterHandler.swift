@@ -25,8 +25,7 @@ final class RouterHandler: ChannelInboundHandler, RemovableChannelHandler {
         var closeAfterResponse = false
         var bytesOut = 0
         var startedNs: UInt64
-        /// A chunked upload being collected (uwsgi backends need CONTENT_LENGTH).
-        var bufferingBody = false
+        /// Body bytes received before the backend connection took them (a request with a body is not replayed).
         var bufferedBytes = 0
         /// A WebSocket handshake: after the request vars the connection becomes a raw tunnel.
         var websocket = false
@@ -45,7 +44,6 @@ final class RouterHandler: ChannelInboundHandler, RemovableChannelHandler {
     }
 
     let shared: RouterShared
-    let guardHandler: ConnectionGuard
     /// A connection the fast path bridged here (TLS kept on the fast path): the client it really comes from.
     let origin: ClientOrigin?
     private var context: ChannelHandlerContext?
@@ -60,11 +58,9 @@ final class RouterHandler: ChannelInboundHandler, RemovableChannelHandler {
     private var backendAddress = ""
     /// The client's request body has ended (for HTTP backends, which need the end of the request).
     private var requestBodyEnded = false
-    private var headerTimer: Scheduled<Void>?
 
-    init(shared: RouterShared, guardHandler: ConnectionGuard, origin: ClientOrigin? = nil) {
+    init(shared: RouterShared, origin: ClientOrigin? = nil) {
         self.shared = shared
-        self.guardHandler = guardHandler
         self.origin = origin
     }
 
@@ -77,43 +73,17 @@ final class RouterHandler: ChannelInboundHandler, RemovableChannelHandler {
 
     func handlerAdded(context: ChannelHandlerContext) {
         self.context = context
-        if context.channel.isActive { armHeaderTimer(context) }
-    }
-
-    func channelActive(context: ChannelHandlerContext) {
-        armHeaderTimer(context)
-        context.fireChannelActive()
     }
 
     func channelInactive(context: ChannelHandlerContext) {
-        headerTimer?.cancel()
         finishRequest(closeBackend: true)
         self.context = nil
         context.fireChannelInactive()
     }
 
-    /// Slow clients (slowloris) get 408 if a request head does not arrive in time.
-    private func armHeaderTimer(_ context: ChannelHandlerContext) {
-        headerTimer?.cancel()
-        let loopBound = NIOLoopBound(self, eventLoop: context.eventLoop)
-        guardHandler.bytesSinceRequest = false
-        headerTimer = context.eventLoop.scheduleTask(in: .milliseconds(shared.settings.headersTimeoutMs)) {
-            let handler = loopBound.value
-            guard handler.request == nil, let ctx = handler.context else { return }
-            // An idle keep-alive connection is closed silently; a partial request head (slowloris)
-            // gets a 408 written below the HTTP codec, which has no request in flight to answer.
-            if handler.guardHandler.bytesSinceRequest {
-                handler.guardHandler.rawRespondAndClose(status: "408 Request Timeout", message: "request headers not received in time")
-            } else {
-                ctx.close(promise: nil)
-            }
-        }
-    }
-
     func channelRead(context: ChannelHandlerContext, data: NIOAny) {
         switch unwrapInboundIn(data) {
         case .head(let head):
-            headerTimer?.cancel()
             guard request == nil else { return }
             let host = head.headers.first(name: "host") ?? ""
             request = Request(head: head, host: host, startedNs: SystemClock.monotonicNanos())
@@ -127,11 +97,6 @@ final class RouterHandler: ChannelInboundHandler, RemovableChannelHandler {
                 respond(context, .hostTooLong)
                 return
             }
-            if head.headers.contains(name: "transfer-encoding") {
-                // uwsgi backends read CONTENT_LENGTH bytes: collect the (de-chunked) body first, bounded.
-                request?.bufferingBody = true
-                return
-            }
             if Self.isWebSocketHandshake(head.headers) {
                 request?.websocket = true
             }
@@ -142,23 +107,12 @@ final class RouterHandler: ChannelInboundHandler, RemovableChannelHandler {
             } else if var req = request {
                 req.bufferedBytes += buffer.readableBytes
                 request = req
-                if req.bufferingBody, req.bufferedBytes > shared.settings.maxChunkedBodyBytes {
-                    respond(context, .chunkedBodyTooLarge(limitBytes: shared.settings.maxChunkedBodyBytes))
-                    return
-                }
                 pendingBody.append(buffer)
             }
         case .end:
             requestBodyEnded = true
             if backendIsHTTP, let backendWriter {
                 backendWriter.finishHTTP()
-            }
-            if var req = request, req.bufferingBody {
-                req.bufferingBody = false
-                req.head.headers.remove(name: "transfer-encoding")
-                req.head.headers.replaceOrAdd(name: "content-length", value: String(req.bufferedBytes))
-                request = req
-                connect(context)
             }
         }
     }
@@ -303,12 +257,11 @@ final class RouterHandler: ChannelInboundHandler, RemovableChannelHandler {
         shared.access.debug("websocket", metadata: ["host": "\(host)", "backend": "\(node.addressString)"])
         request = nil
         self.backend = nil
-        headerTimer?.cancel()
         let pipeline = context.pipeline.syncOperations
         do {
             // Inbound bytes the HTTP decoder still holds go to the tunnel when it is removed, so the tunnel
             // goes in first and the HTTP handlers come out after it.
-            for name in ["http-pipelining", "http-errors"] { _ = pipeline.removeHandler(name: name) }
+            for name in ["http-pipelining", "http-errors", "header-timeout", "chunked-body"] { _ = pipeline.removeHandler(name: name) }
             try pipeline.addHandler(TunnelHandler(peer: backend, onClose: { store.release(node) }))
             _ = pipeline.removeHandler(context: context)
             _ = pipeline.removeHandler(name: "http-decoder")
@@ -352,7 +305,7 @@ final class RouterHandler: ChannelInboundHandler, RemovableChannelHandler {
             }
         }
         do {
-            return try uwsgi.encodePacket(modifier1: node.modifier1 == 123 ? 0 : node.modifier1, modifier2: node.modifier2)
+            return try uwsgi.encodePacket(modifier1: RouterPolicy.requestModifier1(node.modifier1), modifier2: node.modifier2)
         } catch {
             respond(context, .headersTooLarge)
             return nil
@@ -436,7 +389,6 @@ final class RouterHandler: ChannelInboundHandler, RemovableChannelHandler {
         } else {
             finishRequest(closeBackend: true)
         }
-        armHeaderTimer(context)
         let done = context.writeAndFlush(wrapOutboundOut(.end(nil)))
         if !keepAlive {
             done.whenComplete { _ in context.close(promise: nil) }
@@ -501,11 +453,8 @@ final class RouterHandler: ChannelInboundHandler, RemovableChannelHandler {
             if let node = req.node { shared.store.release(node) }
             shared.store.count(key: req.node?.keyString, bytes: req.bytesOut)
             NodeMetrics.recordRouterLatency(domain: req.node?.keyString, nanoseconds: [Int64(SystemClock.monotonicNanos() &- req.startedNs)])
-            shared.access.debug("request", metadata: [
-                "host": "\(req.host)", "method": "\(req.head.method.rawValue)", "uri": "\(req.head.uri)",
-                "backend": "\(req.node?.addressString ?? "-")", "bytes": "\(req.bytesOut)",
-                "ms": "\((SystemClock.monotonicNanos() - req.startedNs) / 1_000_000)",
-            ])
+            AccessLog.request(shared.access, host: req.host, method: req.head.method.rawValue, uri: req.head.uri,
+                              backend: req.node?.addressString, bytes: req.bytesOut, startedNs: req.startedNs)
         }
         request = nil
         if let channel = context?.channel { channel.setOption(ChannelOptions.autoRead, value: true).whenFailure { _ in } }
@@ -524,20 +473,12 @@ final class RouterHandler: ChannelInboundHandler, RemovableChannelHandler {
     private func respond(_ context: ChannelHandlerContext, _ answer: RouterPolicy.Answer) {
         let version = request?.head.version ?? .http1_1
         let keepAlive = !answer.close && (request?.head.isKeepAlive ?? false)
-        var headers = HTTPHeaders()
-        headers.add(name: "Content-Type", value: answer.contentType)
-        headers.add(name: "Content-Length", value: String(answer.body.utf8.count))
-        for (name, value) in answer.extraHeaders { headers.add(name: name, value: value) }
-        if !keepAlive { headers.add(name: "Connection", value: "close") } else if version.minor == 0 { headers.add(name: "Connection", value: "keep-alive") }
         request?.responseStarted = true
         request?.bytesOut += answer.body.utf8.count
-        let head = HTTPResponseHead(version: version, status: HTTPResponseStatus(statusCode: answer.status, reasonPhrase: answer.reason), headers: headers)
-        context.write(wrapOutboundOut(.head(head)), promise: nil)
-        if request?.head.method != .HEAD {
-            context.write(wrapOutboundOut(.body(.byteBuffer(context.channel.allocator.buffer(string: answer.body)))), promise: nil)
-        }
+        let parts = answer.responseParts(version: version, keepAlive: keepAlive, isHEAD: request?.head.method == .HEAD,
+                                         allocator: context.channel.allocator)
+        for part in parts.dropLast() { context.write(wrapOutboundOut(part), promise: nil) }
         finishRequest(closeBackend: true)
-        if keepAlive { armHeaderTimer(context) }
         let done = context.writeAndFlush(wrapOutboundOut(.end(nil)))
         if !keepAlive { done.whenComplete { _ in context.close(promise: nil) } }
     }
@@ -694,33 +635,5 @@ final class RequestPartSink: ChannelOutboundHandler, RemovableChannelHandler {
 
     func write(context: ChannelHandlerContext, data: NIOAny, promise: EventLoopPromise<Void>?) {
         promise?.succeed(())
-    }
-}
-
-/// First handler of a client connection (before the HTTP codec): notes whether request bytes
-/// arrived since the last request, and can answer with raw bytes when the codec has no request
-/// in flight (408 for slow clients).
-final class ConnectionGuard: ChannelInboundHandler, RemovableChannelHandler {
-    typealias InboundIn = ByteBuffer
-    typealias InboundOut = ByteBuffer
-
-    var bytesSinceRequest = false
-    private var context: ChannelHandlerContext?
-
-    func handlerAdded(context: ChannelHandlerContext) { self.context = context }
-    func handlerRemoved(context: ChannelHandlerContext) { self.context = nil }
-
-    func channelRead(context: ChannelHandlerContext, data: NIOAny) {
-        bytesSinceRequest = true
-        context.fireChannelRead(data)
-    }
-
-    func rawRespondAndClose(status: String, message: String) {
-        guard let context else { return }
-        let body = "\(status): \(message)\n"
-        let text = "HTTP/1.1 \(status)\r\nContent-Type: text/plain; charset=utf-8\r\nContent-Length: \(body.utf8.count)\r\nConnection: close\r\nServer: legion\r\n\r\n\(body)"
-        context.writeAndFlush(NIOAny(context.channel.allocator.buffer(string: text))).whenComplete { _ in
-            context.close(promise: nil)
-        }
     }
 }

@@ -7,6 +7,8 @@ public enum RouterPolicy {
         case hostTooLong
         case malformed(String)
         case headersTooLarge
+        /// A request head not received within `[router] headers_timeout_ms` (a slow or stalled client).
+        case headerTimeout
         /// A chunked request body over the buffering limit (Content-Length bodies are streamed, never refused).
         case chunkedBodyTooLarge(limitBytes: Int)
         /// No key serves the host.
@@ -49,6 +51,7 @@ public enum RouterPolicy {
         case 200: "OK"
         case 400: "Bad Request"
         case 404: "Not Found"
+        case 408: "Request Timeout"
         case 413: "Payload Too Large"
         case 431: "Request Header Fields Too Large"
         case 502: "Bad Gateway"
@@ -65,6 +68,7 @@ public enum RouterPolicy {
         case .hostTooLong: (status, message, close) = (400, "Host header longer than 255 bytes", true)
         case .malformed(let why): (status, message, close) = (400, "malformed HTTP request: \(why)", true)
         case .headersTooLarge: (status, message, close) = (431, "request headers too large for the uwsgi protocol (64 KiB)", true)
+        case .headerTimeout: (status, message, close) = (408, "request headers not received in time", true)
         case .chunkedBodyTooLarge(let limit):
             (status, message, close) = (413, "chunked request body over \(limit >> 20) MiB; send Content-Length to stream larger uploads", true)
         case .noApplication(let host): (status, message, close) = (404, "no application is subscribed for host '\(host)'", false)
@@ -108,6 +112,12 @@ public enum RouterPolicy {
     public static func retry(attempts: Int, maxRetries: Int, replayable: Bool, answerStarted: Bool) -> Bool {
         precondition(maxRetries >= 1, "at least one attempt")
         return replayable && !answerStarted && attempts < maxRetries
+    }
+
+    /// The modifier1 a uwsgi request to a subscribed node carries: uWSGI's "special corerouter condition" 123 is
+    /// sent as 0 (its HTTP router does the same); any other value as subscribed.
+    public static func requestModifier1(_ subscribed: UInt8) -> UInt8 {
+        subscribed == 123 ? 0 : subscribed
     }
 
     /// `GET /.legion/lord` on the failover IP's listener: who is Lord, as JSON, never cached.

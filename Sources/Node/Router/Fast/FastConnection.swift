@@ -227,7 +227,7 @@ final class FastConnection {
         backendGeneration = loop.nextGeneration()
         backendConnected = false
         if !packet.isEmpty {
-            packet.patch(byte: picked.modifier1 == 123 ? 0 : picked.modifier1, at: packet.readIndex)
+            packet.patch(byte: RouterPolicy.requestModifier1(picked.modifier1), at: packet.readIndex)
             packet.patch(byte: picked.modifier2, at: packet.readIndex + 3)
         } else {
             packet.clear()
@@ -238,7 +238,7 @@ final class FastConnection {
                                                     clientSubject: tls?.peerSubject, clientCertificateDER: tls?.peerCertificateDER)
             do {
                 try UwsgiPacketWriter.write(p, request: req, headers: loop.headers, context: context,
-                                            modifier1: picked.modifier1 == 123 ? 0 : picked.modifier1, modifier2: picked.modifier2,
+                                            modifier1: RouterPolicy.requestModifier1(picked.modifier1), modifier2: picked.modifier2,
                                             into: packet)
             } catch {
                 respond(loop, .headersTooLarge)
@@ -555,15 +555,13 @@ final class FastConnection {
         let store = loop.shared.store
         if let node { store.release(node) }
         loop.count(key: node?.key, bytes: bytesOut, nanoseconds: loop.now &- startedNs)
-        let hostName = String(decoding: host, as: UTF8.self)
         if loop.shared.access.logLevel <= .debug {
+            let hostName = String(decoding: host, as: UTF8.self)
             let p = input.readable
             let methodText = String(decoding: UnsafeRawBufferPointer(rebasing: p[method]), as: UTF8.self)
             let uri = request.map { String(decoding: UnsafeRawBufferPointer(rebasing: p[$0.uri]), as: UTF8.self) } ?? ""
-            loop.shared.access.debug("request", metadata: [
-                "host": "\(hostName)", "method": "\(methodText)", "uri": "\(uri)", "backend": "\(node?.addressString ?? "-")",
-                "bytes": "\(bytesOut)", "ms": "\((SystemClock.monotonicNanos() - startedNs) / 1_000_000)",
-            ])
+            AccessLog.request(loop.shared.access, host: hostName, method: methodText, uri: uri, backend: node?.addressString,
+                              bytes: bytesOut, startedNs: startedNs)
         }
         node = nil
         request = nil
@@ -660,9 +658,7 @@ final class FastConnection {
                 close(loop)  // an idle keep-alive connection
             } else {
                 // A request head still incomplete (slowloris): 408, as the general router answers.
-                let body = "408 Request Timeout: request headers not received in time\n"
-                let text = "HTTP/1.1 408 Request Timeout\r\nContent-Type: text/plain; charset=utf-8\r\nContent-Length: \(body.utf8.count)\r\nConnection: close\r\nServer: legion\r\n\r\n\(body)"
-                var bytes = text
+                var bytes = RouterPolicy.raw(RouterPolicy.answer(.headerTimeout), minor: 1, keepAlive: false)
                 bytes.withUTF8 { sendClient(UnsafeRawBufferPointer($0), loop) }
                 if output.isEmpty { close(loop) } else { closeAfterFlush = true; setDeadline(.header, after: loop.shared.settings.headersTimeoutMs, loop) }
             }

@@ -114,7 +114,7 @@ final class FastTLSContexts: @unchecked Sendable {
             }
         }
         guard let made else {
-            throw FastRouterError.tls(String(cString: error))
+            throw FastRouterError.tls(String(decoding: error.prefix { $0 != 0 }.map { UInt8(bitPattern: $0) }, as: UTF8.self))
         }
         return made
     }
