@@ -50,15 +50,20 @@ def local3(legion_bin, repo_root, tmp_path, procs):
         kill_group(pid)
 
 
-def test_up_vip_status_failover_down(legion_bin, repo_root, local3):
-    dirs, procs, started = local3
-
+def up_and_track(legion_bin, repo_root, dirs, procs) -> dict:
+    """`legion cluster up`, then its status, with every node's pid tracked for teardown."""
     r = cluster(legion_bin, repo_root, "up", *dirs, timeout=90)
     assert r.returncode == 0, f"`legion cluster up` exited {r.returncode}:\n{r.stdout}\n{r.stderr}"
-
     st = status(legion_bin, repo_root, dirs)
     for n in st["nodes"]:
         procs.track(int(n.get("pid") or 0))
+    return st
+
+
+def test_up_vip_status_failover_down(legion_bin, repo_root, local3):
+    dirs, procs, started = local3
+
+    st = up_and_track(legion_bin, repo_root, dirs, procs)
     assert len(st["nodes"]) == 3, f"expected 3 nodes: {st}"
     assert all(n.get("running") for n in st["nodes"]), f"not every node is running: {st}"
     lord = st["lord"]
@@ -103,11 +108,7 @@ def test_up_vip_status_failover_down(legion_bin, repo_root, local3):
 
 def test_roll_restarts_every_node_members_first_and_waits_until_each_is_healthy(legion_bin, repo_root, local3):
     dirs, procs, _ = local3
-    r = cluster(legion_bin, repo_root, "up", *dirs, timeout=90)
-    assert r.returncode == 0, f"`legion cluster up` exited {r.returncode}:\n{r.stdout}\n{r.stderr}"
-    before = status(legion_bin, repo_root, dirs)
-    for n in before["nodes"]:
-        procs.track(int(n.get("pid") or 0))
+    before = up_and_track(legion_bin, repo_root, dirs, procs)
     lord = before["lord"]
     r = cluster(legion_bin, repo_root, "roll", "--settle", "0.2", *dirs, timeout=240)
     assert r.returncode == 0, f"`legion cluster roll` exited {r.returncode}:\n{r.stdout}\n{r.stderr}"

@@ -97,6 +97,7 @@ public final class HTTPRouter: Service {
         if let https = settings.https, let certificates {
             let secure = RouterShared(settings: settings, store: store, logger: logger, https: true, certificates: certificates)
             do {
+                var onFastPath = false
                 #if os(Linux)
                 if settings.fastPath {
                     // TLS terminated in the fast path's loops (OpenSSL); what it does not serve is bridged to the general router.
@@ -106,14 +107,14 @@ public final class HTTPRouter: Service {
                                                 bridge: { fd, bytes, origin in HTTPRouter.adopt(fd: fd, replay: bytes, shared: secure, origin: origin) })
                     router.start()
                     fastTLS = router
-                } else {
+                    onFastPath = true
+                }
+                #endif
+                if !onFastPath {
+                    // TLS in SwiftNIO (`fast_path = false`, or not Linux).
                     let context = try NIOSSLContext(configuration: certificates.serverConfiguration())
                     channels.append(try await HTTPRouter.bootstrap(shared: secure, host: https.host, port: https.port, tls: context))
                 }
-                #else
-                let context = try NIOSSLContext(configuration: certificates.serverConfiguration())
-                channels.append(try await HTTPRouter.bootstrap(shared: secure, host: https.host, port: https.port, tls: context))
-                #endif
             } catch {
                 // The HTTP listener's loops are running: stop them before this service (and its routers) goes away.
                 #if os(Linux)

@@ -17,6 +17,7 @@ final class FastConnection {
     let slot: Int
     let generation: UInt64
     let remoteAddress: [UInt8]
+    let remotePort: Int
     let remotePortText: [UInt8]
     private(set) var backendGeneration: UInt64 = 0
     /// The HTTPS listener's connections: OpenSSL's session on `fd` (nil: plain HTTP).
@@ -65,6 +66,7 @@ final class FastConnection {
         self.slot = slot
         self.generation = generation
         self.remoteAddress = remoteAddress.isEmpty ? Array("127.0.0.1".utf8) : remoteAddress
+        self.remotePort = remotePort
         self.remotePortText = Array(String(remotePort).utf8)
         setDeadline(.header, after: loop.shared.settings.headersTimeoutMs, loop)
     }
@@ -690,7 +692,7 @@ final class FastConnection {
         if let tls {
             self.tls = nil
             let origin = ClientOrigin(address: String(decoding: remoteAddress, as: UTF8.self),
-                                      port: Int(String(decoding: remotePortText, as: UTF8.self)) ?? 0,
+                                      port: remotePort,
                                       tlsSubject: tls.peerSubject.map { String(decoding: $0, as: UTF8.self) },
                                       tlsCertificateDER: tls.peerCertificateDER)
             FastTLSBridge.start(fd: fd, tls: tls, slot: slot, generation: generation, replay: bytes, origin: origin, loop: loop)
