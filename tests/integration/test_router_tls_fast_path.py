@@ -534,3 +534,18 @@ def test_a_port_in_use_stops_the_node_with_a_clear_error(tmp_path, legion_bin, p
             pytest.fail(f"the node kept running with its {taken} port {port} in use; log:\n{node.log.read_text()[-2000:]}")
         log = node.log.read_text()
         assert code != 0 and "Address already in use" in log and f"router.{taken}" in log, log[-2000:]
+
+
+def test_an_unreadable_certificate_or_key_stops_the_node_saying_which(tmp_path, legion_bin, procs):
+    good = make_ec_cert(tmp_path, NAME)
+    junk = tmp_path / "junk.pem"
+    junk.write_text("not a certificate\n")
+    for cert, expected in (((junk, good[1]), "holds no readable PEM certificate"),
+                           ((good[0], junk), "holds no readable unencrypted PEM private key")):
+        node = Node(tmp_path, legion_bin, procs, f"badcert-{len(expected)}", cert, fast_path=True)
+        try:
+            code = node.proc.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            pytest.fail(f"the node kept running with an unreadable certificate; log:\n{node.log.read_text()[-2000:]}")
+        log = node.log.read_text()
+        assert code != 0 and expected in log and str(junk) in log, log[-2000:]

@@ -54,9 +54,16 @@ public final class CertificateStore: Sendable {
         }
         let chainPEM = try pem(certificate)
         let keyPEM = try pem(key)
-        let chain = try NIOSSLCertificate.fromPEMBytes(chainPEM)
+        let chain: [NIOSSLCertificate]
+        do { chain = try NIOSSLCertificate.fromPEMBytes(chainPEM) } catch {
+            throw FailoverIPError("\(certificate.prefix(80)) holds no readable PEM certificate (\(error)); it must contain -----BEGIN CERTIFICATE----- blocks")
+        }
         guard !chain.isEmpty else { throw FailoverIPError("no certificate found in \(certificate.prefix(80))") }
-        return Pair(chain: chain, key: try NIOSSLPrivateKey(bytes: keyPEM, format: .pem), chainPEM: chainPEM, keyPEM: keyPEM)
+        let privateKey: NIOSSLPrivateKey
+        do { privateKey = try NIOSSLPrivateKey(bytes: keyPEM, format: .pem) } catch {
+            throw FailoverIPError("\(key.prefix(80)) holds no readable unencrypted PEM private key (\(error))")
+        }
+        return Pair(chain: chain, key: privateKey, chainPEM: chainPEM, keyPEM: keyPEM)
     }
 
     /// A subscription carrying `sni_key` + `sni_crt` (and optionally `sni_ca`) for its key (port stripped, as uWSGI).
