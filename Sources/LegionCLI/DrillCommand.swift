@@ -564,7 +564,7 @@ enum DrillProbeFile {
             if let macs = line["arp_macs"] as? Int {
                 arp.append(.init(tMs: t, macs: macs))
             } else if let ok = line["ok"] as? Bool {
-                probes.append(.init(tMs: t, ok: ok, servedBy: line["by"] as? String))
+                probes.append(.init(tMs: t, ok: ok, servedBy: line["by"] as? String, error: line["error"] as? String))
             }
         }
         return (probes, arp)

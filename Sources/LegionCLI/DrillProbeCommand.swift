@@ -64,17 +64,23 @@ struct DrillProbeCommand: AsyncParsableCommand {
             while !stopping() {
                 let t = Int64(SystemClock.wallMillis())
                 var by: String?
-                if let domain {
-                    let response = HTTPProbe.get(host: host, port: port, path: "/", timeoutMs: timeout, hostHeader: domain)
-                    if let response, response.status == 200 { by = response.body.trimmingCharacters(in: .whitespacesAndNewlines) }
-                } else {
-                    let response = HTTPProbe.get(host: host, port: port, path: "/.legion/lord", timeoutMs: timeout)
-                    if let response, response.status == 200,
-                       let object = try? JSONSerialization.jsonObject(with: Data(response.body.utf8)) as? [String: Any] {
+                var failure: String?
+                switch HTTPProbe.fetch(host: host, port: port, path: domain == nil ? "/.legion/lord" : "/", timeoutMs: timeout, hostHeader: domain) {
+                case .failure(let error):
+                    failure = error.description
+                case .success(let response) where response.status != 200:
+                    failure = "status \(response.status): \(response.body.prefix(120))"
+                case .success(let response):
+                    if domain != nil {
+                        by = response.body.trimmingCharacters(in: .whitespacesAndNewlines)
+                    } else if let object = try? JSONSerialization.jsonObject(with: Data(response.body.utf8)) as? [String: Any] {
                         by = object["answered_by"] as? String
                     }
+                    if by == nil { failure = "an answer without the serving node: \(response.body.prefix(120))" }
                 }
-                sink.line(.object([("t", .int(t)), ("ok", .bool(by != nil)), ("by", by.map { .string($0) } ?? .null)]))
+                var fields: [(String, JSONValue)] = [("t", .int(t)), ("ok", .bool(by != nil)), ("by", by.map { .string($0) } ?? .null)]
+                if let failure { fields.append(("error", .string(failure))) }
+                sink.line(.object(fields))
                 usleep(useconds_t(interval * 1000))
             }
         }

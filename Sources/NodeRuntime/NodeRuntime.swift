@@ -78,7 +78,6 @@ public struct NodeRuntime: Sendable {
                 services.append(.init(service: SubscriptionServer(bind: router.subscription, store: store, logger: logger,
                                                                   certificates: certificates, unixPath: dir + "/http")))
             }
-            services.append(.init(service: HTTPRouter(settings: router, store: store, logger: logger, certificates: certificates)))
             if let internalBind = router.internalRouter, let clusterBind = router.clusterSubscription {
                 // Cluster domains: local vassals subscribe here; the internal router serves them to
                 // other nodes; the relay puts "this node's internal router" into every node's table.
@@ -97,13 +96,15 @@ public struct NodeRuntime: Sendable {
                                                                      refreshMs: max(1000, router.toleranceMs / 3), logger: logger)))
                 }
             }
+            // After the internal router, so it stops first: clients' requests drain while the hop they may take to
+            // this node's own vassals still serves.
+            services.append(.init(service: HTTPRouter(settings: router, store: store, logger: logger, certificates: certificates)))
             let lordState = state
             vipListener = HTTPRouter.vipListener(settings: router, store: store, logger: logger, lordBody: { lordState.lordJSON() })
         }
         services.append(.init(service: ReadinessNotifier(state: state, hasStore: config.store != nil, logger: logger),
                               successTerminationBehavior: .ignore))
         let legion = try LegionService(config: config, state: state, logger: logger, relay: relay, vipListener: vipListener)
-        services.insert(.init(service: legion, successTerminationBehavior: .gracefullyShutdownGroup), at: 0)
         if let store = config.store {
             services.append(.init(service: StoreService(settings: store, nodeName: config.name, dataDir: config.dataDir,
                                                         state: state, logger: logger, feed: feed)))
@@ -172,6 +173,10 @@ public struct NodeRuntime: Sendable {
                                                           feed: feed, logger: logger, state: state, nodeName: config.name,
                                                           alarms: spool)))
         }
+        // Last in the list, so first to stop (the group stops services in reverse order): a stopping node resigns
+        // lordship and leaves the legion first — the failover IP moves on, other routers drop its cluster backends —
+        // and only then drains its routers and stops its store and vassals.
+        services.append(.init(service: legion, successTerminationBehavior: .gracefullyShutdownGroup))
         return services
     }
 

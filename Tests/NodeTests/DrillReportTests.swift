@@ -12,7 +12,7 @@ import Testing
     @Test func gapNewLordAndVIPMoveFromTheSamples() {
         var o = base()
         o.probes = [
-            .init(tMs: 9_990, ok: true, servedBy: "n1"), .init(tMs: 10_100, ok: false, servedBy: nil),
+            .init(tMs: 9_990, ok: true, servedBy: "n1"), .init(tMs: 10_100, ok: false, servedBy: nil, error: "connect: Connection refused"),
             .init(tMs: 10_300, ok: false, servedBy: nil), .init(tMs: 10_420, ok: true, servedBy: "n2"),
             .init(tMs: 10_430, ok: true, servedBy: "n2"),
         ]
@@ -21,6 +21,8 @@ import Testing
         let r = DrillReport(o)
         #expect(r.gapMs == 430)
         #expect(r.failedRequests == 2)
+        #expect(r.failures.map(\.atMs) == [100, 300] && r.failures.map(\.error) == ["connect: Connection refused", "no answer"])
+        #expect(r.summary.contains("first: connect: Connection refused at +100 ms"))
         #expect(r.newLordMs == 420 && r.newLord == "n2")
         #expect(r.vipMoveMs == 310)
         #expect(r.detectMs == 250)

@@ -293,39 +293,63 @@ def test_internal_router_relays_retries_and_answers_clearly(tmp_path: Path, legi
     r.require_alive()
 
 
+def read_to_close(sock: socket.socket, timeout: float = 5) -> bytes:
+    sock.settimeout(timeout)
+    got = b""
+    while True:
+        chunk = sock.recv(65536)
+        if not chunk:
+            return got
+        got += chunk
+
+
 def test_sigterm_lets_requests_in_flight_finish(tmp_path: Path, legion_bin, uwsgi_py3, procs):
-    """SIGTERM: the router stops accepting, closes idle keep-alive connections, and lets a request in flight
-    (here 1 s long) finish with `Connection: close` before the node exits (drain up to 3 s)."""
-    r = Router(tmp_path, legion_bin, procs, "drain")
+    """SIGTERM: the node leaves first, then its routers drain: an idle keep-alive connection is closed, a request in
+    flight (1 s long) finishes with `Connection: close`, a connection accepted before the signal whose request comes
+    after it is served (not reset), and the internal router (cluster domains' second hop) finishes the relay it has
+    in flight (another node's router waits on it) — all before the node exits (drains of up to 3 s)."""
+    internal, cluster_sub = free_port(), free_port(udp=True)
+    r = Router(tmp_path, legion_bin, procs, "drain",
+               extra=f'internal = "{HOST}:{internal}"\ncluster_subscription = "{HOST}:{cluster_sub}"\n')
     r.wait_listening()
     vs = Vassals(tmp_path, uwsgi_py3, procs)
-    a = vs.start("a", "--subscribe-to", f"{r.sub_server}:{KEY}")
+    a = vs.start("a", "--subscribe-to", f"{r.sub_server}:{KEY}", "--subscribe-to", f"{HOST}:{cluster_sub}:{KEY}")
     r.wait_subscribed([(KEY, a.address)], vs)
+    deadline = time.monotonic() + 10
+    while status_of(uwsgi_request(internal, KEY, "/ready")[0]) != 200:
+        assert time.monotonic() < deadline, "the vassal's cluster subscription never reached the internal router"
+        time.sleep(0.1)
     idle = socket.create_connection((HOST, r.http_port), timeout=5)
     idle.sendall(f"GET /idle HTTP/1.1\r\nHost: {KEY}\r\n\r\n".encode())
     assert status_of(idle.recv(65536)) == 200
     busy = socket.create_connection((HOST, r.http_port), timeout=5)
     busy.sendall(f"GET /sleep/1000 HTTP/1.1\r\nHost: {KEY}\r\n\r\n".encode())
+    fresh = socket.create_connection((HOST, r.http_port), timeout=5)
+    relayed: dict = {}
+    relay = threading.Thread(target=lambda: relayed.update(out=uwsgi_request(internal, KEY, "/sleep/1200", wait=6)))
+    relay.start()
     time.sleep(0.3)
     t0 = time.monotonic()
     r.proc.send_signal(signal.SIGTERM)
     idle.settimeout(2)
     assert idle.recv(65536) == b"", "an idle keep-alive connection is closed at once"
-    busy.settimeout(5)
-    got = b""
-    while True:
-        chunk = busy.recv(65536)
-        if not chunk:
-            break
-        got += chunk
+    time.sleep(0.2)
+    fresh.sendall(f"GET /late HTTP/1.1\r\nHost: {KEY}\r\n\r\n".encode())
+    late = read_to_close(fresh)
+    assert status_of(late) == 200 and b'"/late"' in late, f"a connection accepted before SIGTERM must be served: {late[:300]!r}"
+    assert b"connection: close" in late.partition(b"\r\n\r\n")[0].lower()
+    got = read_to_close(busy)
     head = got.partition(b"\r\n\r\n")[0].lower()
     assert status_of(got) == 200 and b'"/sleep/1000"' in got, f"the request in flight must finish: {got[:300]!r}"
     assert b"connection: close" in head, head
+    relay.join(timeout=10)
+    out, closed = relayed.get("out", (b"", False))
+    assert status_of(out) == 200 and b'"/sleep/1200"' in out and closed, f"the internal router's relay in flight must finish: {out[:300]!r}"
     r.proc.wait(timeout=10)
     assert time.monotonic() - t0 < 8
     assert "router drained" in r.log_text(), r.log_text()[-2000:]
-    idle.close()
-    busy.close()
+    for s in (idle, busy, fresh):
+        s.close()
 
 
 def test_per_domain_counters_in_metrics(tmp_path: Path, legion_bin, uwsgi_py3, procs):

@@ -8,10 +8,13 @@ public struct DrillObservations: Sendable {
         public var ok: Bool
         /// The node that answered (the Lord's router on the VIP), when the request succeeded.
         public var servedBy: String?
-        public init(tMs: Int64, ok: Bool, servedBy: String?) {
+        /// Why the request failed, as the probe saw it ("connect: Connection refused", "status 502: …").
+        public var error: String?
+        public init(tMs: Int64, ok: Bool, servedBy: String?, error: String? = nil) {
             self.tMs = tMs
             self.ok = ok
             self.servedBy = servedBy
+            self.error = error
         }
     }
 
@@ -90,6 +93,8 @@ public struct DrillReport: Sendable {
     public var gapMs: Int64
     public var failedRequests: Int
     public var requests: Int
+    /// The failed requests after the fault started, first ten: milliseconds after the fault began and why.
+    public var failures: [(atMs: Int64, error: String)]
     /// First successful answer from a node other than the old Lord.
     public var newLordMs: Int64?
     public var newLord: String?
@@ -108,7 +113,9 @@ public struct DrillReport: Sendable {
         observations = o
         let probes = o.probes.sorted { $0.tMs < $1.tMs }
         requests = probes.count
-        failedRequests = probes.filter { !$0.ok && $0.tMs >= o.faultStartMs }.count
+        let failed = probes.filter { !$0.ok && $0.tMs >= o.faultStartMs }
+        failedRequests = failed.count
+        failures = failed.prefix(10).map { ($0.tMs - o.faultStartMs, $0.error ?? "no answer") }
         // Gap: the longest stretch between successful answers that ends after the fault started.
         var gap: Int64 = 0
         var lastOK = probes.last(where: { $0.ok && $0.tMs <= o.faultStartMs })?.tMs ?? o.faultStartMs
@@ -202,6 +209,7 @@ public struct DrillReport: Sendable {
             ("lost_writes", o.writesMeasured ? .int(Int64(o.lostWrites)) : .null),
             ("duplicated_writes", .int(Int64(o.duplicatedWrites))),
             ("fault_ms", .int(o.faultEndMs - o.faultStartMs)),
+            ("failures", .array(failures.map { .object([("at_ms", .int($0.atMs)), ("error", .string($0.error))]) })),
         ])
     }
 
@@ -210,7 +218,7 @@ public struct DrillReport: Sendable {
         func ms(_ v: Int64?) -> String { v.map { "\($0) ms" } ?? "—" }
         return """
         drill \(o.scenario): target \(o.target ?? "-"), Lord before \(o.oldLord ?? "-"), after \(newLord ?? "-")
-          client gap          \(gapMs) ms   (\(failedRequests) of \(requests) requests failed)
+          client gap          \(gapMs) ms   (\(failedRequests) of \(requests) requests failed\(failures.isEmpty ? "" : "; first: \(failures[0].error) at +\(failures[0].atMs) ms"))
           detected after      \(ms(detectMs))
           new Lord after      \(ms(newLordMs))
           VIP moved after     \(ms(vipMoveMs))

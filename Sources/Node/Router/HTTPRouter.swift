@@ -259,7 +259,8 @@ enum RouterLoops {
 #if os(Linux)
 struct FastRouterListener: VIPListener {
     let router: FastRouter
-    func stop() async { await Task.detached { [router] in router.stop() }.value }
+    /// The failover IP is already released: the requests in flight on it (and connections the kernel accepted) finish.
+    func stop() async { await Task.detached { [router] in router.stop(drainMs: 2000) }.value }
 }
 #endif
 

@@ -41,7 +41,8 @@ public final class InternalRouter: Service {
             relay.start()
             logger.notice("internal router listening", metadata: ["bind": "\(bind)", "fast_path": "true"])
             try? await gracefulShutdown()
-            await Task.detached { relay.stop() }.value
+            // Relays in flight (and ones accepted but not read yet) finish: other nodes' routers are waiting on them.
+            await Task.detached { relay.stop(drainMs: 3000) }.value
             return
         }
         #endif
@@ -159,8 +160,9 @@ final class InternalRouterHandler: ChannelInboundHandler {
     /// Answers with a raw HTTP error (uwsgi backends answer raw HTTP, so the caller parses it), then closes.
     private func fail(_ context: ChannelHandlerContext, _ refusal: RouterPolicy.Refusal) {
         let text = RouterPolicy.raw(RouterPolicy.answer(refusal), minor: 1, keepAlive: false)
-        context.writeAndFlush(wrapOutboundOut(context.channel.allocator.buffer(string: text))).whenComplete { _ in
-            context.close(promise: nil)
+        let channel = context.channel
+        context.writeAndFlush(wrapOutboundOut(channel.allocator.buffer(string: text))).whenComplete { _ in
+            channel.close(promise: nil)
         }
     }
 

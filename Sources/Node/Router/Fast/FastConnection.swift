@@ -50,6 +50,8 @@ final class FastConnection {
     private var startedNs: UInt64 = 0
     private var bytesOut = 0
     private var closeAfterResponse = false
+    /// Whether a response went out on this connection (an idle keep-alive connection, not a fresh one, when waiting).
+    private var servedOne = false
 
     // The backend.
     private var backendFD: Int32 = -1
@@ -179,7 +181,7 @@ final class FastConnection {
         node = nil
         startedNs = loop.now
         bytesOut = 0
-        closeAfterResponse = !req.keepAlive
+        closeAfterResponse = !req.keepAlive || loop.router.isDraining
         responseStarted = false
         mode = .head
         phase = .proxying
@@ -567,6 +569,7 @@ final class FastConnection {
         }
         node = nil
         request = nil
+        servedOne = true
         packet.clear()
         input.consume(min(requestBytes, input.count))
         requestBytes = 0
@@ -722,7 +725,14 @@ final class FastConnection {
     func drain(_ loop: FastLoop) {
         switch phase {
         case .waiting:
-            if output.isEmpty { close(loop) } else { closeAfterFlush = true }
+            if !output.isEmpty {
+                closeAfterFlush = true
+            } else if servedOne, input.isEmpty {
+                close(loop)  // idle between keep-alive requests: the client retries elsewhere on a fresh connection
+            }
+            // Otherwise accepted but its request not read yet (or half read): it is served, with `Connection: close`
+            // (a request seen while draining), within the header timeout; closing it now would reset a client that
+            // did nothing wrong.
         case .proxying:
             // The response in flight still goes out, announcing `Connection: close` if it has not started.
             if !responseStarted { closeAfterResponse = true }

@@ -343,7 +343,8 @@ final class FastRelayConnection: FastSocketOwner {
     func abort(_ loop: FastLoop) { close(loop) }
 
     func drain(_ loop: FastLoop) {
-        if phase == .head && fromClient.isEmpty { close(loop) }  // relays in flight end when their response does
+        // One exchange per connection: a relay in flight ends when its response does, and one accepted before its
+        // request arrived is served (the other node's router sends it at once; the head timeout bounds the wait).
     }
 }
 #endif

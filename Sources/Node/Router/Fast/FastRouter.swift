@@ -190,13 +190,19 @@ final class FastLoop: @unchecked Sendable {
         while !router.isStopping {
             if router.isDraining {
                 if !drainStarted {
-                    // Drain: no new connections here; idle ones close now, busy ones after their response.
+                    // Drain: what the kernel already accepted is taken and served here (closing the listener would
+                    // reset those clients; a failover IP is released before its listener drains, so nothing new
+                    // arrives there), then no new connections; idle ones close now, busy ones after their response.
                     drainStarted = true
+                    accept(keep: true)
                     _ = crio_epoll_del(epfd, router.listenFD)
                     acceptPausedUntil = 0
                     for connection in slots { connection?.drain(self) }
                 }
-                if slots.count == freeSlots.count { break }
+                if slots.count == freeSlots.count {
+                    if inbox.withLock({ $0.isEmpty }) { break }
+                    drainInbox()  // handed over by another loop just before the drain
+                }
             }
             // Sleep until the next connection deadline (at most 1 s), or 100 ms while counts wait to be flushed:
             // an idle router does not wake, and holding idle connections costs no CPU.
@@ -271,9 +277,10 @@ final class FastLoop: @unchecked Sendable {
 
     /// Accepts what is pending and deals the connections out to the loops in turn (an awake loop would
     /// otherwise take a whole burst of new connections and leave the other loops idle).
-    private func accept() {
+    /// `keep`: adopt every connection here, until the backlog is empty (the drain: other loops may be done).
+    private func accept(keep: Bool = false) {
         var host = [CChar](repeating: 0, count: 64)
-        for _ in 0..<64 {
+        for _ in 0..<(keep ? Int.max : 64) {
             var port: Int32 = 0
             let fd = crio_accept(router.listenFD, &host, 64, &port)
             if fd < 0 {
@@ -297,7 +304,7 @@ final class FastLoop: @unchecked Sendable {
                 guard let base = buf.baseAddress else { return [] }
                 return UnsafeRawBufferPointer(start: base, count: strnlen(base, 64)).map { $0 }
             }
-            let target = router.nextLoop()
+            let target = keep ? self : router.nextLoop()
             if target === self {
                 adopt(Accepted(fd: fd, host: remote, port: Int(port)))
             } else {
