@@ -104,10 +104,12 @@ public struct NodeRuntime: Sendable {
         }
         services.append(.init(service: ReadinessNotifier(state: state, hasStore: config.store != nil, logger: logger),
                               successTerminationBehavior: .ignore))
-        let legion = try LegionService(config: config, state: state, logger: logger, relay: relay, vipListener: vipListener)
+        let storeHints = config.store.map { _ in StoreChangeHints(origin: config.name) }
+        let legion = try LegionService(config: config, state: state, logger: logger, relay: relay, storeHints: storeHints,
+                                       vipListener: vipListener)
         if let store = config.store {
             services.append(.init(service: StoreService(settings: store, nodeName: config.name, dataDir: config.dataDir,
-                                                        state: state, logger: logger, feed: feed)))
+                                                        state: state, logger: logger, feed: feed, hints: storeHints)))
         }
         if let verifier = subscriptionVerifier {
             services.append(.init(service: StoreKeyVerifierService(feed: feed, verifier: verifier)))

@@ -89,6 +89,15 @@ import Legion
         expectError(Self.valid.replacingOccurrences(of: "\"127.0.0.1:17102\", ", with: "\"127.0.0.1:17101\", "), mentioning: ["legion.nodes", "own bind"])
         expectError("[node\nname=", mentioning: ["TOML syntax error", "test.toml:1"])
         expectError("[legion]\nname=\"x\"", mentioning: ["node", "required"])
+        let store = "\n[store]\nid = 1\nbind = \"127.0.0.1:17301\"\npoll_ms = 500\n"
+        expectError(Self.valid + store + "idle_poll_ms = 200\n", mentioning: ["store.idle_poll_ms", "below poll_ms 500"])
+    }
+
+    @Test func theStoreSafetyPollDefaultsToTwoSeconds() throws {
+        let c = try parse(Self.valid + "\n[store]\nid = 1\nbind = \"127.0.0.1:17301\"\n")
+        #expect(c.store?.pollMs == 200 && c.store?.idlePollMs == 2000)
+        let tuned = try parse(Self.valid + "\n[store]\nid = 1\nbind = \"127.0.0.1:17301\"\nidle_poll_ms = 5000\n")
+        #expect(tuned.store?.idlePollMs == 5000)
     }
 
     @Test func compatModeAllowsUwsgiStyleQuorums() throws {

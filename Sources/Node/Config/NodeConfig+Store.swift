@@ -34,6 +34,10 @@ extension NodeConfig.StoreSettings {
             throw .invalid(key: "store.snapshot_trailing", problem: "\(settings.snapshotTrailing) is below snapshot_threshold \(settings.snapshotThreshold); dqlite needs trailing ≥ threshold")
         }
         if let v = try table.int("poll_ms", range: 20...10_000) { settings.pollMs = v }
+        if let v = try table.int("idle_poll_ms", range: 100...60_000) { settings.idlePollMs = v }
+        if settings.idlePollMs < settings.pollMs {
+            throw .invalid(key: "store.idle_poll_ms", problem: "\(settings.idlePollMs) is below poll_ms \(settings.pollMs); the safety net is the slower check")
+        }
         if let v = try table.int("voter_grace_ms", range: 500...600_000) { settings.voterGraceMs = v }
         try table.rejectUnknownKeys()
 

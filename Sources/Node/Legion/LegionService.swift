@@ -31,12 +31,15 @@ public final class LegionService: Service {
     let audit: AuditLog
     let uuid: LegionUUID
     let relay: ClusterRelay?
+    /// The store's change-log position, relayed between members (nil: no store on this node).
+    let storeHints: StoreChangeHints?
 
     /// `vipListener`: what listens on the VIP while Lord; by default a server answering
     /// `GET /.legion/lord` only (a node with a router passes its VIP router instead).
     public init(config: NodeConfig, state: NodeState, logger: Logger, relay: ClusterRelay? = nil,
-                vipListener: VIPListenerFactory? = nil) throws {
+                storeHints: StoreChangeHints? = nil, vipListener: VIPListenerFactory? = nil) throws {
         self.relay = relay
+        self.storeHints = storeHints
         self.config = config
         self.state = state
         self.logger = logger
@@ -120,6 +123,9 @@ public final class LegionService: Service {
         let relayTask = relay.map { relay in
             Task { for await payload in relay.outbox { thread.relay(payload) } }
         }
+        let hintTask = storeHints.map { hints in
+            Task { for await payload in hints.outbox { thread.relay(payload) } }
+        }
         // Graceful shutdown, or cancellation (another service of the node failed: the group is cancelled), stops the thread.
         await withTaskCancellationHandler {
             await withGracefulShutdownHandler {
@@ -132,6 +138,7 @@ public final class LegionService: Service {
             thread.requestShutdown()
         }
         relayTask?.cancel()
+        hintTask?.cancel()
         socket.close()
         effectSink.finish()
         _ = await effectTask.value
@@ -186,12 +193,17 @@ struct ProtocolLoop: @unchecked Sendable {
             apply(machine.tick(at: now), now: now)
         case .datagram(let bytes) where bytes.first == LegionCodec.relayModifier:
             service.state.update { $0.packetsIn += 1 }
-            guard let relay = service.relay else {
+            guard service.relay != nil || service.storeHints != nil else {
                 drop(.notLegion(modifier1: LegionCodec.relayModifier), now: now)
                 return
             }
             do {
-                relay.received(try codec.openRelay(bytes), nowMs: now.wallMs)
+                let payload = try codec.openRelay(bytes)
+                if StoreChangeHints.isHint(payload) {
+                    service.storeHints?.received(payload)
+                } else {
+                    service.relay?.received(payload, nowMs: now.wallMs)
+                }
             } catch {
                 drop(error, now: now)
             }

@@ -16,10 +16,13 @@ public final class StoreService: Service, Sendable {
     let logger: Logger
     /// Gets each new desired state (and the snapshot loaded at start).
     let feed: DesiredStateFeed
+    /// Change-log positions announced to and by the other members (nil: every node polls on its own).
+    let hints: StoreChangeHints?
 
     public init(settings: NodeConfig.StoreSettings, nodeName: String, dataDir: String, state: NodeState, logger: Logger,
-                feed: DesiredStateFeed = DesiredStateFeed()) {
+                feed: DesiredStateFeed = DesiredStateFeed(), hints: StoreChangeHints? = nil) {
         self.settings = settings
+        self.hints = hints
         self.nodeName = nodeName
         self.dataDir = dataDir
         self.state = state
@@ -59,7 +62,7 @@ public final class StoreService: Service, Sendable {
         ])
         let client = StoreClient(options: clientOptions(), logger: logger)
         // The loops end when their sleep is cancelled by the graceful shutdown.
-        try? await cancelWhenGracefulShutdown {
+        await cancelWhenGracefulShutdown {
             await withTaskGroup(of: Void.self) { tasks in
                 tasks.addTask { await self.joinAndMigrate(client) }
                 tasks.addTask { await self.followChanges() }
@@ -125,15 +128,39 @@ public final class StoreService: Service, Sendable {
 
     // MARK: Change feed
 
+    /// Follows the change log into the local snapshot. The node whose member leads the store asks every `poll_ms`
+    /// and announces each new position to the others (`StoreChangeHints`); the others ask when told, or every
+    /// `idle_poll_ms`. Every node asks at once when it starts.
     func followChanges() async {
         let client = StoreClient(options: { var o = clientOptions(); o.budget = .seconds(2); o.noLeaderGrace = .seconds(1); return o }(), logger: logger)
         defer { Task { await client.close() } }
         var applied = state.snapshot.store?.appliedSeq ?? -1
+        var announced: Int64 = -1
         var healthy = true
-        while await sleep(ms: settings.pollMs) {
+        var lastAsked = ContinuousClock.now - .seconds(3600)
+        // After a failure (store unreachable, schema not there yet) every node asks again at the fast pace.
+        var failed = false
+        while true {
+            let leads = hints == nil || state.snapshot.store?.isLeader == true
+            if leads {
+                guard await sleep(ms: settings.pollMs) else { return }
+            } else if let hints {
+                let due = lastAsked + .milliseconds(failed ? settings.pollMs : settings.idlePollMs)
+                if hints.latestHeard <= applied, ContinuousClock.now < due {
+                    await hints.wait(timeout: due - ContinuousClock.now)
+                    guard !Task.isCancelled, !Task.isShuttingDownGracefully else { return }
+                    if hints.latestHeard <= applied, ContinuousClock.now < due { continue }
+                }
+            }
+            lastAsked = ContinuousClock.now
             do {
                 let rows = try await client.query("SELECT coalesce(max(seq), 0) FROM change_log")
                 let seq = rows.scalar?.int ?? 0
+                failed = false
+                if leads, seq != announced, let hints {
+                    hints.announce(seq: seq)
+                    announced = seq
+                }
                 if seq != applied {
                     let desired = try await DesiredState.fetch(client, server: nodeName, version: seq)
                     try desired.save(to: snapshotPath)
@@ -158,6 +185,7 @@ public final class StoreService: Service, Sendable {
                     healthy = true
                 }
             } catch {
+                failed = true
                 let text = "\(error)"
                 if text.contains("no such table") {
                     continue  // the first migration has not run yet
@@ -176,33 +204,43 @@ public final class StoreService: Service, Sendable {
 
     // MARK: Roles (leader only)
 
-    /// Asks this node's own dqlite who leads.
-    func localLeader() async -> (id: UInt64, address: String)? {
-        guard let conn = try? await DqliteConnection.connect(to: settings.bind.description, group: MultiThreadedEventLoopGroup.singleton,
-                                                             timeout: .milliseconds(300))
-        else { return nil }
-        defer { conn.close() }
-        return (try? await conn.leader(timeout: .milliseconds(500))) ?? nil
+    /// One answer to "who leads?" from a member, over a connection kept open between rounds (a new TCP connection
+    /// per member and second cost more than the question). `alive`: the member answered (spares say "unknown").
+    struct LeaderAnswer: Sendable {
+        var alive: Bool
+        var leader: (id: UInt64, address: String)?
+        var connection: DqliteConnection?
     }
 
-    static func probe(_ address: String) async -> Bool {
-        guard let conn = try? await DqliteConnection.connect(to: address, group: MultiThreadedEventLoopGroup.singleton, timeout: .milliseconds(300))
-        else { return false }
-        defer { conn.close() }
-        // Any answer counts (spares answer LEADER with "unknown").
+    static func askLeader(_ address: String, over existing: DqliteConnection?) async -> LeaderAnswer {
+        var connection = existing
+        if connection?.isActive != true {
+            existing?.close()
+            connection = try? await DqliteConnection.connect(to: address, group: MultiThreadedEventLoopGroup.singleton,
+                                                             timeout: .milliseconds(300))
+        }
+        guard let connection else { return LeaderAnswer(alive: false) }
         do {
-            _ = try await conn.leader(timeout: .milliseconds(500))
-            return true
+            return LeaderAnswer(alive: true, leader: try await connection.leader(timeout: .milliseconds(500)), connection: connection)
         } catch {
-            return false
+            connection.close()
+            return LeaderAnswer(alive: false)
         }
     }
 
     func balanceRoles() async {
         let client = StoreClient(options: clientOptions(), logger: logger)
         var lastSeen: [UInt64: ContinuousClock.Instant] = [:]
+        /// Open connections to members (this node's own included), by address.
+        var links: [String: DqliteConnection] = [:]
+        defer { for link in links.values { link.close() } }
+        var round = 0
+        let own = settings.bind.description
         while await sleep(ms: 1000) {
-            let leader = await localLeader()
+            round += 1
+            let local = await Self.askLeader(own, over: links[own])
+            links[own] = local.connection
+            let leader = local.leader
             let isLeader = leader?.id == settings.id
             state.update {
                 $0.store?.isLeader = isLeader
@@ -210,7 +248,12 @@ public final class StoreService: Service, Sendable {
             }
             guard isLeader else {
                 lastSeen.removeAll()
-                if let members = try? await client.members(), let me = members.first(where: { $0.id == settings.id }) {
+                for (address, link) in links where address != own {
+                    link.close()
+                    links[address] = nil
+                }
+                // This node's role (shown in its status) changes rarely: asked every 5 s, not every second.
+                if round % 5 == 1, let members = try? await client.members(), let me = members.first(where: { $0.id == settings.id }) {
                     let role = me.role.description
                     state.update { $0.store?.role = role }
                 }
@@ -221,11 +264,22 @@ public final class StoreService: Service, Sendable {
                 state.update { $0.store?.role = "voter" }
                 let now = ContinuousClock.now
                 var reachable: Set<UInt64> = [settings.id]
-                await withTaskGroup(of: (UInt64, Bool).self) { tasks in
+                let current = links
+                let answers = await withTaskGroup(of: (UInt64, String, LeaderAnswer).self) { tasks in
                     for member in members where member.id != settings.id {
-                        tasks.addTask { (member.id, await Self.probe(member.address)) }
+                        tasks.addTask { (member.id, member.address, await Self.askLeader(member.address, over: current[member.address])) }
                     }
-                    for await (id, ok) in tasks where ok { reachable.insert(id) }
+                    var out: [(UInt64, String, LeaderAnswer)] = []
+                    for await answer in tasks { out.append(answer) }
+                    return out
+                }
+                for (id, address, answer) in answers {
+                    links[address] = answer.connection
+                    if answer.alive { reachable.insert(id) }
+                }
+                for (address, link) in links where address != own && !members.contains(where: { $0.address == address }) {
+                    link.close()
+                    links[address] = nil
                 }
                 for member in members {
                     if reachable.contains(member.id) || lastSeen[member.id] == nil { lastSeen[member.id] = now }
@@ -266,14 +320,18 @@ public final class StoreService: Service, Sendable {
     /// A leader that stops hands leadership to a running voter, so writes pause for a round trip instead of an
     /// election timeout.
     func handOverLeadership() async {
-        guard let leader = await localLeader(), leader.id == settings.id else { return }
+        let local = await Self.askLeader(settings.bind.description, over: nil)
+        local.connection?.close()
+        guard let leader = local.leader, leader.id == settings.id else { return }
         var options = clientOptions()
         options.budget = .seconds(1)
         let client = StoreClient(options: options, logger: logger)
         defer { Task { await client.close() } }
         guard let members = try? await client.members() else { return }
         for member in members where member.role == .voter && member.id != settings.id {
-            if await Self.probe(member.address), (try? await client.transfer(to: member.id)) != nil {
+            let probe = await Self.askLeader(member.address, over: nil)
+            probe.connection?.close()
+            if probe.alive, (try? await client.transfer(to: member.id)) != nil {
                 logger.info("store: leadership handed over", metadata: ["to": "\(member.id)"])
                 return
             }

@@ -1,0 +1,69 @@
+import Synchronization
+import UwsgiWire
+
+/// The store's change-log position, passed around the legion so that only one node polls the store.
+///
+/// The node whose dqlite member leads the store asks the change log every `[store] poll_ms` (a query on its own
+/// member) and announces each new sequence number to every member through the legion's authenticated relay. The
+/// other nodes fetch the desired state when told, and otherwise ask the store only every `[store] idle_poll_ms`
+/// (a safety net for a lost datagram or a leadership change). Idle, the followers do not query the store at all
+/// between those rounds — and neither does the leader's member serve their polls.
+public final class StoreChangeHints: Sendable {
+    /// The relay payload's marker: a uwsgi vars block whose first key is this.
+    static let key = "store_seq"
+
+    let origin: String
+    private let outgoing: AsyncStream<[UInt8]>.Continuation
+    /// Sealed and sent to every member by the Legion service.
+    public let outbox: AsyncStream<[UInt8]>
+    private let heard = Mutex<Int64>(-1)
+    private let signal = WakeSignal()
+
+    public init(origin: String) {
+        self.origin = origin
+        (outbox, outgoing) = AsyncStream<[UInt8]>.makeStream(bufferingPolicy: .bufferingNewest(16))
+    }
+
+    /// This node saw the change log reach `seq`: tell every member.
+    public func announce(seq: Int64) {
+        precondition(seq >= 0, "change-log sequence numbers are not negative")
+        var vars = UwsgiVars()
+        vars.append(Self.key, number: UInt64(seq))
+        vars.append("origin", origin)
+        guard let payload = try? vars.encode() else { return }
+        outgoing.yield(payload)
+    }
+
+    /// Whether a relay payload is a change hint (rather than a cluster-domain relay).
+    static func isHint(_ payload: [UInt8]) -> Bool {
+        // vars: u16le key length, key, u16le value length, value … — the first key says what it is.
+        let key = Array(Self.key.utf8)
+        guard payload.count >= 2 + key.count else { return false }
+        let length = Int(payload[0]) | Int(payload[1]) << 8
+        return length == key.count && Array(payload[2..<(2 + key.count)]) == key
+    }
+
+    /// A hint from a member (already authenticated by the Legion transport); malformed ones are ignored.
+    /// Returns the sequence number it carried.
+    @discardableResult
+    public func received(_ payload: [UInt8]) -> Int64? {
+        guard let vars = try? UwsgiVars(decoding: payload), let number = vars.number(Self.key), vars.string("origin") != origin,
+              number <= UInt64(Int64.max) else { return nil }
+        let seq = Int64(number)
+        let newer = heard.withLock { latest -> Bool in
+            guard seq > latest else { return false }
+            latest = seq
+            return true
+        }
+        if newer { signal.notify() }
+        return seq
+    }
+
+    /// The highest sequence number a member announced (-1: none yet).
+    public var latestHeard: Int64 { heard.withLock { $0 } }
+
+    /// Returns when a newer sequence number is heard, or after `timeout`.
+    func wait(timeout: Duration) async {
+        await signal.wait(timeout: timeout)
+    }
+}
