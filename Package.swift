@@ -86,6 +86,8 @@ let package = Package(
         .target(name: "CCurl", linkerSettings: [.linkedLibrary("curl")]),
         // Debian's libssl-dev (OpenSSL 3): TLS inside the router's fast-path loops.
         .target(name: "CFastTLS", linkerSettings: [.linkedLibrary("ssl"), .linkedLibrary("crypto")]),
+        // The Legion protocol thread's AES-256-GCM (OpenSSL's libcrypto, key schedule kept).
+        .target(name: "CLegionAEAD", linkerSettings: [.linkedLibrary("crypto")]),
         .target(
             name: "Node",
             dependencies: [
@@ -94,6 +96,7 @@ let package = Package(
                 "CSQLite",
                 "CCurl",
                 "CFastTLS",
+                "CLegionAEAD",
                 "Emperor",
                 "Supervisor",
                 "Legion",

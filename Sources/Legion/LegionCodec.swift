@@ -14,23 +14,26 @@ public struct LegionCodec: Sendable {
 
     /// uWSGI reads at most 65 499 bytes (spec §1.3).
     public static let maxDatagram = 65_499
-    static let nonceLength = 12
-    static let tagLength = 16
+    public static let nonceLength = 12
+    public static let tagLength = 16
 
     public let mode: Mode
     public let secret: LegionSecret
     // Raw key bytes (SymmetricKey is not Sendable); keys are rebuilt per packet, which is cheap.
     private let cbcKeyBytes: [UInt8]
     private let cbcIVBytes: [UInt8]
-    private let gcmKeyBytes: [UInt8]
-    private let relayKeyBytes: [UInt8]
     private var cbcKey: SymmetricKey { SymmetricKey(data: cbcKeyBytes) }
-    private var gcmKey: SymmetricKey { SymmetricKey(data: gcmKeyBytes) }
     private var cbcIV: AES._CBC.IV {
         get throws { try AES._CBC.IV(ivBytes: cbcIVBytes) }
     }
+    /// AES-256-GCM with the announce key and with the relay key (native announces, relays in both modes).
+    private let announceAEAD: any LegionAEAD
+    private let relayAEAD: any LegionAEAD
 
-    public init(mode: Mode, secret: LegionSecret) throws(LegionConfigError) {
+    /// `aead`: the AES-256-GCM implementation for a 32-byte key (swift-crypto by default; the node's protocol thread
+    /// plugs in one that keeps its key schedule). The wire format does not depend on it.
+    public init(mode: Mode, secret: LegionSecret,
+                aead: (_ key: [UInt8]) -> any LegionAEAD = { SwiftCryptoAEAD(key: $0) }) throws(LegionConfigError) {
         self.mode = mode
         self.secret = secret
         cbcKeyBytes = secret.compatKey
@@ -45,10 +48,10 @@ public struct LegionCodec: Sendable {
                                             salt: Array("legion".utf8),
                                             info: Array("announce-aead".utf8),
                                             outputByteCount: 32)
-        gcmKeyBytes = derived.withUnsafeBytes { Array($0) }
+        announceAEAD = aead(derived.withUnsafeBytes { Array($0) })
         let relay = HKDF<SHA256>.deriveKey(inputKeyMaterial: SymmetricKey(data: material), salt: Array("legion".utf8),
                                            info: Array("relay-aead".utf8), outputByteCount: 32)
-        relayKeyBytes = relay.withUnsafeBytes { Array($0) }
+        relayAEAD = aead(relay.withUnsafeBytes { Array($0) })
     }
 
     /// modifier1 of legion side-channel messages (cluster-domain subscription relays). uWSGI peers
@@ -60,11 +63,8 @@ public struct LegionCodec: Sendable {
     public func sealRelay(_ payload: [UInt8]) throws -> [UInt8] {
         guard payload.count <= Int(UInt16.max) else { throw LegionPacketError.oversized(payload.count) }
         let header = UwsgiHeader(modifier1: LegionCodec.relayModifier, dataSize: UInt16(payload.count), modifier2: 0)
-        let box = try AES.GCM.seal(payload, using: SymmetricKey(data: relayKeyBytes), nonce: AES.GCM.Nonce(), authenticating: header.bytes)
         var out = header.bytes
-        out.append(contentsOf: box.nonce)
-        out.append(contentsOf: box.ciphertext)
-        out.append(contentsOf: box.tag)
+        out.append(contentsOf: try relayAEAD.seal(payload, authenticating: header.bytes))
         return out
     }
 
@@ -74,13 +74,9 @@ public struct LegionCodec: Sendable {
         let header: UwsgiHeader
         do { header = try UwsgiHeader(decoding: datagram) } catch { throw .tooShort(datagram.count) }
         guard header.modifier1 == LegionCodec.relayModifier else { throw .notLegion(modifier1: header.modifier1) }
-        let body = Array(datagram[UwsgiHeader.size...])
         let plain: [UInt8]
         do {
-            let nonce = try AES.GCM.Nonce(data: body[0..<LegionCodec.nonceLength])
-            let box = try AES.GCM.SealedBox(nonce: nonce, ciphertext: body[LegionCodec.nonceLength..<(body.count - LegionCodec.tagLength)],
-                                            tag: body[(body.count - LegionCodec.tagLength)...])
-            plain = Array(try AES.GCM.open(box, using: SymmetricKey(data: relayKeyBytes), authenticating: header.bytes))
+            plain = try relayAEAD.open(datagram[UwsgiHeader.size...], authenticating: header.bytes)
         } catch {
             throw .decryptFailed
         }
@@ -97,10 +93,7 @@ public struct LegionCodec: Sendable {
             let sealed = try AES._CBC.encrypt(cleartext, using: cbcKey, iv: try cbcIV)
             out.append(contentsOf: sealed)
         case .native:
-            let box = try AES.GCM.seal(cleartext, using: gcmKey, nonce: AES.GCM.Nonce(), authenticating: header.bytes)
-            out.append(contentsOf: box.nonce)
-            out.append(contentsOf: box.ciphertext)
-            out.append(contentsOf: box.tag)
+            out.append(contentsOf: try announceAEAD.seal(cleartext, authenticating: header.bytes))
         }
         guard out.count <= LegionCodec.maxDatagram else { throw LegionPacketError.oversized(out.count) }
         return out
@@ -113,24 +106,20 @@ public struct LegionCodec: Sendable {
         let header: UwsgiHeader
         do { header = try UwsgiHeader(decoding: datagram) } catch { throw .tooShort(datagram.count) }
         guard header.modifier1 == UwsgiModifier.legion else { throw .notLegion(modifier1: header.modifier1) }
-        let body = Array(datagram[UwsgiHeader.size...])
+        let body = datagram[UwsgiHeader.size...]
         let cleartext: [UInt8]
         switch mode {
         case .compat:
             guard body.count % 16 == 0 else { throw .decryptFailed }
             do {
-                cleartext = Array(try AES._CBC.decrypt(body, using: cbcKey, iv: try cbcIV))
+                cleartext = Array(try AES._CBC.decrypt(Array(body), using: cbcKey, iv: try cbcIV))
             } catch {
                 throw .decryptFailed
             }
         case .native:
             guard body.count >= LegionCodec.nonceLength + LegionCodec.tagLength else { throw .decryptFailed }
             do {
-                let nonce = try AES.GCM.Nonce(data: body[0..<LegionCodec.nonceLength])
-                let box = try AES.GCM.SealedBox(nonce: nonce,
-                                                ciphertext: body[LegionCodec.nonceLength..<(body.count - LegionCodec.tagLength)],
-                                                tag: body[(body.count - LegionCodec.tagLength)...])
-                cleartext = Array(try AES.GCM.open(box, using: gcmKey, authenticating: header.bytes))
+                cleartext = try announceAEAD.open(body, authenticating: header.bytes)
             } catch {
                 throw .decryptFailed
             }
@@ -144,5 +133,40 @@ public struct LegionCodec: Sendable {
         guard announce.valor <= 65_535 else { throw .valorOutOfRange(announce.valor) }
         if mode == .native, announce.seq == nil { throw .missingSequence }
         return announce
+    }
+}
+
+/// AES-256-GCM as legion datagrams use it: a fresh random 12-byte nonce per message, a 16-byte tag, the datagram
+/// header authenticated; sealed form `nonce | ciphertext | tag`.
+public protocol LegionAEAD: Sendable {
+    func seal(_ plaintext: [UInt8], authenticating header: [UInt8]) throws -> [UInt8]
+    /// The plaintext of `nonce | ciphertext | tag`; throws unless it is authentic.
+    func open(_ sealed: ArraySlice<UInt8>, authenticating header: [UInt8]) throws -> [UInt8]
+}
+
+/// swift-crypto's AES-GCM (portable; the reference the node's OpenSSL one is tested against).
+public struct SwiftCryptoAEAD: LegionAEAD {
+    private let key: [UInt8]
+
+    public init(key: [UInt8]) {
+        precondition(key.count == 32, "AES-256 takes a 32-byte key")
+        self.key = key
+    }
+
+    public func seal(_ plaintext: [UInt8], authenticating header: [UInt8]) throws -> [UInt8] {
+        let box = try AES.GCM.seal(plaintext, using: SymmetricKey(data: key), nonce: AES.GCM.Nonce(), authenticating: header)
+        var out = Array(box.nonce)
+        out.append(contentsOf: box.ciphertext)
+        out.append(contentsOf: box.tag)
+        return out
+    }
+
+    public func open(_ sealed: ArraySlice<UInt8>, authenticating header: [UInt8]) throws -> [UInt8] {
+        guard sealed.count >= LegionCodec.nonceLength + LegionCodec.tagLength else { throw LegionPacketError.decryptFailed }
+        let start = sealed.startIndex
+        let nonce = try AES.GCM.Nonce(data: sealed[start..<(start + LegionCodec.nonceLength)])
+        let box = try AES.GCM.SealedBox(nonce: nonce, ciphertext: sealed[(start + LegionCodec.nonceLength)..<(sealed.endIndex - LegionCodec.tagLength)],
+                                        tag: sealed[(sealed.endIndex - LegionCodec.tagLength)...])
+        return Array(try AES.GCM.open(box, using: SymmetricKey(data: key), authenticating: header))
     }
 }

@@ -28,13 +28,33 @@ public struct UwsgiVars: Sendable, Equatable {
 
     /// Integers go on the wire as plain decimal ASCII (no padding, no sign for non-negatives).
     public mutating func append<I: BinaryInteger>(_ key: String, number: I) {
-        entries.append(Entry(key: Array(key.utf8), value: Array(String(number).utf8)))
+        entries.append(Entry(key: Array(key.utf8), value: UwsgiVars.decimal(number)))
+    }
+
+    /// `number` in decimal ASCII, written straight into bytes (announces carry a dozen numbers several times a
+    /// second; no String on the way).
+    static func decimal<I: BinaryInteger>(_ number: I) -> [UInt8] {
+        guard var value = UInt64(exactly: number) else { return Array(String(number).utf8) }
+        if value == 0 { return [0x30] }
+        var digits = [UInt8](repeating: 0, count: 20)
+        var start = 20
+        while value > 0 {
+            start -= 1
+            digits[start] = 0x30 &+ UInt8(truncatingIfNeeded: value % 10)
+            value /= 10
+        }
+        return Array(digits[start...])
     }
 
     /// The last value stored under `key`, or nil.
     public subscript(key: String) -> [UInt8]? {
-        let k = Array(key.utf8)
-        return entries.last(where: { $0.key == k })?.value
+        var key = key
+        return key.withUTF8 { k -> [UInt8]? in
+            for entry in entries.reversed() where entry.key.count == k.count && entry.key.elementsEqual(k) {
+                return entry.value
+            }
+            return nil
+        }
     }
 
     public func string(_ key: String) -> String? {

@@ -88,4 +88,19 @@ import UwsgiWire
         #expect(UwsgiVars.parseDecimal([]) == nil)
         #expect(UwsgiVars.parseDecimal(Array("12345678901234567890".utf8)) == nil)
     }
+
+    @Test func numbersAreWrittenAsPlainDecimalsAsStringWouldWriteThem() {
+        let samples: [Int64] = [0, 7, 10, 99, 100, 65_535, 1_700_000_000_123, Int64.max, -1, -42, Int64.min]
+        for n in samples {
+            var vars = UwsgiVars()
+            vars.append("n", number: n)
+            #expect(vars.entries[0].value == Array(String(n).utf8), "\(n)")
+        }
+        var big = UwsgiVars()
+        big.append("u", number: UInt64.max)
+        #expect(big.number("u") == nil && big.string("u") == "18446744073709551615", "20 digits: written, but not parsed back")
+        big.append("k", number: UInt8(200))
+        #expect(big.string("k") == "200" && big["missing"] == nil && big["u"] == Array("18446744073709551615".utf8))
+        #expect(big[""] == nil, "an empty key never matches (keys on the wire are not empty)")
+    }
 }

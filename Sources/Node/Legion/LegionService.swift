@@ -97,7 +97,7 @@ public final class LegionService: Service {
     }
 
     public func run() async throws {
-        let codec = try LegionCodec(mode: config.mode, secret: config.secret)
+        let codec = try LegionCodec(mode: config.mode, secret: config.secret, aead: OpenSSLAEAD.make)
         let socket: LegionSocket
         do {
             socket = try LegionSocket(bind: config.bind, peers: config.nodes)
