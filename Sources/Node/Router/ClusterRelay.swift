@@ -19,7 +19,9 @@ public final class ClusterRelay: Sendable {
     let logger: Logger
     private let outgoing: AsyncStream<[UInt8]>.Continuation
     public let outbox: AsyncStream<[UInt8]>
-    private let state = Mutex<(seq: UInt64, lastSeq: [String: UInt64], addresses: [String: [UInt8]])>((0, [:], [:]))
+    /// Per origin member: the last relay sequence number, and every backend address it put in the table (its
+    /// internal router, and the node services it announced under their own address) — all dropped when it leaves.
+    private let state = Mutex<(seq: UInt64, lastSeq: [String: UInt64], addresses: [String: Set<[UInt8]>])>((0, [:], [:]))
     /// Node services announced under their own address (re-sent when a member joins).
     private let announced = Mutex<[String: SubscriptionPacket]>([:])
 
@@ -85,10 +87,13 @@ public final class ClusterRelay: Sendable {
             // A restarted member starts again at 1: accept a lower seq only if it is a new run.
             if let last = s.lastSeq[origin], seq <= last, seq > 64 { return false }
             s.lastSeq[origin] = seq
-            s.addresses[origin] = peerInternal
+            s.addresses[origin, default: []].insert(peerInternal)
             return true
         }
         guard fresh, let packet = try? SubscriptionPacket(decoding: datagram) else { return }
+        if packet.command != .unsubscribe {
+            state.withLock { $0.addresses[origin, default: []].insert(packet.address) }
+        }
         switch store.applyTrusted(packet, nowMs: nowMs) {
         case .created(let node):
             logger.info("cluster domain backend added", metadata: ["key": "\(node.keyString)", "via": "\(node.addressString)", "origin": "\(origin)"])
@@ -114,10 +119,13 @@ public final class ClusterRelay: Sendable {
         for packet in announced.withLock({ Array($0.values) }) { broadcast(packet, nowMs: now) }
     }
 
-    /// A legion member left (expired or announced death): its cluster backends go now.
+    /// A legion member left (expired or announced death): its cluster backends go now, and the node services it
+    /// announced (a stopping node leaves the legion before its services say goodbye, so their unsubscribes may
+    /// never be sent).
     public func memberLeft(_ name: String) {
-        guard let address = state.withLock({ $0.addresses[name] }) else { return }
-        let gone = store.removeAll(address: address)
+        guard let addresses = state.withLock({ $0.addresses.removeValue(forKey: name) }) else { return }
+        var gone: [SubscriptionTable.Node] = []
+        for address in addresses { gone += store.removeAll(address: address) }
         if !gone.isEmpty {
             logger.notice("member left; removed its cluster-domain backends", metadata: ["member": "\(name)", "count": "\(gone.count)"])
         }
