@@ -140,17 +140,21 @@ public final class StoreService: Service, Sendable {
         var lastAsked = ContinuousClock.now - .seconds(3600)
         // After a failure (store unreachable, schema not there yet) every node asks again at the fast pace.
         var failed = false
+        // The newest announced position already acted on: a position the store never reaches (a member's mistake, a
+        // restored store) is asked about once, not in a loop.
+        var heardAnswered: Int64 = -1
         while true {
             let leads = hints == nil || state.snapshot.store?.isLeader == true
             if leads {
                 guard await sleep(ms: settings.pollMs) else { return }
             } else if let hints {
                 let due = lastAsked + .milliseconds(failed ? settings.pollMs : settings.idlePollMs)
-                if hints.latestHeard <= applied, ContinuousClock.now < due {
+                if hints.latestHeard <= max(applied, heardAnswered), ContinuousClock.now < due {
                     await hints.wait(timeout: due - ContinuousClock.now)
                     guard !Task.isCancelled, !Task.isShuttingDownGracefully else { return }
-                    if hints.latestHeard <= applied, ContinuousClock.now < due { continue }
+                    if hints.latestHeard <= max(applied, heardAnswered), ContinuousClock.now < due { continue }
                 }
+                heardAnswered = hints.latestHeard
             }
             lastAsked = ContinuousClock.now
             do {
