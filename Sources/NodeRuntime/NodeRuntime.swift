@@ -132,12 +132,14 @@ public struct NodeRuntime: Sendable {
         if let store = config.store, config.alarms.enabled {
             var options = StoreClient.Options(nodes: store.addresses)
             options.database = store.database
-            services.append(.init(service: AlarmDeliveryService(settings: config.alarms, options: options, state: state, logger: logger)))
+            if let storeHints { options.afterWrite = { storeHints.wroteHere() } }
+            services.append(.init(service: AlarmDeliveryService(settings: config.alarms, options: options, state: state, feed: feed, logger: logger)))
         }
         if let api = config.api {
             let apiServices = config.store.map { store in
                 var options = StoreClient.Options(nodes: store.addresses)
                 options.database = store.database
+                if let storeHints { options.afterWrite = { storeHints.wroteHere() } }
                 var services = APIServices(store: options, resolver: config.apiResolver, logger: logger)
                 // API writes go to the store leader's node: one group-commit writer for the whole cluster.
                 services.forwarder = StoreWriteForwarder(secret: config.secret.secret, state: state, nodeName: config.name,
@@ -168,6 +170,7 @@ public struct NodeRuntime: Sendable {
             let spool = config.store.map { store in
                 var options = StoreClient.Options(nodes: store.addresses)
                 options.database = store.database
+                if let storeHints { options.afterWrite = { storeHints.wroteHere() } }
                 return AlarmSpool(dir: config.dataDir + "/alarm-spool", options: options, logger: logger)
             }
             if let spool { services.append(.init(service: spool)) }

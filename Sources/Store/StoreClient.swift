@@ -20,6 +20,9 @@ public actor StoreClient {
         public var budget: Duration = .seconds(5)
         /// Fail with "no quorum" once no member has named a leader for this long.
         public var noLeaderGrace: Duration = .milliseconds(2500)
+        /// Called after a write may have changed the store (a committed or unconfirmed write, an `exec`): a node
+        /// tells the others to read the change log now instead of waiting for their next poll.
+        public var afterWrite: (@Sendable () -> Void)?
 
         public init(nodes: [String]) { self.nodes = nodes }
     }
@@ -180,7 +183,9 @@ public actor StoreClient {
         while true {
             do {
                 let conn = try await leaderConnection(deadline: deadline)
-                return try await conn.exec(sql, parameters, timeout: options.requestTimeout)
+                let result = try await conn.exec(sql, parameters, timeout: options.requestTimeout)
+                options.afterWrite?()
+                return result
             } catch {
                 if let error = error as? StoreError { throw error }
                 if let dq = error as? DqliteError, Self.isBusy(dq), connection?.isActive == true {
@@ -289,7 +294,11 @@ public actor StoreClient {
         var slow = Set<Int>()
         while true {
             let open = results.indices.filter { results[$0] == nil }
-            if open.isEmpty { return results.compactMap { $0 } }
+            if open.isEmpty {
+                let outcomes = results.compactMap { $0 }
+                if let afterWrite = options.afterWrite, outcomes.contains(where: Self.mayHaveChanged) { afterWrite() }
+                return outcomes
+            }
             attempts += 1
             var sentCommit = false
             var committed = false
@@ -404,6 +413,15 @@ public actor StoreClient {
                 }
                 try? await Task.sleep(for: .milliseconds(20))
             }
+        }
+    }
+
+    /// Whether a write's outcome means the store may have changed (applied now, or perhaps applied).
+    static func mayHaveChanged(_ outcome: Result<WriteReceipt, StoreError>) -> Bool {
+        switch outcome {
+        case .success(let receipt): return !receipt.replayed
+        case .failure(.unconfirmed): return true
+        case .failure: return false
         }
     }
 

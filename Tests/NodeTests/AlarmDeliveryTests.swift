@@ -63,4 +63,10 @@ import Testing
         }
         #expect(late.contains("gave up after 9 attempts"))
     }
+
+    @Test func theLordWaitsUntilTheNextDeliveryFallsDueWithinBounds() {
+        #expect(AlarmDeliveryService.delay(untilMs: 5_000, nowMs: 1_000, longestMs: 30_000) == 4_000)
+        #expect(AlarmDeliveryService.delay(untilMs: 900, nowMs: 1_000, longestMs: 30_000) == 100, "overdue: soon, not in a busy loop")
+        #expect(AlarmDeliveryService.delay(untilMs: 90_000, nowMs: 1_000, longestMs: 30_000) == 30_000, "never longer than poll_ms")
+    }
 }

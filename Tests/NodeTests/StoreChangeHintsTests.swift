@@ -47,4 +47,22 @@ import UwsgiWire
         await hints.wait(timeout: .milliseconds(100))
         #expect(clock.now - quiet >= .milliseconds(90), "nothing newer heard: the timeout ends the wait")
     }
+
+    @Test func aWriteOnThisNodeWakesItsFollowerOnceAndMarksAgainAfterward() async {
+        let hints = StoreChangeHints(origin: "n1")
+        #expect(!hints.hasWritten && !hints.takeWrote())
+        let clock = ContinuousClock()
+        let started = clock.now
+        async let waited: Void = hints.wait(timeout: .seconds(10))
+        try? await Task.sleep(for: .milliseconds(50))
+        hints.wroteHere()
+        await waited
+        #expect(clock.now - started < .seconds(5), "woken by the write, not the timeout")
+        #expect(hints.hasWritten)
+        #expect(hints.takeWrote(), "the mark is taken once")
+        #expect(!hints.takeWrote() && !hints.hasWritten)
+        hints.wroteHere()
+        #expect(hints.takeWrote(), "a write after the read marks again")
+        #expect(hints.latestHeard == -1, "a local write is not a position heard from a member")
+    }
 }

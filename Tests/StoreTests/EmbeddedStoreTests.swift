@@ -1,4 +1,5 @@
 import Foundation
+import Synchronization
 import NIOCore
 import NIOPosix
 import Testing
@@ -84,6 +85,33 @@ import Testing
         }
         #expect(try await client.query("SELECT count(*) FROM t WHERE f = 3.25").scalar == .integer(1))
         await client.close()
+        for node in nodes { await node.stop() }
+    }
+
+    @Test func afterWriteIsCalledForWritesThatChangedTheStoreOnly() async throws {
+        let (nodes, addresses, dir) = try await Self.startNodes(1)
+        defer { try? FileManager.default.removeItem(atPath: dir) }
+        let setup = StoreClient(options: .init(nodes: addresses))
+        _ = try await StoreMigrator.migrate(setup, appliedBy: "test")
+        try await setup.exec("CREATE TABLE w (id INTEGER PRIMARY KEY, v TEXT NOT NULL UNIQUE)", retry: true)
+        let calls = Mutex(0)
+        var options = StoreClient.Options(nodes: addresses)
+        options.afterWrite = { calls.withLock { $0 += 1 } }
+        let client = StoreClient(options: options)
+        _ = try await client.query("SELECT count(*) FROM w")
+        #expect(calls.withLock { $0 } == 0, "a read is not a write")
+        _ = try await client.write(requestID: "w-1", [.init("INSERT INTO w(v) VALUES (?)", [.text("a")])])
+        #expect(calls.withLock { $0 } == 1)
+        let replay = try await client.write(requestID: "w-1", [.init("INSERT INTO w(v) VALUES (?)", [.text("a")])])
+        #expect(replay.replayed && calls.withLock { $0 } == 1, "a replayed write changed nothing")
+        await #expect(throws: StoreError.self) {
+            _ = try await client.write(requestID: "w-2", [.init("INSERT INTO w(v) VALUES (?)", [.text("a")])])
+        }
+        #expect(calls.withLock { $0 } == 1, "a rejected write changed nothing")
+        try await client.exec("UPDATE w SET v = 'b'")
+        #expect(calls.withLock { $0 } == 2, "exec may change the store")
+        await client.close()
+        await setup.close()
         for node in nodes { await node.stop() }
     }
 

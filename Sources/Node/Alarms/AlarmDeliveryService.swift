@@ -24,10 +24,15 @@ public final class AlarmDeliveryService: Service, Sendable {
         return true
     }()
 
-    public init(settings: NodeConfig.AlarmDeliverySettings, options: StoreClient.Options, state: NodeState, logger: Logger) {
+    /// The store's changes (a new alarm, a delivery outcome) start a round at once.
+    let feed: DesiredStateFeed?
+
+    public init(settings: NodeConfig.AlarmDeliverySettings, options: StoreClient.Options, state: NodeState, feed: DesiredStateFeed? = nil,
+                logger: Logger) {
         self.settings = settings
         self.options = options
         self.state = state
+        self.feed = feed
         self.logger = logger
     }
 
@@ -35,14 +40,42 @@ public final class AlarmDeliveryService: Service, Sendable {
         _ = Self.curlReady
         let client = StoreClient(options: options, logger: logger)
         let endpoints = AlarmDelivery.Endpoints(pushover: settings.pushoverURL, pushbullet: settings.pushbulletURL)
+        let wake = WakeSignal()
+        let changes = Task { [feed] in
+            guard let feed else { return }
+            for await _ in feed.subscribe() { wake.notify() }
+        }
         await cancelWhenGracefulShutdown {
+            var delay = Duration.zero
             while !Task.isCancelled {
-                try? await Task.sleep(for: .milliseconds(self.settings.pollMs))
-                guard self.state.snapshot.legion?.isLord == true else { continue }
+                await wake.wait(timeout: delay)
+                guard !Task.isCancelled else { break }
+                guard self.state.snapshot.legion?.isLord == true else {
+                    delay = .seconds(1)   // a new Lord starts delivering within a second
+                    continue
+                }
                 await self.round(client: client, endpoints: endpoints)
+                delay = await self.untilNextDue(client: client)
             }
         }
+        changes.cancel()
         await client.close()
+    }
+
+    /// How long until the earliest pending delivery falls due (a retry, a claim that ran out), at most `poll_ms`.
+    func untilNextDue(client: StoreClient) async -> Duration {
+        let longest = Int64(settings.pollMs)
+        guard let next = try? await client.query("SELECT min(next_ms) FROM alarm_deliveries WHERE state = 'pending'").scalar?.int else {
+            return .milliseconds(longest)
+        }
+        return .milliseconds(Self.delay(untilMs: next, nowMs: Int64(SystemClock.wallMillis()), longestMs: longest))
+    }
+
+    /// The wait before the next round: until `untilMs` (at least 100 ms: a row still overdue after a round, its claim
+    /// not stored, is not asked about in a busy loop; at most `longestMs`).
+    static func delay(untilMs: Int64, nowMs: Int64, longestMs: Int64) -> Int64 {
+        precondition(longestMs >= 100, "the longest wait is at least 100 ms")
+        return min(max(untilMs - nowMs, 100), longestMs)
     }
 
     static let dueSQL = """

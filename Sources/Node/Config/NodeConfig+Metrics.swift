@@ -35,8 +35,9 @@ extension NodeConfig {
         public var timeoutMs = 10_000
         /// A delivery still failing after this long is given up (logged as failed, kept in the delivery log).
         public var giveUpSeconds: Int64 = 24 * 3600
-        /// How often the Lord looks for alarms to deliver.
-        public var pollMs = 1000
+        /// The longest the Lord waits between looks for alarms to deliver (ms). It also looks whenever the store
+        /// changes (a new alarm is a store write) and when a retry falls due.
+        public var pollMs = 30_000
 
         public init() {}
 
@@ -54,7 +55,7 @@ extension NodeConfig {
             }
             if let v = try table.int("timeout_ms", range: 100...120_000) { out.timeoutMs = v }
             if let v = try table.int("give_up_hours", range: 1...24 * 30) { out.giveUpSeconds = Int64(v) * 3600 }
-            if let v = try table.int("poll_ms", range: 50...60_000) { out.pollMs = v }
+            if let v = try table.int("poll_ms", range: 100...600_000) { out.pollMs = v }
             try table.rejectUnknownKeys()
             return out
         }

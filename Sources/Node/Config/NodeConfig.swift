@@ -99,11 +99,13 @@ public struct NodeConfig: Sendable {
         public var latencyMs: Int = 20
         public var snapshotThreshold: Int = 512
         public var snapshotTrailing: Int = 1024
-        /// How often the node whose member leads the store checks the change log (ms); it tells the others.
-        public var pollMs: Int = 200
+        /// How often the node whose member leads the store checks the change log (ms) and tells the others: the
+        /// catch-all for writers that do not announce their writes (the `legion store` CLI). Nodes announce their
+        /// own writes at once.
+        public var pollMs: Int = 1000
         /// How often the other nodes check it themselves when no change was announced (ms): the safety net for a
         /// lost announcement or a leadership change.
-        public var idlePollMs: Int = 2000
+        public var idlePollMs: Int = 5000
         /// A voter unreachable this long is replaced by a running standby (ms).
         public var voterGraceMs: Int = 5000
         /// The addresses a client tries: this node's and its peers'.

@@ -1,13 +1,15 @@
 import Synchronization
 import UwsgiWire
 
-/// The store's change-log position, passed around the legion so that only one node polls the store.
+/// The store's change-log position, passed around the legion so that an idle cluster does not poll the store.
 ///
-/// The node whose dqlite member leads the store asks the change log every `[store] poll_ms` (a query on its own
-/// member) and announces each new sequence number to every member through the legion's authenticated relay. The
-/// other nodes fetch the desired state when told, and otherwise ask the store only every `[store] idle_poll_ms`
-/// (a safety net for a lost datagram or a leadership change). Idle, the followers do not query the store at all
-/// between those rounds — and neither does the leader's member serve their polls.
+/// A node that writes to the store (its API, alarm spool, reconcilers: `wroteHere()`, wired as the store clients'
+/// `afterWrite`) reads the change log at once and announces the new sequence number to every member through the
+/// legion's authenticated relay; the others fetch the desired state when told. Writers that do not announce (the
+/// `legion store` CLI, a node that died between its write and its hint) are caught by the node whose dqlite member
+/// leads the store, which reads the change log every `[store] poll_ms` and announces what it finds, and by every
+/// node's own read every `[store] idle_poll_ms` (a lost datagram, a leadership change). Idle, nothing else asks
+/// the store anything.
 public final class StoreChangeHints: Sendable {
     /// The relay payload's marker: a uwsgi vars block whose first key is this.
     static let key = "store_seq"
@@ -17,6 +19,8 @@ public final class StoreChangeHints: Sendable {
     /// Sealed and sent to every member by the Legion service.
     public let outbox: AsyncStream<[UInt8]>
     private let heard = Mutex<Int64>(-1)
+    /// This node wrote to the store since its last read of the change log.
+    private let wrote = Atomic<Bool>(false)
     private let signal = WakeSignal()
 
     public init(origin: String) {
@@ -61,6 +65,20 @@ public final class StoreChangeHints: Sendable {
 
     /// The highest sequence number a member announced (-1: none yet).
     public var latestHeard: Int64 { heard.withLock { $0 } }
+
+    /// This node changed the store: its change follower reads the change log now (and announces what it finds).
+    public func wroteHere() {
+        wrote.store(true, ordering: .releasing)
+        signal.notify()
+    }
+
+    /// Whether this node wrote since the last call (clears the mark: a write after it marks again).
+    func takeWrote() -> Bool {
+        wrote.exchange(false, ordering: .acquiringAndReleasing)
+    }
+
+    /// Whether this node wrote since the last `takeWrote()`, without clearing the mark.
+    var hasWritten: Bool { wrote.load(ordering: .acquiring) }
 
     /// Returns when a newer sequence number is heard, or after `timeout`.
     func wait(timeout: Duration) async {

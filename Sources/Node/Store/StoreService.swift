@@ -35,6 +35,7 @@ public final class StoreService: Service, Sendable {
     func clientOptions() -> StoreClient.Options {
         var options = StoreClient.Options(nodes: settings.addresses)
         options.database = settings.database
+        if let hints { options.afterWrite = { hints.wroteHere() } }
         return options
     }
 
@@ -128,9 +129,10 @@ public final class StoreService: Service, Sendable {
 
     // MARK: Change feed
 
-    /// Follows the change log into the local snapshot. The node whose member leads the store asks every `poll_ms`
-    /// and announces each new position to the others (`StoreChangeHints`); the others ask when told, or every
-    /// `idle_poll_ms`. Every node asks at once when it starts.
+    /// Follows the change log into the local snapshot. A node asks when it wrote to the store itself, when a member
+    /// announces a newer position, every `poll_ms` if its member leads the store (the catch-all for writers that do
+    /// not announce) and otherwise every `idle_poll_ms`; every node asks at once when it starts. A position a node
+    /// finds that nobody announced yet, it announces (`StoreChangeHints`).
     func followChanges() async {
         let client = StoreClient(options: { var o = clientOptions(); o.budget = .seconds(2); o.noLeaderGrace = .seconds(1); return o }(), logger: logger)
         defer { Task { await client.close() } }
@@ -143,25 +145,29 @@ public final class StoreService: Service, Sendable {
         // The newest announced position already acted on: a position the store never reaches (a member's mistake, a
         // restored store) is asked about once, not in a loop.
         var heardAnswered: Int64 = -1
+        var first = true
         while true {
-            let leads = hints == nil || state.snapshot.store?.isLeader == true
-            if leads {
-                guard await sleep(ms: settings.pollMs) else { return }
-            } else if let hints {
-                let due = lastAsked + .milliseconds(failed ? settings.pollMs : settings.idlePollMs)
-                if hints.latestHeard <= max(applied, heardAnswered), ContinuousClock.now < due {
+            if let hints {
+                let leads = state.snapshot.store?.isLeader == true
+                let due = lastAsked + .milliseconds(failed || leads ? settings.pollMs : settings.idlePollMs)
+                func news() -> Bool { hints.hasWritten || hints.latestHeard > max(applied, heardAnswered) }
+                if !first, !news(), ContinuousClock.now < due {
                     await hints.wait(timeout: due - ContinuousClock.now)
                     guard !Task.isCancelled, !Task.isShuttingDownGracefully else { return }
-                    if hints.latestHeard <= max(applied, heardAnswered), ContinuousClock.now < due { continue }
+                    if !news(), ContinuousClock.now < due { continue }
                 }
                 heardAnswered = hints.latestHeard
+                _ = hints.takeWrote()   // before the read: a write during it marks again, and is read next round
+            } else if !first {
+                guard await sleep(ms: settings.pollMs) else { return }
             }
+            first = false
             lastAsked = ContinuousClock.now
             do {
                 let rows = try await client.query("SELECT coalesce(max(seq), 0) FROM change_log")
                 let seq = rows.scalar?.int ?? 0
                 failed = false
-                if leads, seq != announced, let hints {
+                if let hints, seq != announced, seq > hints.latestHeard {
                     hints.announce(seq: seq)
                     announced = seq
                 }
