@@ -8,6 +8,7 @@
 #include <string.h>
 #include <sys/epoll.h>
 #include <sys/eventfd.h>
+#include <sys/timerfd.h>
 #include <sys/socket.h>
 #include <sys/uio.h>
 #include <sys/un.h>
@@ -55,6 +56,22 @@ int crio_eventfd_signal(int fd) {
 void crio_eventfd_drain(int fd) {
     uint64_t value;
     while (read(fd, &value, sizeof value) == sizeof value) {}
+}
+
+int crio_timerfd(void) { return timerfd_create(CLOCK_MONOTONIC, TFD_CLOEXEC); }
+
+int crio_timerfd_arm(int fd, uint64_t deadline_ns) {
+    struct itimerspec spec = {0};
+    spec.it_value.tv_sec = (time_t)(deadline_ns / 1000000000ull);
+    spec.it_value.tv_nsec = (long)(deadline_ns % 1000000000ull);
+    return timerfd_settime(fd, deadline_ns ? TFD_TIMER_ABSTIME : 0, &spec, NULL);
+}
+
+int64_t crio_timerfd_wait(int fd) {
+    uint64_t expirations = 0;
+    ssize_t n;
+    do { n = read(fd, &expirations, sizeof expirations); } while (n < 0 && errno == EINTR);
+    return n == sizeof expirations ? (int64_t)expirations : -1;
 }
 
 int crio_accept(int listen_fd, char *host, size_t host_len, int *port) {

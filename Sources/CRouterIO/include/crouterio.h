@@ -32,6 +32,13 @@ int crio_eventfd(void);
 int crio_eventfd_signal(int fd);
 void crio_eventfd_drain(int fd);
 
+/// timerfd_create(CLOCK_MONOTONIC, TFD_CLOEXEC): a blocking one-shot timer; -1 and errno on failure.
+int crio_timerfd(void);
+/// Arms it to expire at `deadline_ns` on CLOCK_MONOTONIC (absolute; 0 disarms).
+int crio_timerfd_arm(int fd, uint64_t deadline_ns);
+/// Blocks until it expires; returns the expirations count, -1 and errno on failure.
+int64_t crio_timerfd_wait(int fd);
+
 /// accept4(SOCK_NONBLOCK | SOCK_CLOEXEC); writes the peer's numeric address ("1.2.3.4", "::1", "" for
 /// UNIX) into `host` (size `host_len`) and its port into `*port`. -1 and errno when nothing to accept.
 int crio_accept(int listen_fd, char *host, size_t host_len, int *port);

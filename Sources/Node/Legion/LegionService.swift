@@ -168,6 +168,10 @@ struct ProtocolLoop: @unchecked Sendable {
     var otherLordHeardWallMs: UInt64?
     var lordLostWallMs: UInt64?
     var leaseUntilMono: UInt64?
+    /// Made once: a metrics timer made per event costs a name check and a registry lookup on the protocol thread.
+    let failoverGap = Metrics.Timer(label: NodeMetrics.failoverGap)
+    let lordElection = Metrics.Timer(label: NodeMetrics.lordElection)
+    let leaseMargin = Metrics.Timer(label: NodeMetrics.leaseMargin)
 
     init(service: LegionService, machine: LegionMachine, codec: LegionCodec, socket: LegionSocket,
          effects: AsyncStream<@Sendable () -> Void>.Continuation) {
@@ -283,10 +287,10 @@ struct ProtocolLoop: @unchecked Sendable {
             case .becomeLord(let votes, let leaseUntil):
                 service.vip.want(held: true, fenceUntil: leaseUntil)
                 if let heard = otherLordHeardWallMs, now.wallMs >= heard {
-                    Metrics.Timer(label: NodeMetrics.failoverGap).recordMilliseconds(now.wallMs - heard)
+                    failoverGap.recordMilliseconds(now.wallMs - heard)
                 }
                 if let lost = lordLostWallMs, now.wallMs >= lost {
-                    Metrics.Timer(label: NodeMetrics.lordElection).recordMilliseconds(now.wallMs - lost)
+                    lordElection.recordMilliseconds(now.wallMs - lost)
                 }
                 (otherLordHeardWallMs, lordLostWallMs, leaseUntilMono) = (nil, nil, leaseUntil)
                 service.state.update { $0.lordChanges += 1 }
@@ -300,7 +304,7 @@ struct ProtocolLoop: @unchecked Sendable {
             case .renewLease(let until):
                 service.vip.renew(fenceUntil: until)
                 if let previous = leaseUntilMono {
-                    Metrics.Timer(label: NodeMetrics.leaseMargin).recordNanoseconds(Int64(previous > now.mono ? previous - now.mono : 0))
+                    leaseMargin.recordNanoseconds(Int64(previous > now.mono ? previous - now.mono : 0))
                 }
                 leaseUntilMono = until
             case .resignLord(let reason):

@@ -27,7 +27,9 @@ public final class FailoverIPController: Sendable {
     private let shared = Mutex(Shared())
     private let pokes: AsyncStream<Void>
     private let poke: AsyncStream<Void>.Continuation
-    /// Wakes the fence timer when a new lease deadline is set.
+    /// The self-fence: a kernel timer at the lease deadline, re-armed by every renewal (no wakeups while renewed).
+    private let fence: FenceTimer?
+    /// Wakes the fallback fence clock when a new lease deadline is set (only when `fence` is nil).
     private let fenceWake = WakeSignal()
 
     public init(driver: FailoverIPDriver, httpHost: String?, httpPort: Int, logger: Logger, listener: @escaping VIPListenerFactory) {
@@ -36,8 +38,12 @@ public final class FailoverIPController: Sendable {
         self.httpPort = httpPort
         self.logger = logger
         self.listenerFactory = listener
-        (pokes, poke) = AsyncStream<Void>.makeStream(bufferingPolicy: .bufferingNewest(1))
+        let (pokes, poke) = AsyncStream<Void>.makeStream(bufferingPolicy: .bufferingNewest(1))
+        (self.pokes, self.poke) = (pokes, poke)
+        fence = FenceTimer(name: "legion-fence") { poke.yield() }
     }
+
+    deinit { fence?.stop() }
 
     public var phase: Phase { shared.withLock { $0.phase } }
     public var lastError: String? { shared.withLock { $0.lastError } }
@@ -51,6 +57,7 @@ public final class FailoverIPController: Sendable {
         // The external fence learns the deadline before the IP is added, and is told "idle" only
         // after it is removed (in `run()`).
         if held { driver.leaseChanged(heldUntil: fenceUntil ?? .max) }  // compat: no lease, fence on death only
+        if held, let fenceUntil { fence?.arm(at: fenceUntil) } else { fence?.disarm() }
         poke.yield()
         fenceWake.notify()
     }
@@ -60,7 +67,10 @@ public final class FailoverIPController: Sendable {
             if state.wanted { state.fenceUntil = fenceUntil }
             return state.wanted
         }
-        if held { driver.leaseChanged(heldUntil: fenceUntil) }
+        if held {
+            fence?.arm(at: fenceUntil)
+            driver.leaseChanged(heldUntil: fenceUntil)
+        }
     }
 
     private func stillWanted() -> Bool {
@@ -79,14 +89,14 @@ public final class FailoverIPController: Sendable {
     public func run() async {
         var server: VIPListener?
         var held = false
-        // The self-fence: wakes at the lease deadline (renewals only move it later, a new lease wakes it), so a
-        // stalled protocol loop loses the IP on time — and an idle node, or a Lord whose lease is renewed, sleeps.
+        // The self-fence: `fence` pokes the reconciler at the lease deadline, so a stalled protocol loop loses the
+        // IP on time. Without a kernel timer, this task keeps the same clock (waking at every deadline).
         let fenceTicker = Task { [self] in
-            while !Task.isCancelled {
+            while fence == nil, !Task.isCancelled {
                 let until = shared.withLock { $0.wanted ? $0.fenceUntil : nil }
                 let now = SystemClock.monotonicNanos()
                 guard let until else {
-                    await fenceWake.wait(timeout: .seconds(1))
+                    await fenceWake.wait(timeout: .seconds(60))   // `want` wakes it with a lease
                     continue
                 }
                 if until <= now {
@@ -169,6 +179,7 @@ public final class FailoverIPController: Sendable {
             try? await Task.sleep(for: .milliseconds(1))
         }
         poke.finish()
+        fence?.stop()
         driver.close()
     }
 }
