@@ -35,9 +35,16 @@ struct StoreOptions: ParsableArguments {
     func client() throws -> StoreClient {
         var options = StoreClient.Options(nodes: try addresses())
         options.budget = .milliseconds(Int64(timeout * 1000))
-        if let name = try? LocalCluster(options: try ClusterCommand.Options.parse(configDir.map { ["--config-dir", $0] } ?? [])).nodes.first?.config.store?.database,
-           store == nil {
+        let configs = (try? LocalCluster(options: try ClusterCommand.Options.parse(configDir.map { ["--config-dir", $0] } ?? [])))?.nodes.map(\.config) ?? []
+        if let name = configs.first?.store?.database, store == nil {
             options.database = name
+        }
+        // With the cluster's configs at hand, a write tells the nodes at once (they read the change log now) instead
+        // of waiting for the store leader's next check.
+        if let first = configs.first, store == nil, ProcessInfo.processInfo.environment["LEGION_STORE"] == nil {
+            let members = configs.map(\.bind)
+            let origin = "legion-cli-\(getpid())"
+            options.afterWrite = { StoreChangeHints.noticeWrite(config: first, members: members, origin: origin) }
         }
         return StoreClient(options: options)
     }

@@ -93,9 +93,9 @@ import Legion
         expectError(Self.valid + store + "idle_poll_ms = 200\n", mentioning: ["store.idle_poll_ms", "below poll_ms 500"])
     }
 
-    @Test func theStoreSafetyPollsDefaultToOneAndFiveSeconds() throws {
+    @Test func theStoreSafetyPollsDefaultToHalfASecondAndFiveSeconds() throws {
         let c = try parse(Self.valid + "\n[store]\nid = 1\nbind = \"127.0.0.1:17301\"\n")
-        #expect(c.store?.pollMs == 1000 && c.store?.idlePollMs == 5000)
+        #expect(c.store?.pollMs == 500 && c.store?.idlePollMs == 5000)
         let tuned = try parse(Self.valid + "\n[store]\nid = 1\nbind = \"127.0.0.1:17301\"\nidle_poll_ms = 8000\n")
         #expect(tuned.store?.idlePollMs == 8000)
     }

@@ -1,3 +1,5 @@
+import Foundation
+import Legion
 import Testing
 import UwsgiWire
 @testable import Node
@@ -64,5 +66,54 @@ import UwsgiWire
         hints.wroteHere()
         #expect(hints.takeWrote(), "a write after the read marks again")
         #expect(hints.latestHeard == -1, "a local write is not a position heard from a member")
+    }
+
+    @Test func aWriteNoticeFromTheCLIMakesANodeReadTheChangeLog() {
+        let hints = StoreChangeHints(origin: "n1")
+        let notice = StoreChangeHints.writeNotice(origin: "legion-cli-7") ?? []
+        #expect(StoreChangeHints.isHint(notice), "it travels as a change hint")
+        #expect(hints.received(notice) == 0)
+        #expect(hints.hasWritten, "the node reads the change log now")
+        #expect(hints.latestHeard == -1, "no position was announced")
+        let own = StoreChangeHints(origin: "legion-cli-7")
+        own.received(notice)
+        #expect(!own.hasWritten, "its own notice echoed back is ignored")
+    }
+
+    @Test func theCLIsNoticeIsSealedWithTheLegionSecretAndReachesEveryMember() throws {
+        let config = try NodeConfig.parse(NodeConfigTests.valid, path: "/etc/legion/test.toml")
+        // Two listening "members" on loopback.
+        var listeners: [(fd: Int32, port: Int)] = []
+        defer { for l in listeners { close(l.fd) } }
+        for _ in 0..<2 {
+            let fd = socket(AF_INET, Int32(SOCK_DGRAM.rawValue), 0)
+            var addr = sockaddr_in()
+            addr.sin_family = sa_family_t(AF_INET)
+            addr.sin_addr.s_addr = inet_addr("127.0.0.1")
+            var len = socklen_t(MemoryLayout<sockaddr_in>.size)
+            _ = withUnsafeMutablePointer(to: &addr) { $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { bind(fd, $0, len) } }
+            _ = withUnsafeMutablePointer(to: &addr) { $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { getsockname(fd, $0, &len) } }
+            var timeout = timeval(tv_sec: 2, tv_usec: 0)
+            setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &timeout, socklen_t(MemoryLayout<timeval>.size))
+            listeners.append((fd, Int(UInt16(bigEndian: addr.sin_port))))
+        }
+        let sent = StoreChangeHints.noticeWrite(config: config, members: listeners.map { NodeConfig.Endpoint(host: "127.0.0.1", port: $0.port) },
+                                                origin: "legion-cli-1")
+        #expect(sent == 2)
+        let codec = try LegionCodec(mode: config.mode, secret: config.secret, aead: OpenSSLAEAD.make)
+        let stranger = try NodeConfig.parse(NodeConfigTests.valid.replacingOccurrences(of: "s3cret myiv", with: "other myiv"), path: "/x.toml")
+        let wrongKey = try LegionCodec(mode: stranger.mode, secret: stranger.secret, aead: OpenSSLAEAD.make)
+        for listener in listeners {
+            var buffer = [UInt8](repeating: 0, count: 65_536)
+            let n = recv(listener.fd, &buffer, buffer.count, 0)
+            #expect(n > 0, "member on port \(listener.port) got the notice")
+            guard n > 0 else { continue }
+            let datagram = Array(buffer[0..<n])
+            #expect(throws: LegionPacketError.self, "a legion with another secret drops it") { try wrongKey.openRelay(datagram) }
+            let payload = try codec.openRelay(datagram)
+            let member = StoreChangeHints(origin: "n2")
+            member.received(payload)
+            #expect(member.hasWritten)
+        }
     }
 }

@@ -1,3 +1,4 @@
+import Legion
 import Synchronization
 import UwsgiWire
 
@@ -38,6 +39,30 @@ public final class StoreChangeHints: Sendable {
         outgoing.yield(payload)
     }
 
+    /// What a writer outside the legion (the CLI) sends after writing: "read the change log now".
+    static func writeNotice(origin: String) -> [UInt8]? {
+        var vars = UwsgiVars()
+        vars.append(Self.key, number: 0)
+        vars.append("wrote", "1")
+        vars.append("origin", origin)
+        return try? vars.encode()
+    }
+
+    /// Tells every node of a legion that the store was just written (the CLI's `afterWrite`): one authenticated
+    /// datagram each, sealed with the legion's secret from `config`, sent to `members` (their `[legion] bind`).
+    /// Without it they would see the write at the store leader's next `poll_ms` check. Returns how many were sent.
+    @discardableResult
+    public static func noticeWrite(config: NodeConfig, members: [NodeConfig.Endpoint], origin: String) -> Int {
+        guard !members.isEmpty, let payload = writeNotice(origin: origin),
+              let codec = try? LegionCodec(mode: config.mode, secret: config.secret, aead: OpenSSLAEAD.make),
+              let datagram = try? codec.sealRelay(payload),
+              let socket = try? LegionSocket(bind: NodeConfig.Endpoint(host: members[0].host.contains(":") ? "::" : "0.0.0.0", port: 0),
+                                             peers: members)
+        else { return 0 }
+        defer { socket.close() }
+        return socket.sendToPeers(datagram)
+    }
+
     /// Whether a relay payload is a change hint (rather than a cluster-domain relay).
     static func isHint(_ payload: [UInt8]) -> Bool {
         // vars: u16le key length, key, u16le value length, value … — the first key says what it is.
@@ -48,12 +73,17 @@ public final class StoreChangeHints: Sendable {
     }
 
     /// A hint from a member (already authenticated by the Legion transport); malformed ones are ignored.
-    /// Returns the sequence number it carried.
+    /// Returns the sequence number it carried. A write notice (`wrote=1`, from a writer that does not know the new
+    /// position: the `legion admin`/`legion store` CLI) makes this node read the change log now, like its own write.
     @discardableResult
     public func received(_ payload: [UInt8]) -> Int64? {
         guard let vars = try? UwsgiVars(decoding: payload), let number = vars.number(Self.key), vars.string("origin") != origin,
               number <= UInt64(Int64.max) else { return nil }
         let seq = Int64(number)
+        if vars.string("wrote") == "1" {   // no position in it: not a position heard
+            wroteHere()
+            return seq
+        }
         let newer = heard.withLock { latest -> Bool in
             guard seq > latest else { return false }
             latest = seq
