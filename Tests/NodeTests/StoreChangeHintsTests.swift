@@ -78,6 +78,9 @@ import UwsgiWire
         let own = StoreChangeHints(origin: "legion-cli-7")
         own.received(notice)
         #expect(!own.hasWritten, "its own notice echoed back is ignored")
+        let replayed = StoreChangeHints.writeNotice(origin: "legion-cli-7", atMs: SystemClock.wallMillis() - 60_000) ?? []
+        let node = StoreChangeHints(origin: "n2")
+        #expect(node.received(replayed) == nil && !node.hasWritten, "a notice from a minute ago is a replay: ignored")
     }
 
     @Test func theCLIsNoticeIsSealedWithTheLegionSecretAndReachesEveryMember() throws {

@@ -40,13 +40,17 @@ public final class StoreChangeHints: Sendable {
     }
 
     /// What a writer outside the legion (the CLI) sends after writing: "read the change log now".
-    static func writeNotice(origin: String) -> [UInt8]? {
+    static func writeNotice(origin: String, atMs: UInt64 = SystemClock.wallMillis()) -> [UInt8]? {
         var vars = UwsgiVars()
         vars.append(Self.key, number: 0)
         vars.append("wrote", "1")
+        vars.append("at_ms", number: atMs)
         vars.append("origin", origin)
         return try? vars.encode()
     }
+
+    /// A notice older (or newer) than this on the receiver's clock is a replay, or a clock to fix: ignored.
+    static let noticeWindowMs: UInt64 = 30_000
 
     /// Tells every node of a legion that the store was just written (the CLI's `afterWrite`): one authenticated
     /// datagram each, sealed with the legion's secret from `config`, sent to `members` (their `[legion] bind`).
@@ -81,6 +85,10 @@ public final class StoreChangeHints: Sendable {
               number <= UInt64(Int64.max) else { return nil }
         let seq = Int64(number)
         if vars.string("wrote") == "1" {   // no position in it: not a position heard
+            // A captured notice replayed later makes nobody read anything (and reads are paced anyway).
+            guard let at = vars.number("at_ms") else { return nil }
+            let now = SystemClock.wallMillis()
+            guard (now >= at ? now - at : at - now) <= Self.noticeWindowMs else { return nil }
             wroteHere()
             return seq
         }

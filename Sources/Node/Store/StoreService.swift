@@ -148,7 +148,8 @@ public final class StoreService: Service, Sendable {
         var first = true
         while true {
             if let hints {
-                let leads = state.snapshot.store?.isLeader == true
+                // The leader's node, or a node that does not know its role yet, keeps the fast catch-all pace.
+                let leads = state.snapshot.store.map { $0.isLeader || $0.role == "unknown" } ?? true
                 let due = lastAsked + .milliseconds(failed || leads ? settings.pollMs : settings.idlePollMs)
                 func news() -> Bool { hints.hasWritten || hints.latestHeard > max(applied, heardAnswered) }
                 if !first, !news(), ContinuousClock.now < due {
@@ -156,6 +157,9 @@ public final class StoreService: Service, Sendable {
                     guard !Task.isCancelled, !Task.isShuttingDownGracefully else { return }
                     if !news(), ContinuousClock.now < due { continue }
                 }
+                // Reads at most every 20 ms however many hints and notices come (a burst of writes, a flood).
+                let paced = lastAsked + .milliseconds(20)
+                if ContinuousClock.now < paced { try? await Task.sleep(until: paced) }
                 heardAnswered = hints.latestHeard
                 _ = hints.takeWrote()   // before the read: a write during it marks again, and is read next round
             } else if !first {
@@ -246,7 +250,9 @@ public final class StoreService: Service, Sendable {
         defer { for link in links.values { link.close() } }
         var round = 0
         let own = settings.bind.description
-        while await sleep(ms: 1000) {
+        // The first round at once: until it, no node knows whether it leads (and so polls the change log fast).
+        while true {
+            if round > 0 { guard await sleep(ms: 1000) else { break } }
             round += 1
             let local = await Self.askLeader(own, over: links[own])
             links[own] = local.connection

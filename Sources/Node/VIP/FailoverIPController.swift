@@ -46,6 +46,8 @@ public final class FailoverIPController: Sendable {
     deinit { fence?.stop() }
 
     public var phase: Phase { shared.withLock { $0.phase } }
+    /// Whether the self-fence runs on a kernel timer (false only if the kernel gave none).
+    var hasKernelFence: Bool { fence != nil }
     public var lastError: String? { shared.withLock { $0.lastError } }
 
     /// Records the wish and wakes the reconciler. `fenceUntil` is the lease end (monotonic ns).
