@@ -1,6 +1,7 @@
 import Foundation
 import Legion
 import Testing
+import TestSupport
 import UwsgiWire
 @testable import Node
 
@@ -89,16 +90,10 @@ import UwsgiWire
         var listeners: [(fd: Int32, port: Int)] = []
         defer { for l in listeners { close(l.fd) } }
         for _ in 0..<2 {
-            let fd = socket(AF_INET, Int32(SOCK_DGRAM.rawValue), 0)
-            var addr = sockaddr_in()
-            addr.sin_family = sa_family_t(AF_INET)
-            addr.sin_addr.s_addr = inet_addr("127.0.0.1")
-            var len = socklen_t(MemoryLayout<sockaddr_in>.size)
-            _ = withUnsafeMutablePointer(to: &addr) { $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { bind(fd, $0, len) } }
-            _ = withUnsafeMutablePointer(to: &addr) { $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { getsockname(fd, $0, &len) } }
+            let listener = LoopbackSocket.bind(SOCK_DGRAM)
             var timeout = timeval(tv_sec: 2, tv_usec: 0)
-            setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &timeout, socklen_t(MemoryLayout<timeval>.size))
-            listeners.append((fd, Int(UInt16(bigEndian: addr.sin_port))))
+            setsockopt(listener.fd, SOL_SOCKET, SO_RCVTIMEO, &timeout, socklen_t(MemoryLayout<timeval>.size))
+            listeners.append(listener)
         }
         let sent = StoreChangeHints.noticeWrite(config: config, members: listeners.map { NodeConfig.Endpoint(host: "127.0.0.1", port: $0.port) },
                                                 origin: "legion-cli-1")

@@ -3,6 +3,7 @@ import Synchronization
 import NIOCore
 import NIOPosix
 import Testing
+import TestSupport
 @testable import Store
 
 /// Real dqlite nodes inside the test process (Debian's libdqlite 1.11.1), spoken to through our wire client.
@@ -10,15 +11,9 @@ import Testing
     static func freePorts(_ n: Int) -> [Int] {
         // Ephemeral-range ports picked by binding to port 0.
         (0..<n).map { _ in
-            let fd = socket(AF_INET, Int32(SOCK_STREAM.rawValue), 0)
-            defer { close(fd) }
-            var addr = sockaddr_in()
-            addr.sin_family = sa_family_t(AF_INET)
-            addr.sin_addr.s_addr = inet_addr("127.0.0.1")
-            var len = socklen_t(MemoryLayout<sockaddr_in>.size)
-            _ = withUnsafeMutablePointer(to: &addr) { $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { bind(fd, $0, len) } }
-            _ = withUnsafeMutablePointer(to: &addr) { $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { getsockname(fd, $0, &len) } }
-            return Int(UInt16(bigEndian: addr.sin_port))
+            let (fd, port) = LoopbackSocket.bind(SOCK_STREAM)
+            close(fd)
+            return port
         }
     }
 
