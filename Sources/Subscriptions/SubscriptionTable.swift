@@ -211,6 +211,20 @@ public struct SubscriptionTable: Sendable {
         return gone
     }
 
+    /// The earliest time (ms) at which `expire` would remove a node — past its tolerance, or past its drain —
+    /// nil when the table is empty. Between now and then a sweep finds nothing; only a new node or a drain can
+    /// bring it earlier (a refresh only moves a node's expiry later).
+    public var nextExpiryMs: UInt64? {
+        var next: UInt64?
+        for nodes in slots.values {
+            for n in nodes {
+                let due = min(n.lastCheckMs &+ policy.toleranceMs, n.drainingUntilMs ?? .max) &+ 1
+                next = min(next ?? due, due)
+            }
+        }
+        return next
+    }
+
     /// Removes one node (e.g. after connection failures); returns it if present.
     @discardableResult
     public mutating func remove(key: [UInt8], address: [UInt8]) -> Node? {

@@ -236,6 +236,23 @@ import UwsgiWire
         #expect(t.pick(host: Array("k".utf8), algorithm: .weightedRoundRobin, nowMs: 27_002) == nil)
     }
 
+    @Test func nextExpiryIsTheEarliestToleranceOrDrainEndAndARefreshOnlyMovesItLater() {
+        var policy = SubscriptionTable.Policy()
+        policy.drainLastMs = 5000
+        var t = SubscriptionTable(policy: policy)
+        #expect(t.nextExpiryMs == nil, "an empty table never expires anything")
+        _ = t.apply(sub("a", "A"), verification: .unsigned, nowMs: 1000)
+        _ = t.apply(sub("b", "B"), verification: .unsigned, nowMs: 2000)
+        #expect(t.nextExpiryMs == 1000 + policy.toleranceMs + 1)
+        #expect(t.expire(nowMs: 1000 + policy.toleranceMs).isEmpty, "not a millisecond before")
+        _ = t.apply(sub("a", "A"), verification: .unsigned, nowMs: 3000)
+        #expect(t.nextExpiryMs == 2000 + policy.toleranceMs + 1, "the refresh moved a's expiry after b's")
+        _ = t.apply(SubscriptionPacket(command: .unsubscribe, key: "b", address: "B"), verification: .unsigned, nowMs: 4000)
+        #expect(t.nextExpiryMs == 4000 + 5000 + 1, "b's drain ends before any tolerance")
+        #expect(t.expire(nowMs: 9000).isEmpty)
+        #expect(t.expire(nowMs: 9001).map(\.keyString) == ["b"])
+    }
+
     @Test func leastConnectionsPrefersIdleNodes() {
         var t = SubscriptionTable()
         for a in ["A", "B", "C"] { _ = t.apply(sub("k", a), verification: .unsigned, nowMs: 0) }

@@ -107,9 +107,8 @@ public final class SubscriptionServer: Service {
     }
 
     private static func expireLoop(store: SubscriptionStore, logger: Logger) async throws {
-        while true {
-            try await Task.sleep(for: .seconds(1))
-            for node in store.expire(nowMs: SystemClock.wallMillis()) {
+        await store.sweepExpired(clock: { SystemClock.wallMillis() }) { gone in
+            for node in gone {
                 logger.info("subscription expired", metadata: ["key": "\(node.keyString)", "address": "\(node.addressString)"])
             }
         }

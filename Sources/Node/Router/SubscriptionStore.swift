@@ -24,9 +24,18 @@ public final class SubscriptionStore: Sendable {
     private let stats = Mutex(Stats())
     /// How long a backend that refused a connection is skipped.
     public let ejectMs: UInt64
+    /// When the expiry sweep runs next (wall ms); `.max` while it plans. A change that brings an expiry before it
+    /// (a new node, a drain, an ejection) wakes the sweeper: an idle table is not swept on a schedule.
+    private let sweepAtMs = Atomic<UInt64>(0)
+    private let sweepWake = WakeSignal()
+    private let sweeperClaimed = Atomic<Bool>(false)
+    private let toleranceMs: UInt64
+    /// The longest the sweeper sleeps (the replay-window entries of signed subscriptions are cleaned then too).
+    static let longestSweepWaitMs: UInt64 = 60_000
 
     public init(policy: SubscriptionTable.Policy, algorithm: SubscriptionTable.Algorithm, verifier: SubscriptionVerifier?, ejectMs: UInt64 = 3000) {
         table = Mutex(SubscriptionTable(policy: policy))
+        toleranceMs = policy.toleranceMs
         self.algorithm = algorithm
         self.verifier = verifier
         self.ejectMs = ejectMs
@@ -39,6 +48,7 @@ public final class SubscriptionStore: Sendable {
             let packet = try SubscriptionPacket(decoding: datagram)
             let verification = verifier?.verify(packet) ?? (packet.isSigned ? .noKey : .unsigned)
             outcome = table.withLock { $0.apply(packet, verification: verification, nowMs: nowMs) }
+            noteExpiry(of: outcome)
         } catch {
             outcome = .rejected(error)
         }
@@ -50,7 +60,49 @@ public final class SubscriptionStore: Sendable {
 
     /// Applies a packet relayed by a legion member (authenticated by the legion secret).
     public func applyTrusted(_ packet: SubscriptionPacket, nowMs: UInt64) -> SubscriptionTable.Outcome {
-        table.withLock { $0.apply(packet, verification: .trusted, nowMs: nowMs) }
+        let outcome = table.withLock { $0.apply(packet, verification: .trusted, nowMs: nowMs) }
+        noteExpiry(of: outcome)
+        return outcome
+    }
+
+    /// A new node or a drain may expire before the sweep planned: wake the sweeper (a refresh never does).
+    private func noteExpiry(of outcome: SubscriptionTable.Outcome) {
+        switch outcome {
+        case .created(let node): expires(atMs: node.lastCheckMs &+ toleranceMs &+ 1)
+        case .removed(let node): if let until = node.drainingUntilMs { expires(atMs: until &+ 1) }
+        case .refreshed, .rejected: break
+        }
+    }
+
+    private func expires(atMs due: UInt64) {
+        if due < sweepAtMs.load(ordering: .sequentiallyConsistent) { sweepWake.notify() }
+    }
+
+    /// Removes what expired at `nowMs` and sleeps until the next expiry (or a change that brings one earlier), at
+    /// most `longestSweepWaitMs`; logs through `expired`. One sweeper per store (a second caller returns at once:
+    /// the UDP and the unix subscription servers share a store). Returns when the task is cancelled.
+    public func sweepExpired(clock nowMs: () -> UInt64, expired: ([SubscriptionTable.Node]) -> Void) async {
+        guard !sweeperClaimed.exchange(true, ordering: .sequentiallyConsistent) else { return }
+        defer { sweeperClaimed.store(false, ordering: .sequentiallyConsistent) }
+        while !Task.isCancelled {
+            let now = nowMs()
+            let gone = expire(nowMs: now)
+            if !gone.isEmpty { expired(gone) }
+            let wait = planSweep(nowMs: now)
+            await sweepWake.wait(timeout: .milliseconds(Int64(wait)))
+        }
+    }
+
+    /// The wait (ms) until the next sweep, published as `sweepAtMs`. `.max` is published first, so a change made
+    /// while the table is read wakes the sweeper instead of being missed.
+    func planSweep(nowMs: UInt64) -> UInt64 {
+        sweepAtMs.store(.max, ordering: .sequentiallyConsistent)
+        var next = nowMs &+ Self.longestSweepWaitMs
+        if let due = table.withLock({ $0.nextExpiryMs }) { next = min(next, due) }
+        if let until = ejected.withLock({ $0.values.min() }) { next = min(next, until &+ 1) }
+        next = max(next, nowMs &+ 1)
+        sweepAtMs.store(next, ordering: .sequentiallyConsistent)
+        return next - nowMs
     }
 
     public func removeAll(address: [UInt8]) -> [SubscriptionTable.Node] {
@@ -95,6 +147,7 @@ public final class SubscriptionStore: Sendable {
             $0[node.addressString] = nowMs + ejectMs
             ejectedCount.store($0.count, ordering: .relaxed)
         }
+        expires(atMs: nowMs + ejectMs + 1)
     }
 
     /// Counts a finished request under the key that served it (`nil`: no key, counted under "-").

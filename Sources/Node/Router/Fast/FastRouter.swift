@@ -204,12 +204,13 @@ final class FastLoop: @unchecked Sendable {
                     drainInbox()  // handed over by another loop just before the drain
                 }
             }
-            // Sleep until the next connection deadline (at most 1 s), or 100 ms while counts wait to be flushed:
-            // an idle router does not wake, and holding idle connections costs no CPU.
+            // Sleep until the next connection deadline, or 100 ms while counts wait to be flushed; with none, until
+            // an event (stop and drain signal the wake fd): an idle router does not wake, and holding idle
+            // connections costs no CPU.
             var wakeAt = nextDeadline
             if !counts.isEmpty { wakeAt = min(wakeAt, nextFlush) }
             if acceptPausedUntil != 0 { wakeAt = min(wakeAt, acceptPausedUntil) }
-            let timeoutMs = wakeAt <= now ? 0 : Int32(min((wakeAt - now) / 1_000_000 + 1, 1000))
+            let timeoutMs = wakeAt == .max ? -1 : wakeAt <= now ? 0 : Int32(min((wakeAt - now) / 1_000_000 + 1, 3_600_000))
             let n = crio_epoll_wait(epfd, tokens, events, 256, timeoutMs)
             now = SystemClock.monotonicNanos()
             if n < 0 {
