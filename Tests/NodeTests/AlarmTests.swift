@@ -46,4 +46,17 @@ import Testing
         #expect(FileManager.default.fileExists(atPath: dir + "/unreadable-0000000000000-junk.json"))
         #expect(spool.pending == 2)
     }
+
+    @Test func aSpoolWaitingForTheStoreSaysSoAtOnceThenEveryThirtySecondsAndHowLongItWaited() {
+        var report = AlarmSpool.WaitReport()
+        let t0 = ContinuousClock.now
+        let said = [0, 8, 30, 45].map { report.due(now: t0 + .seconds($0)) }
+        #expect(said == [true, false, true, false], "the first failed round, not every retry, again after 30 s")
+        let waited = report.reset(now: t0 + .seconds(47))
+        #expect(waited == 47, "the wait counts from the first failure")
+        let again = report.reset(now: t0 + .seconds(50))
+        #expect(again == nil, "nothing to say when it was not waiting")
+        let fresh = report.due(now: t0 + .seconds(51))
+        #expect(fresh, "a new wait is said at once")
+    }
 }

@@ -23,6 +23,8 @@ public final class AlarmSpool: AlarmSink, Service, Sendable {
     private let options: StoreClient.Options
     private let logger: Logger
     private let wake = WakeSignal()
+    /// Why the store was last unreachable (for the waiting log line).
+    private let lastUnreachable = Mutex<String>("")
     private static let sequence = Atomic<Int>(0)
 
     public init(dir: String, options: StoreClient.Options, logger: Logger) {
@@ -55,11 +57,19 @@ public final class AlarmSpool: AlarmSink, Service, Sendable {
         let wake = self.wake
         await withGracefulShutdownHandler {
             var delay = Duration.milliseconds(500)
+            var waiting = WaitReport()
             while !Task.isCancelled && !Task.isShuttingDownGracefully {
                 if await drain() {
+                    if let waited = waiting.reset() {
+                        logger.notice("alarm spool: the store is reachable again; the waiting alarms are stored", metadata: ["waited_s": "\(waited)"])
+                    }
                     delay = .milliseconds(500)
                     await wake.wait(timeout: .seconds(60))   // a new alarm, or a file dropped in by hand
                 } else {
+                    // Said when it starts and every 30 s while it lasts: an alarm that waits is never silent.
+                    if waiting.due() {
+                        logger.warning("alarm spool: \(pending) alarm(s) wait for the store (\(lastUnreachable.withLock { $0 })); kept in \(dir), retried every \(min(delay * 2, .seconds(8)))")
+                    }
                     await wake.wait(timeout: delay)
                     delay = min(delay * 2, .seconds(8))
                 }
@@ -106,7 +116,28 @@ public final class AlarmSpool: AlarmSink, Service, Sendable {
             logger.warning("alarm dropped: the store refuses it (\(why))", metadata: ["container": "\(record.uid)", "message": "\(record.message)"])
             return .refused
         } catch {
+            lastUnreachable.withLock { $0 = "\(error)" }
             return .unreachable
+        }
+    }
+
+    /// When the spool started waiting for the store and when it last said so.
+    struct WaitReport {
+        var since: ContinuousClock.Instant?
+        var said: ContinuousClock.Instant?
+
+        /// True at the first failed round and then every 30 s.
+        mutating func due(now: ContinuousClock.Instant = .now) -> Bool {
+            if since == nil { since = now }
+            guard said.map({ now - $0 >= .seconds(30) }) ?? true else { return false }
+            said = now
+            return true
+        }
+
+        /// Seconds waited, when the spool was waiting.
+        mutating func reset(now: ContinuousClock.Instant = .now) -> Int64? {
+            defer { (since, said) = (nil, nil) }
+            return since.map { (now - $0).components.seconds }
         }
     }
 
