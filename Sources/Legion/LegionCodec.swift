@@ -85,7 +85,7 @@ public struct LegionCodec: Sendable {
     }
 
     public func encode(_ announce: LegionAnnounce) throws -> [UInt8] {
-        let cleartext = try announce.vars.encode()
+        let cleartext = try announce.encodedVars()
         let header = UwsgiHeader(modifier1: UwsgiModifier.legion, dataSize: UInt16(cleartext.count), modifier2: 0)
         var out = header.bytes
         switch mode {
@@ -127,9 +127,7 @@ public struct LegionCodec: Sendable {
         guard cleartext.count == Int(header.dataSize) else {
             throw .lengthMismatch(declared: Int(header.dataSize), actual: cleartext.count)
         }
-        let vars: UwsgiVars
-        do { vars = try UwsgiVars(decoding: cleartext) } catch { throw .malformed(error) }
-        let announce = try LegionAnnounce(vars: vars)
+        let announce = try LegionAnnounce(decodingVars: cleartext)
         guard announce.valor <= 65_535 else { throw .valorOutOfRange(announce.valor) }
         if mode == .native, announce.seq == nil { throw .missingSequence }
         return announce

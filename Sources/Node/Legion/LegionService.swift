@@ -163,6 +163,9 @@ struct ProtocolLoop: @unchecked Sendable {
     let effects: AsyncStream<@Sendable () -> Void>.Continuation
     var drops = RateLimitedLog()
     var lastPublishedLord: Bool = false
+    /// Datagrams received and sent since the last `publish` (which adds them to the node's state).
+    var packetsIn = 0
+    var packetsOut = 0
     /// Failover measurements (`NodeMetrics`): when another Lord was last heard, when this node noticed there was
     /// none, and the current lease deadline (monotonic ns) while Lord.
     var otherLordHeardWallMs: UInt64?
@@ -190,13 +193,14 @@ struct ProtocolLoop: @unchecked Sendable {
         effects.yield(effect)
     }
 
+    /// One input, its directives applied; `publish()` then shows the outcome (once for all the inputs of a wakeup).
     mutating func handle(_ input: LegionService.Input) {
         let now = SystemClock.now()
         switch input {
         case .tick:
             apply(machine.tick(at: now), now: now)
         case .datagram(let bytes) where bytes.first == LegionCodec.relayModifier:
-            service.state.update { $0.packetsIn += 1 }
+            packetsIn += 1
             guard service.relay != nil || service.storeHints != nil else {
                 drop(.notLegion(modifier1: LegionCodec.relayModifier), now: now)
                 return
@@ -219,7 +223,7 @@ struct ProtocolLoop: @unchecked Sendable {
                 later { logger.error("cannot seal a cluster relay", metadata: ["error": "\(error)"]) }
             }
         case .datagram(let bytes):
-            service.state.update { $0.packetsIn += 1 }
+            packetsIn += 1
             do {
                 let announce = try codec.decode(bytes)
                 apply(machine.receive(announce, at: now), now: now)
@@ -229,7 +233,6 @@ struct ProtocolLoop: @unchecked Sendable {
         case .shutdown:
             break
         }
-        publish()
     }
 
     mutating func drop(_ error: LegionPacketError, now: LegionTime) {
@@ -264,9 +267,14 @@ struct ProtocolLoop: @unchecked Sendable {
         }
         if !status.isLord { leaseUntilMono = nil }
         let phase = service.vip.phase.rawValue
+        let (received, sent) = (packetsIn, packetsOut)
+        (packetsIn, packetsOut) = (0, 0)
+        // One update per input: the counters gathered since the last one go with the status.
         service.state.update {
             $0.legion = status
             $0.vipPhase = phase
+            $0.packetsIn += received
+            $0.packetsOut += sent
         }
     }
 
@@ -365,8 +373,7 @@ struct ProtocolLoop: @unchecked Sendable {
     }
 
     /// One datagram to every peer; a failed send (buffer full, peer route down) is counted, never waited on.
-    func sendRaw(_ bytes: [UInt8]) {
-        let sent = socket.sendToPeers(bytes)
-        service.state.update { $0.packetsOut += sent }
+    mutating func sendRaw(_ bytes: [UInt8]) {
+        packetsOut += socket.sendToPeers(bytes)
     }
 }

@@ -115,6 +115,7 @@ public final class LegionThread: @unchecked Sendable {
             let now = SystemClock.monotonicNanos()
             if now >= deadline {
                 loop.handle(.tick)
+                loop.publish()
                 deadline = loop.machine.nextWakeup(after: SystemClock.now())
                 continue
             }
@@ -146,7 +147,10 @@ public final class LegionThread: @unchecked Sendable {
             }
             // An input may bring the next deadline forward (never back: a due tick must come, not be postponed by
             // a recomputation that always says "in a millisecond").
-            if handled { deadline = min(deadline, loop.machine.nextWakeup(after: SystemClock.now())) }
+            if handled {
+                loop.publish()
+                deadline = min(deadline, loop.machine.nextWakeup(after: SystemClock.now()))
+            }
         }
     }
 }
