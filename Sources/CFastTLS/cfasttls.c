@@ -1,6 +1,7 @@
 #include "cfasttls.h"
 
 #include <errno.h>
+#include <limits.h>
 #include <pthread.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -230,6 +231,16 @@ size_t ftls_peer_subject(ftls_conn *conn, char *buf, size_t len) {
     if (!peer || SSL_get_verify_result(ssl) != X509_V_OK || len == 0) return 0;
     if (!X509_NAME_oneline(X509_get_subject_name(peer), buf, (int)len)) return 0;
     return strlen(buf);
+}
+
+size_t ftls_der_subject(const unsigned char *der, size_t der_len, char *buf, size_t len) {
+    if (!der || der_len == 0 || der_len > (size_t)LONG_MAX || len == 0) return 0;
+    const unsigned char *p = der;
+    X509 *cert = d2i_X509(NULL, &p, (long)der_len);
+    if (!cert) return 0;
+    size_t n = X509_NAME_oneline(X509_get_subject_name(cert), buf, (int)len) ? strlen(buf) : 0;
+    X509_free(cert);
+    return n;
 }
 
 size_t ftls_peer_der(ftls_conn *conn, unsigned char *buf, size_t len) {

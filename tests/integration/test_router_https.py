@@ -140,9 +140,9 @@ def make_ca(directory: Path, name: str) -> tuple[Path, Path]:
     return crt, key
 
 
-def make_client_cert(directory: Path, ca: tuple[Path, Path], cn: str) -> tuple[Path, Path]:
+def make_client_cert(directory: Path, ca: tuple[Path, Path], cn: str, subject: str | None = None) -> tuple[Path, Path]:
     key, csr, crt = directory / f"{cn}.key", directory / f"{cn}.csr", directory / f"{cn}.crt"
-    subprocess.run(["openssl", "req", "-newkey", "rsa:2048", "-nodes", "-subj", f"/C=IT/O=Customers/CN={cn}",
+    subprocess.run(["openssl", "req", "-utf8", "-newkey", "rsa:2048", "-nodes", "-subj", subject or f"/C=IT/O=Customers/CN={cn}",
                     "-keyout", str(key), "-out", str(csr)], check=True, capture_output=True, timeout=60)
     subprocess.run(["openssl", "x509", "-req", "-in", str(csr), "-CA", str(ca[0]), "-CAkey", str(ca[1]), "-CAcreateserial",
                     "-days", "2", "-out", str(crt)], check=True, capture_output=True, timeout=60)
@@ -193,6 +193,8 @@ def test_client_certificates_per_domain_required_and_optional(legion_bin, tmp_pa
     other_ca = make_ca(tmp_path, "Other CA")
     alice = make_client_cert(tmp_path, ca, "alice")
     mallory = make_client_cert(tmp_path, other_ca, "mallory")
+    # Attributes beyond C/O/CN and bytes beyond ASCII: both paths write the DN as uWSGI does (X509_NAME_oneline).
+    zoe = make_client_cert(tmp_path, ca, "zoe", subject="/C=IT/O=Società Clienti/OU=Ops/serialNumber=42/CN=Zoë")
     (tmp_path / "app.py").write_text(CERT_APP)
     procs: list = []
     try:
@@ -227,6 +229,8 @@ def test_client_certificates_per_domain_required_and_optional(legion_bin, tmp_pa
         # Optional: without a certificate the request goes through without a DN; with one it carries the DN.
         assert tls_get(https_port, "loose.example.com") == {"dn": None, "has_cc": False}
         assert tls_get(https_port, "loose.example.com", alice)["dn"] == "/C=IT/O=Customers/CN=alice"
+        assert tls_get(https_port, "loose.example.com", zoe)["dn"] == "/C=IT/O=Societ\\xC3\\xA0 Clienti/OU=Ops/serialNumber=42/CN=Zo\\xC3\\xAB"
+        assert tls_get(https_port, "strict.example.com", zoe, chunked=True)["dn"] == tls_get(https_port, "strict.example.com", zoe)["dn"]
         with pytest.raises((ssl.SSLError, ConnectionError, AssertionError, OSError)):
             tls_get(https_port, "loose.example.com", mallory)
         # Names without sni_ca never ask for a certificate.

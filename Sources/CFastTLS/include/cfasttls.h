@@ -58,6 +58,9 @@ const char *ftls_server_name(ftls_conn *conn);
 /// written NUL-terminated into `buf`, and its DER encoding; 0 when there is none (or it does not fit).
 size_t ftls_peer_subject(ftls_conn *conn, char *buf, size_t len);
 size_t ftls_peer_der(ftls_conn *conn, unsigned char *buf, size_t len);
+/// The subject of a DER certificate in OpenSSL's one-line form (X509_NAME_oneline, as ftls_peer_subject and uWSGI's
+/// HTTPS_DN); 0 when `der` is not a certificate.
+size_t ftls_der_subject(const unsigned char *der, size_t der_len, char *buf, size_t len);
 /// The negotiated protocol version ("TLSv1.3"), and whether the session was resumed.
 const char *ftls_version(ftls_conn *conn);
 int ftls_resumed(ftls_conn *conn);

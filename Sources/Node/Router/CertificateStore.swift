@@ -1,3 +1,4 @@
+import CFastTLS
 import Foundation
 import Logging
 import NIOCore
@@ -153,22 +154,14 @@ public final class CertificateStore: Sendable {
         }
     }
 
-    /// A certificate subject as OpenSSL's one-line form (`/C=IT/O=Example/CN=alice`), uWSGI's HTTPS_DN.
+    /// A certificate subject as OpenSSL's one-line form (`/C=IT/O=Example/CN=alice`), uWSGI's HTTPS_DN: the same
+    /// function the fast path's TLS uses on its sessions (every attribute by its short name, bytes outside printable
+    /// ASCII as `\xHH`), so both paths hand a backend the same DN for the same certificate.
     public static func distinguishedName(_ certificate: NIOSSLCertificate) -> String {
-        certificate.subjectName.map { name -> String in
-            let label: String = switch name.type {
-            case .country: "C"
-            case .state: "ST"
-            case .city: "L"
-            case .organization: "O"
-            case .organizationalUnit: "OU"
-            case .commonName: "CN"
-            case .emailAddress: "emailAddress"
-            case .userId: "UID"
-            default: "?"
-            }
-            return "/\(label)=\(name.value)"
-        }.joined()
+        guard let der = try? certificate.toDERBytes() else { return "" }
+        var buffer = [CChar](repeating: 0, count: 1024)
+        let n = der.withUnsafeBufferPointer { ftls_der_subject($0.baseAddress, $0.count, &buffer, buffer.count) }
+        return String(decoding: buffer[..<n].map { UInt8(bitPattern: $0) }, as: UTF8.self)
     }
 
     /// The pair for a server name: exact, then the directory, then wildcard parents.
