@@ -114,7 +114,7 @@ extension LegionAnnounce {
         }
         func number(_ key: Key) throws(LegionPacketError) -> UInt64? {
             guard let raw = value(key) else { return nil }
-            guard let parsed = Self.decimal(raw) else { throw .badNumber(Self.keyName(key)) }
+            guard let parsed = UwsgiVars.parseDecimal(raw) else { throw .badNumber(Self.keyName(key)) }
             return parsed
         }
         func requiredNumber(_ key: Key) throws(LegionPacketError) -> UInt64 {
@@ -152,16 +152,5 @@ extension LegionAnnounce {
             if same { return index }
         }
         return nil
-    }
-
-    /// `UwsgiVars.parseDecimal` on a slice: `[0-9]+`, at most 19 digits.
-    private static func decimal(_ raw: ArraySlice<UInt8>) -> UInt64? {
-        guard !raw.isEmpty, raw.count <= 19 else { return nil }
-        var value: UInt64 = 0
-        for byte in raw {
-            guard byte >= 0x30, byte <= 0x39 else { return nil }
-            value = value &* 10 &+ UInt64(byte - 0x30)
-        }
-        return value
     }
 }

@@ -67,7 +67,10 @@ public struct UwsgiVars: Sendable, Equatable {
         return UwsgiVars.parseDecimal(raw)
     }
 
-    public static func parseDecimal(_ raw: [UInt8]) -> UInt64? {
+    /// `[0-9]+`, at most 19 digits, as a number; anything else is nil. Generic (and inlinable) so slices of a datagram
+    /// parse in place.
+    @inlinable
+    public static func parseDecimal<Digits: Collection<UInt8>>(_ raw: Digits) -> UInt64? {
         guard !raw.isEmpty, raw.count <= 19 else { return nil }
         var value: UInt64 = 0
         for byte in raw {
