@@ -162,7 +162,6 @@ struct ProtocolLoop: @unchecked Sendable {
     let socket: LegionSocket
     let effects: AsyncStream<@Sendable () -> Void>.Continuation
     var drops = RateLimitedLog()
-    var lastPublishedLord: Bool = false
     /// Datagrams received and sent since the last `publish` (which adds them to the node's state).
     var packetsIn = 0
     var packetsOut = 0
