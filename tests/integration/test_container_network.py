@@ -14,6 +14,7 @@ Nothing is created in the root network namespace.
 from __future__ import annotations
 
 import base64
+from collections import Counter
 import json
 import os
 import shutil
@@ -304,28 +305,60 @@ def test_a_removed_container_leaves_no_namespace_veth_or_firewall_element(net_la
     assert wait_for(lambda: not os.path.exists(f"/run/netns/legion-n2-{uid}"), 10)
     assert wait_for(lambda: veth not in lab("n2", "nft", "list", "set", "inet", "legion_n2", "ports").stdout, 10)
     assert ip_of(uid) + " " not in lab("n2", "ip", "route").stdout
+    # Last, the home: unmounted (its loop device released) and archived, not deleted.
+    assert wait_for(lambda: f"container {uid} removed from this node" in lab_.log("n2"), 30), lab_.log("n2")[-3000:]
+    def loops() -> str:
+        return subprocess.run(["losetup", "-a"], capture_output=True, text=True).stdout
+    assert wait_for(lambda: f"/{uid}.ext4)" not in loops(), 10), loops()
 
 
-def leak_counters() -> dict:
-    """What a container may leave behind, counted in the root namespace and in n2's."""
-    def count(argv: list[str]) -> int:
-        return len(subprocess.run(argv, capture_output=True, text=True).stdout.splitlines())
+def leak_inventory() -> dict[str, Counter]:
+    """What a container may leave behind, in the root namespace and in n2's, by identity (not by count): an
+    earlier test's teardown finishing meanwhile (a lazily released loop device) must not look like a leak or hide one."""
+    def lines(argv: list[str]) -> Counter:
+        return Counter(line.strip() for line in subprocess.run(argv, capture_output=True, text=True).stdout.splitlines() if line.strip())
+
+    def mounts() -> Counter:
+        # mountinfo field 5 is the mount point, the field after " - " the filesystem type and source.
+        out = Counter()
+        for line in Path("/proc/self/mountinfo").read_text().splitlines():
+            fields, _, tail = line.partition(" - ")
+            out[(fields.split()[4], tail)] += 1
+        return out
+
+    def loops() -> Counter:
+        # "/dev/loop3: [2049]:1234 (/path/image)": the device and its backing file.
+        return Counter(line.split(":", 1)[0] + " " + line.rsplit("(", 1)[-1].rstrip(")")
+                       for line in lines(["losetup", "-a"]))
+
+    def links() -> Counter:
+        # "7: lv123@if2: <...>": the name, not the index.
+        return Counter(line.split(":", 2)[1].strip().split("@")[0]
+                       for line in lines(["ip", "netns", "exec", "lg-n2", "ip", "-o", "link"]))
+
     cgroups = Path("/sys/fs/cgroup/memory/legion/n2")
+    ports = lab("n2", "nft", "list", "set", "inet", "legion_n2", "ports").stdout
     return {
-        "mounts": len(Path("/proc/self/mountinfo").read_text().splitlines()),
-        "loop devices": count(["losetup", "-a"]),
-        "netns": len(os.listdir("/run/netns")),
-        "n2 links": count(["ip", "netns", "exec", "lg-n2", "ip", "-o", "link"]),
-        "n2 routes": count(["ip", "netns", "exec", "lg-n2", "ip", "route"]),
-        "runc containers": count(["runc", "list", "-q"]),
-        "cgroups": len([d for d in cgroups.iterdir() if d.is_dir()]) if cgroups.exists() else 0,
-        "firewall ports": lab("n2", "nft", "list", "set", "inet", "legion_n2", "ports").stdout.count('"lv'),
+        "mounts": mounts(),
+        "loop devices": loops(),
+        "netns": Counter(os.listdir("/run/netns")),
+        "n2 links": links(),
+        "n2 routes": lines(["ip", "netns", "exec", "lg-n2", "ip", "route"]),
+        "runc containers": lines(["runc", "list", "-q"]),
+        "cgroups": Counter(d.name for d in cgroups.iterdir() if d.is_dir()) if cgroups.exists() else Counter(),
+        "firewall ports": Counter(w.strip(' ,"') for w in ports.split() if w.strip(' ,"').startswith("lv")),
     }
+
+
+def leaked_since(before: dict[str, Counter]) -> dict[str, list]:
+    """What exists now and did not before (Counter subtraction keeps only what grew)."""
+    now = leak_inventory()
+    return {k: sorted(map(str, (now[k] - before[k]).elements())) for k in now if now[k] - before[k]}
 
 
 def test_100_create_delete_cycles_leave_nothing_behind(net_lab: Lab):
     lab_ = net_lab
-    before = leak_counters()
+    before = leak_inventory()
     t0 = time.monotonic()
     for rnd in range(10):
         names = [f"cyc{rnd}-{i}" for i in range(10)]
@@ -348,10 +381,9 @@ def test_100_create_delete_cycles_leave_nothing_behind(net_lab: Lab):
         assert wait_for(all_gone, 60, 0.2), lab_.log("n2")[-3000:]
     elapsed = time.monotonic() - t0
 
-    def settled() -> bool:
-        return leak_counters() == before
-    assert wait_for(settled, 30, 0.5), {k: (before[k], v) for k, v in leak_counters().items() if before[k] != v}
-    print(f"\n100 create/delete cycles (10 at a time, store → running → removed) in {elapsed:.1f} s; counters unchanged: {before}")
+    assert wait_for(lambda: not leaked_since(before), 30, 0.5), leaked_since(before)
+    print(f"\n100 create/delete cycles (10 at a time, store → running → removed) in {elapsed:.1f} s; nothing left behind: "
+          + ", ".join(f"{k} {sum(v.values())}" for k, v in leak_inventory().items()))
 
 
 def test_a_node_killed_hard_brings_every_container_back_with_its_network(net_lab: Lab):
