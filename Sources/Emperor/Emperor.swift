@@ -113,8 +113,10 @@ public final class Emperor: @unchecked Sendable {
     @discardableResult
     public func run() async throws -> Int32 {
         try prepare()
-        let thread = Thread { [self] in loop() }
-        thread.name = "legion-emperor"
+        let thread = Thread { [self] in
+            ThreadName.set("legion-emperor")
+            loop()
+        }
         thread.start()
         return await withTaskCancellationHandler {
             await withCheckedContinuation { continuation in

@@ -104,6 +104,8 @@ public struct NodeRuntime: Sendable {
         }
         services.append(.init(service: ReadinessNotifier(state: state, hasStore: config.store != nil, logger: logger),
                               successTerminationBehavior: .ignore))
+        // Says when the async side stalls (every pool thread held by a blocking task) and which threads wait where.
+        services.append(.init(service: TaskPoolWatchdog(logger: logger)))
         let storeHints = config.store.map { _ in StoreChangeHints(origin: config.name) }
         let legion = try LegionService(config: config, state: state, logger: logger, relay: relay, storeHints: storeHints,
                                        vipListener: vipListener)

@@ -287,8 +287,10 @@ public final class ProcessSupervisor: @unchecked Sendable {
             wakeRead = fds[0]
             wakeWrite = fds[1]
         }
-        let thread = Thread { [self] in reaperLoop() }
-        thread.name = "legion-reaper"
+        let thread = Thread { [self] in
+            ThreadName.set("legion-reaper")
+            reaperLoop()
+        }
         thread.start()
     }
 
@@ -396,8 +398,10 @@ private final class ForkThread: @unchecked Sendable {
         defer { condition.unlock() }
         if !started {
             started = true
-            let thread = Thread { [self] in loop() }
-            thread.name = "legion-spawner"
+            let thread = Thread { [self] in
+                ThreadName.set("legion-spawner")
+                loop()
+            }
             thread.start()
         }
         while job != nil || result != nil { condition.wait() }
@@ -434,6 +438,7 @@ private final class OutputReader: @unchecked Sendable {
     func start(fd: Int32) {
         started = true
         let thread = Thread { [self] in
+            ThreadName.set("legion-output")
             text = readAll(fd: fd, limit: 64 * 1024)
             done.signal()
         }

@@ -114,6 +114,28 @@ def proc_start_ticks(pid: int) -> int | None:
         return None
 
 
+def thread_report(pid: int) -> str:
+    """Each thread of a process: name, state, CPU ticks and where the kernel has it wait (for a hung node: a
+    cooperative-pool thread parked in futex_wait means a task blocked its thread)."""
+    out = []
+    try:
+        tids = sorted(os.listdir(f"/proc/{pid}/task"), key=int)
+    except OSError as e:
+        return f"no /proc/{pid}: {e}"
+    for tid in tids:
+        base = f"/proc/{pid}/task/{tid}"
+        try:
+            comm = Path(base, "comm").read_text().strip()
+            stat = Path(base, "stat").read_text()
+            fields = stat[stat.rfind(")") + 2:].split()
+            wchan = Path(base, "wchan").read_text().strip() or "-"
+            syscall = Path(base, "syscall").read_text().split()[0] if os.access(Path(base, "syscall"), os.R_OK) else "?"
+        except OSError:
+            continue
+        out.append(f"{tid} {comm:<16} state {fields[0]} utime {fields[11]} stime {fields[12]} wchan {wchan} syscall {syscall}")
+    return "\n".join(out)
+
+
 def boot_ticks_now() -> int:
     """Current time in /proc/PID/stat start-time units (clock ticks since boot)."""
     with open("/proc/uptime") as f:

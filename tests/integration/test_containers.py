@@ -18,6 +18,7 @@ from pathlib import Path
 
 import pytest
 
+from conftest import thread_report
 from test_hosting import DOMAIN, ROUTERS, VIP, get, hosting_cluster, wait_for
 
 pytestmark = pytest.mark.skipif(os.getuid() != 0, reason="runc containers need root (CI runs as root)")
@@ -506,7 +507,8 @@ def test_an_alarm_raised_without_store_quorum_is_spooled_survives_a_restart_and_
         pytest.fail(f"the spooled alarm never reached the store; node2 store status: {status}\n"
                     + "node2's alarm/store log lines:\n" + "\n".join(lines[-40:])
                     + f"\nspool: {sorted(x.name for x in spool.iterdir())}\nquery: rc={p.returncode} {p.stdout[-500:]} {p.stderr[-1500:]}"
-                    + f"\nnode2 tail:\n{c.log('node2')[-1500:]}")
+                    + f"\nnode2 tail:\n{c.log('node2')[-1500:]}"
+                    + f"\nnode2's threads:\n{thread_report(c.node_pid('node2'))}")
     assert wait_for(lambda: not list(spool.glob("*.json")), 20), "delivered alarms leave the spool"
     time.sleep(2)
     assert len(store_alarms(c, uid, "OUT OF MEMORY")) == 1, "stored exactly once"

@@ -59,6 +59,9 @@ int cproc_pipe(int fds[2], int nonblocking);
 /// prctl(PR_SET_CHILD_SUBREAPER, 1).
 int cproc_set_subreaper(void);
 
+/// Names the calling thread (first 15 bytes) as shown by top -H, ps -L and /proc/PID/task/TID/comm.
+int cproc_name_thread(const char *name);
+
 #ifdef __cplusplus
 }
 #endif

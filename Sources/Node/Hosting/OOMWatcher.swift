@@ -5,6 +5,7 @@ import Store
 import Synchronization
 #if canImport(Glibc)
 import Glibc
+import Supervisor
 #endif
 
 /// Where container alarms go: the store's alarms table (uwsgi.it's system alarms, level 0), so the API and the
@@ -82,8 +83,10 @@ public final class OOMWatcher: @unchecked Sendable {
             return !started
         }
         guard start else { return }
-        let thread = Thread { [self] in loop() }
-        thread.name = "legion-oom"
+        let thread = Thread { [self] in
+            ThreadName.set("legion-oom")
+            loop()
+        }
         thread.start()
     }
 

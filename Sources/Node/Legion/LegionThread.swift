@@ -4,6 +4,7 @@ import NIOCore
 import Synchronization
 #if canImport(Glibc)
 import Glibc
+import Supervisor
 #endif
 
 /// The Legion protocol loop's own OS thread, as keepalived runs VRRP: a Lord whose process is starved of CPU by
@@ -62,25 +63,16 @@ public final class LegionThread: @unchecked Sendable {
     func run(_ loop: ProtocolLoop) async -> Outcome {
         await withCheckedContinuation { (continuation: CheckedContinuation<Outcome, Never>) in
             let thread = Thread { [self] in
-                LegionThread.nameThisThread("legion-protocol")
+                ThreadName.set("legion-protocol")
                 let note = self.becomeRealtime()
                 var loop = loop
                 self.serve(&loop)
                 loop.shutdown()
                 continuation.resume(returning: Outcome(realtimeNote: note))
             }
-            thread.name = "legion-protocol"
             thread.stackSize = 1 << 20
             thread.start()
         }
-    }
-
-    /// glibc's pthread_setname_np, looked up at run time (Swift's Glibc module hides the _GNU_SOURCE declarations):
-    /// the thread shows as `legion-protocol` in top -H, ps -L and /proc.
-    static func nameThisThread(_ name: String) {
-        guard let symbol = dlsym(nil /* RTLD_DEFAULT */, "pthread_setname_np") else { return }
-        let setName = unsafeBitCast(symbol, to: (@convention(c) (pthread_t, UnsafePointer<CChar>) -> Int32).self)
-        _ = name.withCString { setName(pthread_self(), $0) }
     }
 
     /// SCHED_RR for this thread and locked memory for the process, when configured and permitted.

@@ -6,6 +6,7 @@ import NIOCore
 import NIOPosix
 import ServiceLifecycle
 import Subscriptions
+import Supervisor
 
 /// The UDP subscription server (uWSGI `--http-subscription-server`): real uWSGI vassals
 /// subscribe here with `--subscribe-to` / `--subscribe2`. Never answers on the socket (as uWSGI).
@@ -80,6 +81,7 @@ public final class SubscriptionServer: Service {
                                                                    "signed": "\(store.verifier != nil)"])
         let stopped = UnixReceiverState()
         let thread = Thread { [self] in
+            ThreadName.set("legion-sub-unix")
             var drops = RateLimitedLog()
             var buffer = [UInt8](repeating: 0, count: 65_536)
             while !stopped.isStopped {
@@ -93,7 +95,6 @@ public final class SubscriptionServer: Service {
             }
             close(fd)
         }
-        thread.name = "legion-subscribe-unix"
         thread.start()
         let store = self.store
         try await withThrowingTaskGroup(of: Void.self) { group in

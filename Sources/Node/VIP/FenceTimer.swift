@@ -1,6 +1,7 @@
 import CRouterIO
 import Foundation
 import Synchronization
+import Supervisor
 
 /// The failover IP's self-fence deadline as a kernel timer (a timerfd on CLOCK_MONOTONIC) that a thread of its own
 /// waits on. Re-arming it — every lease renewal, from the protocol thread — is one syscall that wakes nobody, so a
@@ -18,10 +19,10 @@ final class FenceTimer: Sendable {
         guard fd >= 0 else { return nil }
         self.fd = fd
         let thread = Thread { [self] in
+            ThreadName.set(name)
             while crio_timerfd_wait(fd) >= 0, !stopped.load(ordering: .acquiring) { fired() }
             finished.signal()
         }
-        thread.name = name
         thread.stackSize = 256 * 1024
         thread.start()
     }

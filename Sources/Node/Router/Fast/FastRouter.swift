@@ -3,6 +3,7 @@ import CRouterIO
 import Foundation
 import Logging
 import Synchronization
+import Supervisor
 
 /// The HTTP router's fast path (Linux): one epoll loop per thread over one shared listening
 /// socket, serving plain HTTP/1.x requests to uwsgi backends with the fewest system calls the
@@ -70,10 +71,10 @@ final class FastRouter: @unchecked Sendable {
         for loop in loops {
             finished.enter()
             let thread = Thread { [finished] in
+                ThreadName.set("legion-router-\(loop.index)")
                 loop.run()
                 finished.leave()
             }
-            thread.name = "legion-router-\(loop.index)"
             thread.start()
         }
     }
