@@ -104,8 +104,9 @@ public struct NodeRuntime: Sendable {
         }
         services.append(.init(service: ReadinessNotifier(state: state, hasStore: config.store != nil, logger: logger),
                               successTerminationBehavior: .ignore))
-        // Says when the async side stalls (every pool thread held by a blocking task) and which threads wait where.
-        services.append(.init(service: TaskPoolWatchdog(logger: logger)))
+        // Says when the async side stalls (the task pool or a shared event loop held by a blocking job) and which
+        // threads wait where.
+        services.append(.init(service: ExecutorWatchdog(logger: logger)))
         let storeHints = config.store.map { _ in StoreChangeHints(origin: config.name) }
         let legion = try LegionService(config: config, state: state, logger: logger, relay: relay, storeHints: storeHints,
                                        vipListener: vipListener)
