@@ -73,8 +73,9 @@ import Testing
     /// An event loop blocked by a job (store requests and their timeouts would wait behind it) is named.
     @Test func aBlockedEventLoopIsReportedByName() async throws {
         let group = MultiThreadedEventLoopGroup(numberOfThreads: 2)
-        let loops = ExecutorWatchdog.Executor.eventLoops(of: group, named: "test")
+        let loops = ExecutorWatchdog.Executor.eventLoops(of: group, named: "test", label: "test_loop")
         #expect(loops.map(\.name) == ["test event loop 0", "test event loop 1"])
+        #expect(loops.map(\.label) == ["test_loop_0", "test_loop_1"])
         let lines = try await Self.watch(loops) {
             let blocked = Array(group.makeIterator())[1]
             try? await blocked.submit { usleep(600_000) }.get()

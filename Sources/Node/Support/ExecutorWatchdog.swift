@@ -3,6 +3,7 @@ import Glibc
 #endif
 import Foundation
 import Logging
+import Metrics
 import NIOCore
 import NIOPosix
 import ServiceLifecycle
@@ -68,24 +69,28 @@ public struct ExecutorStallDetector: Sendable, Equatable {
 public final class ExecutorWatchdog: Service, Sendable {
     /// Something that runs jobs: the task pool, an event loop.
     public struct Executor: Sendable {
+        /// For the log: "the Swift task pool".
         public var name: String
+        /// For `legion_executor_stalls_total{executor=…}`: "task_pool".
+        public var label: String
         public var submit: @Sendable (@escaping @Sendable () -> Void) -> Void
 
-        public init(name: String, submit: @escaping @Sendable (@escaping @Sendable () -> Void) -> Void) {
+        public init(name: String, label: String, submit: @escaping @Sendable (@escaping @Sendable () -> Void) -> Void) {
             self.name = name
+            self.label = label
             self.submit = submit
         }
 
         /// Swift's global concurrent executor, at the default priority (each priority has threads of its own; the
         /// node's tasks run at the default one).
-        public static let taskPool = Executor(name: "the Swift task pool") { job in Task.detached { job() } }
+        public static let taskPool = Executor(name: "the Swift task pool", label: "task_pool") { job in Task.detached { job() } }
 
-        /// Each event loop of a NIO group.
-        public static func eventLoops(of group: EventLoopGroup, named name: String) -> [Executor] {
+        /// Each event loop of a NIO group: "`name` event loop N", labelled "`label`_N".
+        public static func eventLoops(of group: EventLoopGroup, named name: String, label: String) -> [Executor] {
             var index = 0
             return group.makeIterator().map { loop in
                 defer { index += 1 }
-                return Executor(name: "\(name) event loop \(index)") { job in loop.execute(job) }
+                return Executor(name: "\(name) event loop \(index)", label: "\(label)_\(index)") { job in loop.execute(job) }
             }
         }
     }
@@ -98,7 +103,7 @@ public final class ExecutorWatchdog: Service, Sendable {
 
     /// The task pool and the shared (singleton) NIO event loops.
     public static func defaultExecutors() -> [Executor] {
-        [.taskPool] + Executor.eventLoops(of: MultiThreadedEventLoopGroup.singleton, named: "the shared NIO")
+        [.taskPool] + Executor.eventLoops(of: MultiThreadedEventLoopGroup.singleton, named: "the shared NIO", label: "shared_event_loop")
     }
 
     public init(executors: [Executor] = ExecutorWatchdog.defaultExecutors(), period: Duration = .seconds(2),
@@ -143,6 +148,7 @@ public final class ExecutorWatchdog: Service, Sendable {
                         }
                     }
                 case .reportStall(let stalled):
+                    Counter(label: NodeMetrics.executorStalls, dimensions: [("executor", executor.label)]).increment()
                     logger.error("watchdog: \(executor.name) has run nothing for \(stalled / 1_000_000) ms: a job holds its thread(s) (a lock, a synchronous wait or a slow system call), and every store request, API call, alarm or hosting step queued there waits. Threads:\n\(Self.threadReport())")
                 }
             }

@@ -16,6 +16,8 @@ public enum NodeMetrics {
     public static let emperorRespawns = "legion_emperor_respawns_total"
     public static let emperorThrottled = "legion_emperor_throttled_total"
     public static let containerOOMKills = "legion_container_oom_kills_total"
+    /// Stalls of the task pool or a shared event loop reported by the watchdog, by `executor`.
+    public static let executorStalls = "legion_executor_stalls_total"
 
     /// The first 50 domains seen get their own label; the rest share "other" (Prometheus series stay bounded
     /// whatever customers subscribe).
