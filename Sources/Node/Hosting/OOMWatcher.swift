@@ -2,10 +2,10 @@ import CRouterIO
 import Foundation
 import Logging
 import Store
+import Supervisor
 import Synchronization
 #if canImport(Glibc)
 import Glibc
-import Supervisor
 #endif
 
 /// Where container alarms go: the store's alarms table (uwsgi.it's system alarms, level 0), so the API and the

@@ -1,10 +1,10 @@
 import CRouterIO
 import Foundation
 import NIOCore
+import Supervisor
 import Synchronization
 #if canImport(Glibc)
 import Glibc
-import Supervisor
 #endif
 
 /// The Legion protocol loop's own OS thread, as keepalived runs VRRP: a Lord whose process is starved of CPU by

@@ -1,7 +1,7 @@
 import CRouterIO
 import Foundation
-import Synchronization
 import Supervisor
+import Synchronization
 
 /// The failover IP's self-fence deadline as a kernel timer (a timerfd on CLOCK_MONOTONIC) that a thread of its own
 /// waits on. Re-arming it — every lease renewal, from the protocol thread — is one syscall that wakes nobody, so a

@@ -2,8 +2,8 @@
 import CRouterIO
 import Foundation
 import Logging
-import Synchronization
 import Supervisor
+import Synchronization
 
 /// The HTTP router's fast path (Linux): one epoll loop per thread over one shared listening
 /// socket, serving plain HTTP/1.x requests to uwsgi backends with the fewest system calls the
