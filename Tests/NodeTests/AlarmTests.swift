@@ -47,6 +47,32 @@ import Testing
         #expect(spool.pending == 2)
     }
 
+    /// A node killed between a record's fsync and its rename (the test that kills a node right after an OOM did
+    /// this) leaves it under its temporary name: the next start files it; a cut-short one is moved aside; the
+    /// running process's own temporaries are not touched.
+    @Test func aRecordLeftUnderItsTemporaryNameByAKilledNodeIsTakenInAtTheNextStart() throws {
+        let dir = NSTemporaryDirectory() + "spool-\(UUID().uuidString)"
+        try FileManager.default.createDirectory(atPath: dir, withIntermediateDirectories: true)
+        defer { try? FileManager.default.removeItem(atPath: dir) }
+        let spool = AlarmSpool(dir: dir, options: StoreClient.Options(nodes: ["127.0.0.1:1"]), logger: Logger(label: "test"))
+        let record = AlarmSpool.Record(requestID: "alarm-1", uid: 30001, level: 0, message: "container 30001: OUT OF MEMORY !!!", atMs: 1_796_070_938_355)
+        let complete = try JSONEncoder().encode(record)
+        let final = "1796070938355-0000000000-alarm-1.json"
+        #expect(FileManager.default.createFile(atPath: dir + "/.9f3a-" + final, contents: complete))
+        #expect(FileManager.default.createFile(atPath: dir + "/.77b1-1796070938356-0000000001-alarm-2.json", contents: complete.prefix(20)))
+        let own = AlarmSpool.temporaryPrefix + "1796070938357-0000000002-alarm-3.json"
+        #expect(FileManager.default.createFile(atPath: dir + "/" + own, contents: complete))
+        #expect(spool.pending == 0, "temporaries are not spooled records")
+        spool.recoverTemporaries()
+        #expect(spool.pending == 1)
+        let taken = try JSONDecoder().decode(AlarmSpool.Record.self, from: try #require(FileManager.default.contents(atPath: dir + "/" + final)))
+        #expect(taken == record, "filed under its final name, whole")
+        #expect(FileManager.default.fileExists(atPath: dir + "/unreadable-77b1-1796070938356-0000000001-alarm-2.json"), "a cut-short one is kept aside")
+        #expect(FileManager.default.fileExists(atPath: dir + "/" + own), "this process's own temporary is left to its writer")
+        spool.recoverTemporaries()
+        #expect(spool.pending == 1, "nothing more the second time")
+    }
+
     @Test func aSpoolWaitingForTheStoreSaysSoAtOnceThenEveryThirtySecondsAndHowLongItWaited() {
         var report = AlarmSpool.WaitReport()
         let t0 = ContinuousClock.now

@@ -10,6 +10,10 @@ import Synchronization
 /// store write and the file's removal stores it once). While the store has no quorum, or the node restarts, the
 /// spool keeps them: an alarm is never lost, and it keeps the time it happened. An alarm the store refuses for
 /// good (its container was deleted meanwhile) is dropped with a log line; an unreadable spool file is moved aside.
+///
+/// A record is written to a temporary name (`.TOKEN-NAME`, the token drawn per process), fsynced, then renamed: a node killed between the two
+/// leaves a complete record under the temporary name, which the next start takes in (a cut-short one, which
+/// cannot decode, is moved aside).
 public final class AlarmSpool: AlarmSink, Service, Sendable {
     struct Record: Codable, Equatable {
         var requestID: String
@@ -52,6 +56,7 @@ public final class AlarmSpool: AlarmSink, Service, Sendable {
 
     public func run() async throws {
         try FileManager.default.createDirectory(atPath: dir, withIntermediateDirectories: true, attributes: [.posixPermissions: 0o700])
+        recoverTemporaries()
         let waiting = files().count
         if waiting > 0 { logger.notice("alarm spool: \(waiting) alarm(s) from before the restart to store") }
         let wake = self.wake
@@ -141,12 +146,40 @@ public final class AlarmSpool: AlarmSink, Service, Sendable {
         }
     }
 
+    /// Records left under their temporary name by an earlier process killed between fsync and rename: a complete
+    /// one is taken in under its final name, a cut-short one moved aside. This process's own are left alone (a
+    /// `raise` may be writing one now).
+    func recoverTemporaries() {
+        let own = Self.temporaryPrefix
+        let names = ((try? FileManager.default.contentsOfDirectory(atPath: dir)) ?? []).filter {
+            $0.hasPrefix(".") && $0.hasSuffix(".json") && !$0.hasPrefix(own)
+        }
+        for name in names.sorted() {
+            let path = dir + "/" + name
+            // ".TOKEN-FINAL": the final name follows the first "-".
+            guard let dash = name.firstIndex(of: "-") else { continue }
+            let final = String(name[name.index(after: dash)...])
+            if let data = FileManager.default.contents(atPath: path), (try? JSONDecoder().decode(Record.self, from: data)) != nil,
+               !final.isEmpty, rename(path, dir + "/" + final) == 0 {
+                logger.notice("alarm spool: took in \(final), written by a process that stopped before it was filed")
+            } else {
+                let aside = dir + "/unreadable-" + name.dropFirst()
+                _ = rename(path, aside)
+                logger.error("alarm spool: \(path) is a cut-short alarm record (its process stopped while writing it); moved to \(aside)")
+            }
+        }
+    }
+
+    /// This process's temporary names start with it: `.TOKEN-`, a token drawn at start (not the pid, which a
+    /// node started after a reboot may share with the one that died).
+    static let temporaryPrefix = "." + String(UInt64.random(in: 1...UInt64.max), radix: 16) + "-"
+
     private func spool(_ record: Record) throws {
         try FileManager.default.createDirectory(atPath: dir, withIntermediateDirectories: true, attributes: [.posixPermissions: 0o700])
         // Millisecond, then a per-process sequence: alarms raised in the same millisecond drain in the order raised.
         let sequence = AlarmSpool.sequence.wrappingAdd(1, ordering: .relaxed).oldValue
         let name = String(format: "%013lld-%010ld-", record.atMs, sequence % 1_000_000_000) + record.requestID + ".json"
-        let temporary = dir + "/." + name
+        let temporary = dir + "/" + Self.temporaryPrefix + name
         let data = try JSONEncoder().encode(record)
         let fd = open(temporary, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0o600)
         guard fd >= 0 else { throw CocoaError(.fileWriteNoPermission, userInfo: [NSFilePathErrorKey: temporary]) }
