@@ -11,9 +11,9 @@ import Synchronization
 /// spool keeps them: an alarm is never lost, and it keeps the time it happened. An alarm the store refuses for
 /// good (its container was deleted meanwhile) is dropped with a log line; an unreadable spool file is moved aside.
 ///
-/// A record is written to a temporary name (`.TOKEN-NAME`, the token drawn per process), fsynced, then renamed: a node killed between the two
-/// leaves a complete record under the temporary name, which the next start takes in (a cut-short one, which
-/// cannot decode, is moved aside).
+/// A record is written to a temporary name (`.TOKEN-NAME`, the token drawn per process), fsynced, then renamed: a
+/// node killed between the two leaves a complete record under the temporary name, which the next start takes in (a
+/// cut-short one, which cannot decode, is moved aside).
 public final class AlarmSpool: AlarmSink, Service, Sendable {
     struct Record: Codable, Equatable {
         var requestID: String

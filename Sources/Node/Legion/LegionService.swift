@@ -268,7 +268,7 @@ struct ProtocolLoop: @unchecked Sendable {
         let phase = service.vip.phase.rawValue
         let (received, sent) = (packetsIn, packetsOut)
         (packetsIn, packetsOut) = (0, 0)
-        // One update per input: the counters gathered since the last one go with the status.
+        // One state update per wakeup: the packet counters gathered since the last one go with the status.
         service.state.update {
             $0.legion = status
             $0.vipPhase = phase
